@@ -1,0 +1,48 @@
+"""achilles_like: a distributed ``multiprocessing.Pool`` on Twisted.
+
+Change one import and ``map`` runs on every machine of a cluster::
+
+    from achilles_like import map
+    squares = map(square, range(1000))
+
+With nothing configured, an embedded local cluster is started on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from achilles_like.client.api import getClusterStatus, imap, imap_unordered, killCluster, map
+from achilles_like.config import Settings, genConfig, load_settings
+from achilles_like.errors import (
+    AchillesError,
+    AuthenticationError,
+    ClusterConnectionError,
+    ConfigurationError,
+    JobFailedError,
+    ProtocolError,
+)
+from achilles_like.local import LocalCluster
+from achilles_like.node import runAchillesNode
+from achilles_like.server import runAchillesServer
+
+__all__ = [
+    "AchillesError",
+    "AuthenticationError",
+    "ClusterConnectionError",
+    "ConfigurationError",
+    "JobFailedError",
+    "LocalCluster",
+    "ProtocolError",
+    "Settings",
+    "__version__",
+    "genConfig",
+    "getClusterStatus",
+    "imap",
+    "imap_unordered",
+    "killCluster",
+    "load_settings",
+    "map",
+    "runAchillesNode",
+    "runAchillesServer",
+]

@@ -1,0 +1,211 @@
+"""The ``achilles`` console command (also ``python -m achilles_like``).
+
+Subcommands: ``server``, ``node``, ``status``, ``kill``, ``genconfig`` and
+``demo``. Every option falls back to the ``ACHILLES_*`` environment variables,
+then to ``.env``, then to the defaults, exactly like the Python functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from achilles_like import __version__
+
+
+def _add_target(parser: argparse.ArgumentParser, *, username: bool = True) -> None:
+    parser.add_argument("--host", help="server address (default: HOST from the environment or .env, else 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="server port (default: PORT, else 9999; 0 picks a free port)")
+    if username:
+        parser.add_argument("--username", help="user name the server expects from controllers (USERNAME)")
+    parser.add_argument(
+        "--secret-key",
+        help="cluster secret (SECRET_KEY); prefer ACHILLES_SECRET_KEY or .env: a command line is visible to other users",
+    )
+
+
+def _stop_reactor(reactor: Any) -> None:
+    from twisted.internet.error import ReactorNotRunning
+
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass  # already stopping (SIGTERM and end-of-stdin can both arrive)
+
+
+def _watch_stdin(reactor: Any) -> None:
+    """Stop the reactor when stdin closes (the LocalCluster that started us is gone)."""
+
+    def watch() -> None:
+        while sys.stdin.buffer.read(65536):
+            pass
+        reactor.callFromThread(_stop_reactor, reactor)
+
+    threading.Thread(target=watch, daemon=True, name="achilles-stdin").start()
+
+
+def _server(args: argparse.Namespace) -> int:
+    from twisted.internet import reactor
+
+    from achilles_like.config import load_settings
+    from achilles_like.server import ServerOptions, start_server
+
+    settings = load_settings(args.host, args.port, args.username, args.secret_key)
+    options = ServerOptions(heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout)
+    _, listening = start_server(settings, reactor, options)
+    address = listening.getHost()
+    print(f"achilles_like server listening on {address.host}:{address.port}", flush=True)  # type: ignore[attr-defined]
+    if args.watch_stdin:
+        _watch_stdin(reactor)
+    reactor.run()  # type: ignore[attr-defined]
+    return 0
+
+
+def _node(args: argparse.Namespace) -> int:
+    from twisted.internet import reactor
+
+    from achilles_like.config import load_settings
+    from achilles_like.node import start_node
+
+    settings = load_settings(args.host, args.port, None, args.secret_key, processes=args.processes)
+    factory = start_node(settings, reactor, args.processes)
+    outcome = {"code": 0}
+
+    def stop(message: str | None) -> None:
+        outcome["code"] = 0 if message is None else 1
+        _stop_reactor(reactor)
+
+    factory.on_fatal = stop
+    if args.watch_stdin:
+        _watch_stdin(reactor)
+    reactor.run()  # type: ignore[attr-defined]
+    return outcome["code"]
+
+
+def _status(args: argparse.Namespace) -> int:
+    from achilles_like import getClusterStatus
+
+    status = getClusterStatus(args.host, args.port, args.username, args.secret_key)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"nodes: {len(status['nodes'])}")
+    for node in status["nodes"]:
+        print(
+            f"  {node['node_id']:>5}  {node.get('address', '?'):<22} processes={node.get('processes')}"
+            f" busy={node['busy']} tasks_done={node['tasks_done']}"
+        )
+    job = status["job"]
+    print("job: none" if job is None else f"job: {job['job_id']} {job['label']} {job['tasks_done']} tasks done")
+    print(f"queue: {len(status['queue'])} waiting job(s)")
+    return 0
+
+
+def _kill(args: argparse.Namespace) -> int:
+    from achilles_like import killCluster
+
+    count = killCluster(args.yes, args.host, args.port, args.username, args.secret_key, stop_server=args.server)
+    print(f"asked {count} node(s) to stop" + (" and the server" if args.server else ""))
+    return 0
+
+
+def _genconfig(args: argparse.Namespace) -> int:
+    from achilles_like import genConfig
+
+    path = genConfig(args.host, args.port, args.username, args.secret_key, path=args.path)
+    print(f"wrote {path} (mode 0600)")
+    return 0
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from achilles_like import LocalCluster, imap_unordered, map
+
+    print(f"starting an embedded local cluster: 1 server and {args.nodes} node(s) on 127.0.0.1 ...")
+    started = time.perf_counter()
+    with LocalCluster(nodes=args.nodes, processes=args.processes) as cluster:
+        print(f"  ready in {time.perf_counter() - started:.1f}s at {cluster.host}:{cluster.port}")
+        started = time.perf_counter()
+        squares = map(_square, range(args.items), chunksize=args.chunksize)
+        elapsed = time.perf_counter() - started
+        assert squares == [x * x for x in range(args.items)]
+        print(f"map(square, range({args.items})) -> {squares[:5]} ... {squares[-1]} in {elapsed:.2f}s")
+        total = sum(imap_unordered(_square, range(args.items), chunksize=args.chunksize))
+        print(f"sum(imap_unordered(square, range({args.items}))) = {total}")
+    print("demo finished: results are exact and in order; the cluster has been stopped.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="achilles", description="achilles_like: a distributed multiprocessing.Pool on Twisted."
+    )
+    parser.add_argument("--version", action="version", version=f"achilles_like {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the process does (INFO level)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    server = commands.add_parser("server", help="run the cluster server (blocks)")
+    _add_target(server)
+    server.add_argument("--heartbeat-interval", type=float, default=2.0, help="seconds between node pings")
+    server.add_argument(
+        "--heartbeat-timeout", type=float, default=10.0, help="drop a node silent this many seconds"
+    )
+    server.add_argument("--watch-stdin", action="store_true", help=argparse.SUPPRESS)
+    server.set_defaults(run=_server)
+
+    node = commands.add_parser("node", help="run a node that executes tasks (blocks)")
+    _add_target(node, username=False)
+    node.add_argument("--processes", type=int, help="worker processes (default: PROCESSES, else cpu count)")
+    node.add_argument("--watch-stdin", action="store_true", help=argparse.SUPPRESS)
+    node.set_defaults(run=_node)
+
+    status = commands.add_parser("status", help="show the nodes, the running job and the queue")
+    _add_target(status)
+    status.add_argument("--json", action="store_true", help="print the raw status dict as JSON")
+    status.set_defaults(run=_status)
+
+    kill = commands.add_parser("kill", help="stop every node of the cluster")
+    _add_target(kill)
+    kill.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    kill.add_argument("--server", action="store_true", help="stop the server too")
+    kill.set_defaults(run=_kill)
+
+    genconfig = commands.add_parser("genconfig", help="write a .env file (mode 0600)")
+    _add_target(genconfig)
+    genconfig.add_argument("--path", default=".env", help="where to write it (default: ./.env)")
+    genconfig.set_defaults(run=_genconfig)
+
+    demo = commands.add_parser("demo", help="run a demo job on an embedded local cluster")
+    demo.add_argument("--nodes", type=int, default=1, help="local nodes to start (default 1)")
+    demo.add_argument("--processes", type=int, help="processes per node (default: cpu count)")
+    demo.add_argument("--items", type=int, default=1000, help="how many numbers to square")
+    demo.add_argument("--chunksize", type=int, default=10, help="items per task")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``achilles`` command."""
+    args = build_parser().parse_args(argv)
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from achilles_like.errors import AchillesError
+
+    try:
+        code: int = args.run(args)
+    except AchillesError as error:
+        print(f"achilles: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code

@@ -1,0 +1,156 @@
+"""An authenticated connection to the server, used from the caller's thread.
+
+The protocol object lives in the reactor thread: it decodes frames, runs the
+client side of the handshake, and after it puts every batch of frames on a
+``queue.SimpleQueue`` that the caller's thread reads. The caller writes
+through :meth:`Connection.send`, which hops to the reactor thread with
+``callFromThread``. Nothing a peer sends is unpickled here: the caller's
+thread unpickles result bodies, and only after the server has proved it
+knows the secret.
+"""
+
+from __future__ import annotations
+
+import queue
+import secrets
+from typing import Any
+
+from twisted.internet import defer, error
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+
+from achilles_like.client import reactor_thread
+from achilles_like.config import Settings
+from achilles_like.errors import AuthenticationError, ClusterConnectionError, ProtocolError
+from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder, encode_frame
+from achilles_like.protocol.handshake import NONCE_BYTES, HandshakeState
+
+CONNECT_TIMEOUT = 10.0
+
+
+class Lost:
+    """Queued when the connection ends; ``message`` says why."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+Event = list[Frame] | Lost
+
+
+class ClientProtocol(Protocol):
+    """Reactor-side half: handshake, then hand frames to the caller's queue."""
+
+    def __init__(self, settings: Settings, role: str) -> None:
+        self.settings = settings
+        self.decoder = FrameDecoder(max_body=settings.max_body)
+        self.handshake = ClientHandshake(
+            settings.secret_bytes, secrets.token_bytes(NONCE_BYTES), role, settings.username
+        )
+        self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self.ready: defer.Deferred[ClientProtocol] = defer.Deferred()
+        self.failure: str = ""
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        try:
+            frames = self.decoder.feed(data)
+            if self.handshake.state is not HandshakeState.AUTHENTICATED:
+                frames = self._handshake(frames)
+        except (AuthenticationError, ProtocolError) as problem:
+            self.failure = str(problem)
+            self._fail_ready(problem)
+            if self.transport is not None:
+                self.transport.loseConnection()
+            return
+        if frames:
+            self.events.put(frames)
+
+    def _handshake(self, frames: list[Frame]) -> list[Frame]:
+        while frames and self.handshake.state is not HandshakeState.AUTHENTICATED:
+            reply = self.handshake.receive(frames.pop(0))
+            if reply and self.transport is not None:
+                self.transport.write(reply)
+            if self.handshake.state is HandshakeState.AUTHENTICATED:
+                self.ready.callback(self)
+        return frames
+
+    def _fail_ready(self, problem: Exception) -> None:
+        if not self.ready.called:
+            self.ready.errback(problem)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        where = f"{self.settings.host}:{self.settings.port}"
+        message = self.failure or f"the connection to the server at {where} was lost"
+        self._fail_ready(ClusterConnectionError(message))
+        self.events.put(Lost(message))
+
+
+def _open(settings: Settings, role: str) -> defer.Deferred[ClientProtocol]:
+    the_reactor = reactor_thread.reactor()
+    endpoint = HostnameEndpoint(the_reactor, settings.host, settings.port, timeout=CONNECT_TIMEOUT)
+    protocol = ClientProtocol(settings, role)
+    connecting = connectProtocol(endpoint, protocol)
+
+    def refused(failure: Failure) -> Failure:
+        if failure.check(error.ConnectError, error.DNSLookupError, OSError):
+            raise ClusterConnectionError(
+                f"could not connect to the achilles_like server at {settings.host}:{settings.port}"
+                f" ({failure.getErrorMessage()}); is `achilles server` running there?"
+            )
+        return failure
+
+    connecting.addErrback(refused)
+    connecting.addCallback(lambda _: protocol.ready)
+    return connecting
+
+
+class Connection:
+    """The caller-side handle: blocking connect, thread-safe send, event queue."""
+
+    def __init__(self, protocol: ClientProtocol) -> None:
+        self._protocol = protocol
+        self.events = protocol.events
+        self.closed = False
+
+    @classmethod
+    def open(cls, settings: Settings, role: str = "controller") -> Connection:
+        """Connect and authenticate, or raise ClusterConnectionError/AuthenticationError."""
+        protocol = reactor_thread.call(_open, settings, role, timeout=CONNECT_TIMEOUT * 3)
+        return cls(protocol)
+
+    def send(self, *parts: bytes) -> None:
+        """Queue bytes for the server (from any thread)."""
+        if not self.closed:
+            reactor_thread.call_soon(self._write, list(parts))
+
+    def _write(self, parts: list[bytes]) -> None:
+        if self._protocol.transport is not None:
+            self._protocol.transport.writeSequence(parts)
+
+    def request(self, verb: str, **fields: Any) -> Frame:
+        """Send one frame and wait for the next frame back (admin calls)."""
+        self.send(encode_frame(verb, **fields))
+        while True:
+            event = self.events.get()
+            if isinstance(event, Lost):
+                raise ClusterConnectionError(event.message)
+            for frame in event:
+                if frame.verb not in ("PING", "PONG"):
+                    return frame
+
+    def close(self) -> None:
+        """Close the connection (idempotent, from any thread)."""
+        if not self.closed:
+            self.closed = True
+            reactor_thread.call_soon(self._lose)
+
+    def _lose(self) -> None:
+        if self._protocol.transport is not None:
+            self._protocol.transport.loseConnection()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

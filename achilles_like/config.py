@@ -1,0 +1,172 @@
+"""Settings: explicit arguments, then environment, then ``.env``, then defaults.
+
+The ``.env`` keys are achilles' own (``HOST``, ``PORT``, ``USERNAME``,
+``SECRET_KEY``, plus ``PROCESSES`` and ``MAX_BODY``). Environment variables carry an
+``ACHILLES_`` prefix (``ACHILLES_HOST``...) because ``HOST`` and ``USERNAME``
+are already set by many shells and by Windows. ``.env`` is read with
+python-dotenv without touching ``os.environ``, from the current directory
+unless a path is given (``ACHILLES_ENV_FILE`` also names one).
+
+:func:`genConfig` writes a ``.env`` with mode 0600 where the user asks, never
+into the installed package. The secret is masked in every ``repr``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import secrets
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from achilles_like.errors import ConfigurationError
+from achilles_like.protocol.frames import DEFAULT_MAX_BODY
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9999
+ENV_PREFIX = "ACHILLES_"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a server, node or controller needs to find and trust its peers."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    username: str = ""
+    secret_key: str = field(default="", repr=False)
+    processes: int | None = None
+    max_body: int = DEFAULT_MAX_BODY
+    # Whether ``host`` was configured anywhere (argument, environment, .env):
+    # with no host configured, the client starts an embedded local cluster.
+    host_configured: bool = False
+
+    def __repr__(self) -> str:
+        masked = "'***'" if self.secret_key else "''"
+        return (
+            f"Settings(host={self.host!r}, port={self.port}, username={self.username!r},"
+            f" secret_key={masked}, processes={self.processes}, max_body={self.max_body})"
+        )
+
+    @property
+    def secret_bytes(self) -> bytes:
+        """The secret as the bytes the handshake keys its HMAC with."""
+        return self.secret_key.encode("utf-8")
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with the given (non-None) fields replaced."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
+
+
+def _env_file_values(env_file: str | os.PathLike[str] | None) -> Mapping[str, str | None]:
+    if env_file is None and os.environ.get(ENV_PREFIX + "NO_DOTENV"):
+        return {}  # a private LocalCluster child: the caller's .env must not apply
+    path = env_file or os.environ.get(ENV_PREFIX + "ENV_FILE") or Path.cwd() / ".env"
+    if not Path(path).is_file():
+        if env_file is not None:
+            raise ConfigurationError(f"the .env file {str(path)!r} does not exist")
+        return {}
+    return dotenv_values(path)
+
+
+def _positive_int(name: str, raw: object) -> int:
+    try:
+        value = int(str(raw))
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number, not {raw!r}") from None
+    if value <= 0 or (name == "PORT" and value > 65535):
+        raise ConfigurationError(f"{name} is out of range: {value}")
+    return value
+
+
+def load_settings(
+    host: str | None = None,
+    port: int | None = None,
+    username: str | None = None,
+    secret_key: str | None = None,
+    *,
+    processes: int | None = None,
+    env_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve settings: explicit arguments > ``ACHILLES_*`` variables > ``.env`` > defaults."""
+    env = os.environ if environ is None else environ
+    dotenv = _env_file_values(env_file)
+    explicit = {"HOST": host, "PORT": port, "USERNAME": username, "SECRET_KEY": secret_key}
+    explicit["PROCESSES"] = processes
+
+    def lookup(key: str) -> object | None:
+        for value in (explicit.get(key), env.get(ENV_PREFIX + key), dotenv.get(key)):
+            if value is not None and value != "":
+                return value
+        return None
+
+    raw_port, raw_processes, raw_body = lookup("PORT"), lookup("PROCESSES"), lookup("MAX_BODY")
+    raw_host = lookup("HOST")
+    return Settings(
+        host=str(raw_host) if raw_host is not None else DEFAULT_HOST,
+        # Port 0 is legal as an explicit argument: "any free port" for a server.
+        port=DEFAULT_PORT if raw_port is None else (0 if port == 0 else _positive_int("PORT", raw_port)),
+        username=str(lookup("USERNAME") or ""),
+        secret_key=str(lookup("SECRET_KEY") or ""),
+        processes=None if raw_processes is None else _positive_int("PROCESSES", raw_processes),
+        max_body=DEFAULT_MAX_BODY if raw_body is None else _positive_int("MAX_BODY", raw_body),
+        host_configured=raw_host is not None,
+    )
+
+
+def generate_secret() -> str:
+    """A strong random secret (256 bits, URL-safe text)."""
+    return secrets.token_urlsafe(32)
+
+
+def _ask(prompt: str, default: str) -> str:
+    answer = input(f"{prompt} [{default}]: ").strip()
+    return answer or default
+
+
+def genConfig(  # noqa: N802 - achilles' public name
+    host: str | None = None,
+    port: int | None = None,
+    username: str | None = None,
+    secret_key: str | None = None,
+    path: str | os.PathLike[str] = ".env",
+    *,
+    interactive: bool | None = None,
+) -> Path:
+    """Write a ``.env`` (mode 0600) at ``path`` and return its path.
+
+    Missing values are asked for when a terminal is attached; otherwise the
+    defaults are used and a strong secret is generated. An existing file is
+    overwritten, as in achilles.
+    """
+    if interactive is None:
+        interactive = sys.stdin is not None and sys.stdin.isatty()
+    if interactive:
+        host = host or _ask("HOST (address the server listens on)", DEFAULT_HOST)
+        port = port or int(_ask("PORT", str(DEFAULT_PORT)))
+        username = username if username is not None else _ask("USERNAME", getpass.getuser())
+        if secret_key is None:
+            secret_key = getpass.getpass("SECRET_KEY (empty: generate a strong one): ") or None
+    values = {
+        "HOST": host or DEFAULT_HOST,
+        "PORT": str(_positive_int("PORT", port or DEFAULT_PORT)),
+        "USERNAME": username or "",
+        "SECRET_KEY": secret_key or generate_secret(),
+    }
+    for key, value in values.items():
+        if any(c in value for c in "\r\n\"'"):
+            raise ConfigurationError(f"{key} may not contain quotes or line breaks")
+    target = Path(path).expanduser().resolve()
+    text = "".join(f"{key}={value}\n" for key, value in values.items())
+    # Create with 0600 from the start so the secret is never readable by others.
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(target, 0o600)
+    return target

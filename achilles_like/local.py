@@ -1,0 +1,226 @@
+"""LocalCluster: a server and nodes as subprocesses on 127.0.0.1.
+
+This is what runs when nothing is configured: ``map(f, xs)`` with no host
+starts a default LocalCluster (one node, random port, random secret), reuses
+it for later calls and stops it at exit. ``with LocalCluster(...) as c:``
+does the same explicitly, and inside the block the module functions use it
+by default; ``c.host``, ``c.port`` and ``c.secret_key`` let other processes
+join it.
+
+Each child is ``python -m achilles_like server|node`` in a session of its
+own (Ctrl-C in the terminal reaches the caller, which cancels its job
+cleanly, not the cluster), listening on port 0 and printing one ready line
+that we wait for: no fixed ports, no sleeps. The secret travels in the
+child's environment, never on its command line. Children watch their stdin,
+a pipe from us: if this process dies, even by SIGKILL, they see end-of-file
+and exit, so a crashed caller leaves no cluster behind. Nodes get the
+caller's ``sys.path`` so functions from the user's own modules import there.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from types import TracebackType
+from typing import IO
+
+from achilles_like.config import Settings, generate_secret
+from achilles_like.errors import ClusterConnectionError
+
+STARTUP_TIMEOUT = 60.0
+_READY_SERVER = re.compile(r"achilles_like server listening on (\S+):(\d+)")
+_READY_NODE = re.compile(r"achilles_like node (\S+) ready")
+
+_active: list[LocalCluster] = []
+_default: LocalCluster | None = None
+_default_lock = threading.Lock()
+
+
+def _child_env(secret_key: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACHILLES_")}
+    env["ACHILLES_SECRET_KEY"] = secret_key
+    env["ACHILLES_NO_DOTENV"] = "1"  # the caller's .env must not change a private cluster
+    paths = [os.path.abspath(p or os.curdir) for p in sys.path]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _read_ready(process: subprocess.Popen[str], pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+    """Read the child's stdout until its ready line, its death or the timeout."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0:
+            if not selector.select(left):
+                continue
+            line = process.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if match := pattern.search(line):
+                _drain(process.stdout)
+                return match
+    process.kill()
+    output = "".join(seen[-20:]).strip() or "(no output)"
+    raise ClusterConnectionError(f"a local cluster process did not start: {output}")
+
+
+def _drain(stream: IO[str]) -> None:
+    """Keep reading a child's stdout so it never blocks on a full pipe."""
+    threading.Thread(target=lambda: [None for _ in stream], daemon=True, name="achilles-drain").start()
+
+
+class LocalCluster:
+    """A server and ``nodes`` nodes on 127.0.0.1, as child processes."""
+
+    def __init__(
+        self,
+        nodes: int = 1,
+        processes: int | None = None,
+        *,
+        secret_key: str | None = None,
+        username: str = "",
+        startup_timeout: float = STARTUP_TIMEOUT,
+    ) -> None:
+        if nodes < 0:
+            raise ValueError(f"nodes must be 0 or more, not {nodes}")
+        self.node_count = nodes
+        self.processes = processes
+        self.secret_key = secret_key or generate_secret()
+        self.username = username
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.startup_timeout = startup_timeout
+        self.server: subprocess.Popen[str] | None = None
+        self.nodes: list[subprocess.Popen[str]] = []
+
+    def __repr__(self) -> str:
+        return f"LocalCluster(host={self.host!r}, port={self.port}, nodes={len(self.nodes)}, secret_key='***')"
+
+    @property
+    def settings(self) -> Settings:
+        """Settings that reach this cluster."""
+        return Settings(
+            host=self.host,
+            port=self.port,
+            username=self.username,
+            secret_key=self.secret_key,
+            host_configured=True,
+        )
+
+    def _spawn(self, *args: str) -> subprocess.Popen[str]:
+        command = [sys.executable, "-m", "achilles_like", *args, "--watch-stdin"]
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=_child_env(self.secret_key),
+            text=True,
+            start_new_session=True,
+        )
+
+    def start(self) -> LocalCluster:
+        """Start the server and the nodes; return when every node is registered."""
+        if self.server is not None:
+            return self
+        try:
+            extra = ["--username", self.username] if self.username else []
+            self.server = self._spawn("server", "--host", self.host, "--port", "0", *extra)
+            match = _read_ready(self.server, _READY_SERVER, self.startup_timeout)
+            self.port = int(match.group(2))
+            for _ in range(self.node_count):
+                self.add_node(self.processes)
+        except BaseException:
+            self.shutdown()
+            raise
+        return self
+
+    def add_node(self, processes: int | None = None) -> subprocess.Popen[str]:
+        """Start one more node and wait until the server has registered it."""
+        args = ["node", "--host", self.host, "--port", str(self.port)]
+        if processes:
+            args += ["--processes", str(processes)]
+        node = self._spawn(*args)
+        self.nodes.append(node)
+        _read_ready(node, _READY_NODE, self.startup_timeout)
+        return node
+
+    def kill_node(self, index: int, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to node ``index`` and everything it started (tests use this)."""
+        os.killpg(self.nodes[index].pid, sig)
+
+    def shutdown(self) -> None:
+        """Stop every child: close their stdin, then SIGTERM, then SIGKILL."""
+        children = [*self.nodes, *([self.server] if self.server else [])]
+        for child in children:
+            _close_stdin(child)
+        for child in children:
+            _stop(child)
+        self.nodes.clear()
+        self.server = None
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        _active.append(self)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self in _active:
+            _active.remove(self)
+        self.shutdown()
+
+
+def _close_stdin(child: subprocess.Popen[str]) -> None:
+    try:
+        if child.stdin is not None:
+            child.stdin.close()
+    except OSError:
+        pass
+
+
+def _stop(child: subprocess.Popen[str]) -> None:
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        if child.poll() is not None:
+            break
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            child.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+    # Pool workers share the child's process group; make sure none is left.
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if child.stdout is not None:
+        child.stdout.close()
+
+
+def active_cluster() -> LocalCluster | None:
+    """The innermost ``with LocalCluster()`` block, if any."""
+    return _active[-1] if _active else None
+
+
+def default_cluster() -> LocalCluster:
+    """The embedded cluster used when nothing is configured (started once)."""
+    global _default
+    with _default_lock:
+        if _default is None or _default.server is None or _default.server.poll() is not None:
+            _default = LocalCluster(nodes=1).start()
+            atexit.register(_default.shutdown)
+        return _default

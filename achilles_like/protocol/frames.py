@@ -1,0 +1,171 @@
+"""The wire format: one ASCII header line, then exactly ``len`` raw body bytes.
+
+::
+
+    TASK job=3 task=17 attempt=1 len=42\\r\\n<42 raw bytes>
+
+A header is a verb (``[A-Z_]+``) and ``key=value`` fields separated by single
+spaces; values are percent-encoded so they never hold a space or a line
+break. ``len`` is the body length; without it the body is empty. Bodies are
+raw bytes, so a pickle that happens to contain ``\\r\\n`` is carried intact.
+
+:class:`FrameDecoder` is sans-I/O: bytes go in through :meth:`FrameDecoder.feed`
+in chunks of any size, whole frames come out. Both limits are checked before
+anything is buffered for a body: a header line longer than ``max_line`` or a
+declared body larger than ``max_body`` raises :class:`FrameTooLargeError` at
+once, so a peer cannot make us reserve memory by announcing a huge frame.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from urllib.parse import quote, unquote
+
+from achilles_like.errors import FrameTooLargeError, ProtocolError, ProtocolViolation
+
+DEFAULT_MAX_LINE = 4096
+DEFAULT_MAX_BODY = 1 << 30  # 1 GiB: one task's items or one chunk's results
+
+_VERB = re.compile(r"[A-Z][A-Z_]{0,31}")
+_KEY = re.compile(r"[a-z][a-z_]{0,31}")
+_SAFE = "-._~:/@+,"  # characters a value may keep unescaped
+# ASCII digits only: str.isdigit() also accepts "²" and other Unicode digits.
+_NUMBER = re.compile(r"[0-9]{1,19}")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded message: a verb, its header fields and its raw body."""
+
+    verb: str
+    fields: dict[str, str] = field(default_factory=dict)
+    body: bytes = field(default=b"", repr=False)
+
+    def text(self, key: str, default: str | None = None) -> str:
+        """Return field ``key``, or ``default``; a missing field with no default is a violation."""
+        value = self.fields.get(key, default)
+        if value is None:
+            raise ProtocolViolation(f"{self.verb} frame is missing the field {key!r}")
+        return value
+
+    def integer(self, key: str, default: int | None = None) -> int:
+        """Return field ``key`` as a non-negative integer, or ``default`` when absent."""
+        raw = self.fields.get(key)
+        if raw is None:
+            if default is None:
+                raise ProtocolViolation(f"{self.verb} frame is missing the field {key!r}")
+            return default
+        if not _NUMBER.fullmatch(raw):
+            raise ProtocolViolation(f"{self.verb} field {key}={raw!r} is not a non-negative integer")
+        return int(raw)
+
+    def flag(self, key: str) -> bool:
+        """Return field ``key`` read as a boolean ``1``/``0`` (absent is false)."""
+        return self.fields.get(key, "0") == "1"
+
+
+def encode_header(verb: str, body_length: int = 0, **fields: object) -> bytes:
+    """Build a header line; booleans become ``1``/``0``, everything else ``str()``."""
+    parts = [verb]
+    for key, value in fields.items():
+        if isinstance(value, bool):
+            value = "1" if value else "0"
+        parts.append(f"{key}={quote(str(value), safe=_SAFE)}")
+    if body_length:
+        parts.append(f"len={body_length}")
+    return (" ".join(parts) + "\r\n").encode("ascii")
+
+
+def encode_frame(verb: str, body: bytes = b"", **fields: object) -> bytes:
+    """Return a whole frame as one bytes object (copies the body: for small frames)."""
+    return encode_header(verb, len(body), **fields) + body
+
+
+def parse_header(line: bytes, max_body: int) -> tuple[str, dict[str, str], int]:
+    """Split a header line (without its line break) into verb, fields and body length."""
+    try:
+        text = line.decode("ascii")
+    except UnicodeDecodeError:
+        raise ProtocolError("header line is not ASCII: is this an achilles_like peer?") from None
+    verb, *pairs = text.split(" ")
+    if not _VERB.fullmatch(verb):
+        raise ProtocolError(f"malformed header verb {verb[:40]!r}: is this an achilles_like peer?")
+    fields: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not _KEY.fullmatch(key) or key in fields:
+            raise ProtocolError(f"malformed header field {pair[:40]!r} in {verb} frame")
+        fields[key] = unquote(value)
+    length = 0
+    raw_length = fields.pop("len", None)
+    if raw_length is not None:
+        if not _NUMBER.fullmatch(raw_length):
+            raise ProtocolError(f"{verb} frame has a malformed body length {raw_length[:40]!r}")
+        length = int(raw_length)
+    if length > max_body:
+        raise FrameTooLargeError(
+            f"{verb} frame announces a {length}-byte body, over the {max_body}-byte limit"
+            " (raise ACHILLES_MAX_BODY on both sides, or use a smaller chunksize)"
+        )
+    return verb, fields, length
+
+
+class FrameDecoder:
+    """Turn a byte stream into frames; raise on the first malformed or oversize one.
+
+    After an error the decoder stays broken (every later call raises again):
+    the stream position is lost, so the only safe thing is to disconnect.
+    """
+
+    def __init__(self, max_line: int = DEFAULT_MAX_LINE, max_body: int = DEFAULT_MAX_BODY) -> None:
+        self.max_line = max_line
+        self.max_body = max_body
+        self._buffer = bytearray()
+        # Header of the frame whose body we are waiting for, or None in line mode.
+        self._pending: tuple[str, dict[str, str], int] | None = None
+        self._error: ProtocolError | None = None
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Consume ``data`` and return the frames it completed, in order."""
+        if self._error is not None:
+            raise self._error
+        self._buffer += data
+        frames: list[Frame] = []
+        try:
+            while (frame := self._next_frame()) is not None:
+                frames.append(frame)
+        except ProtocolError as error:
+            self._error = error
+            self._buffer.clear()
+            raise
+        return frames
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a returned frame."""
+        return len(self._buffer)
+
+    def _next_frame(self) -> Frame | None:
+        if self._pending is None:
+            end = self._buffer.find(b"\n", 0, self.max_line + 1)
+            if end < 0:
+                if len(self._buffer) > self.max_line:
+                    raise FrameTooLargeError(
+                        f"header line is over the {self.max_line}-byte limit"
+                        " (is this an achilles_like peer?)"
+                    )
+                return None
+            line = bytes(self._buffer[:end]).rstrip(b"\r")
+            del self._buffer[: end + 1]
+            verb, fields, length = parse_header(line, self.max_body)
+            if length == 0:
+                return Frame(verb, fields)
+            self._pending = (verb, fields, length)
+        verb, fields, length = self._pending
+        if len(self._buffer) < length:
+            return None
+        body = bytes(self._buffer[:length])
+        del self._buffer[:length]
+        self._pending = None
+        return Frame(verb, fields, body)

@@ -1,0 +1,107 @@
+"""What the scheduler asks its shell to do: one small frozen dataclass per action.
+
+The scheduler is sans-I/O. Every call on it returns a list of these actions in
+the order they must be carried out; the Twisted glue in ``server.py`` turns
+each one into a wire message on the right connection. Nothing here touches a
+socket, so a test can assert the exact list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class JobOutcome(Enum):
+    """How a job left the server."""
+
+    DONE = "done"  # every task completed once
+    FAILED = "failed"  # a task raised, or ran out of attempts, or no node came
+    CANCELLED = "cancelled"  # its controller cancelled it or went away
+
+
+@dataclass(frozen=True)
+class SendFunction:
+    """Send a job's function blob to a node, before its first task of that job."""
+
+    node_id: str
+    job_id: int
+    blob: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AssignTask:
+    """Send one task (attempt ``attempt``) of the running job to a node."""
+
+    node_id: str
+    job_id: int
+    task_id: int
+    attempt: int
+    blob: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ForwardResult:
+    """Pass a task's result blob (or error blob when ``ok`` is false) to its controller."""
+
+    controller_id: str
+    job_id: int
+    task_id: int
+    ok: bool
+    blob: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class GrantCredit:
+    """Allow a controller to send ``count`` more tasks of its job."""
+
+    controller_id: str
+    job_id: int
+    count: int
+
+
+@dataclass(frozen=True)
+class JobQueued:
+    """A submitted job is waiting; ``position`` jobs are ahead of it (the running one counts)."""
+
+    controller_id: str
+    job_id: int
+    position: int
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    """A job became the running job: its tasks are now dispatched to nodes."""
+
+    controller_id: str
+    job_id: int
+
+
+@dataclass(frozen=True)
+class JobEnded:
+    """A job left the server; ``reason`` says why when it did not finish normally."""
+
+    controller_id: str
+    job_id: int
+    outcome: JobOutcome
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class CancelOnNode:
+    """Tell a node to drop every task of a job it still holds and discard its results."""
+
+    node_id: str
+    job_id: int
+
+
+Action = (
+    SendFunction
+    | AssignTask
+    | ForwardResult
+    | GrantCredit
+    | JobQueued
+    | JobStarted
+    | JobEnded
+    | CancelOnNode
+)

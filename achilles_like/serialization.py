@@ -1,0 +1,92 @@
+"""Turning functions, items, results and remote errors into bytes and back.
+
+Data goes through the C ``pickle`` first and falls back to ``dill`` only for
+what ``pickle`` refuses (lambdas, closures, ``__main__`` objects): ``dill`` is
+several times slower on plain data, and tiny items are where a distributed
+pool wins or loses against a local one. ``pickle.loads`` reads both, because
+a dill stream only refers to dill's own importable helpers.
+
+Functions are always serialized with ``dill``: it pickles functions from
+importable modules by reference and those defined in ``__main__`` (or
+interactively) by value, with the globals they use (``recurse=True``). That
+is once per job, so its cost does not matter.
+
+A failure in the user's function travels as a pickled :class:`RemoteFailure`:
+the exception itself when it pickles, always its type name, message,
+formatted traceback and the index of the item that raised.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from dataclasses import dataclass
+from multiprocessing.pool import RemoteTraceback
+from typing import Any
+
+import dill
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def dumps(obj: object) -> bytes:
+    """Serialize data with pickle, or dill where pickle cannot."""
+    try:
+        return pickle.dumps(obj, PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return bytes(dill.dumps(obj, PROTOCOL, recurse=True))
+
+
+def loads(blob: bytes) -> Any:
+    """Deserialize what :func:`dumps` or :func:`dumps_function` produced."""
+    return pickle.loads(blob)
+
+
+def dumps_function(func: object) -> bytes:
+    """Serialize a job's function (and callback) with dill, by value where needed."""
+    return bytes(dill.dumps(func, PROTOCOL, recurse=True))
+
+
+@dataclass
+class RemoteFailure:
+    """An exception raised by user code on a node, ready to travel to the caller."""
+
+    type_name: str
+    message: str
+    traceback_text: str
+    item_index: int | None
+    exception_blob: bytes | None  # the pickled exception, when it pickles
+
+    @classmethod
+    def capture(cls, error: BaseException, item_index: int | None) -> RemoteFailure:
+        """Record ``error`` (being handled now) with its formatted traceback."""
+        text = "".join(traceback.format_exception(error))
+        try:
+            blob: bytes | None = dumps(error)
+            loads(blob)  # some exceptions pickle but cannot be rebuilt
+        except Exception:
+            blob = None
+        name = f"{type(error).__module__}.{type(error).__qualname__}"
+        return cls(name, str(error), text, item_index, blob)
+
+    def to_exception(self) -> BaseException:
+        """Rebuild the user's exception, with the remote traceback as its cause."""
+        error: BaseException | None = None
+        if self.exception_blob is not None:
+            try:
+                error = loads(self.exception_blob)
+            except Exception:
+                error = None
+        if not isinstance(error, BaseException):
+            error = RemoteError(self.type_name, self.message)
+        where = "" if self.item_index is None else f" (input item {self.item_index})"
+        error.__cause__ = RemoteTraceback(f'\n"""\n{self.traceback_text}"""{where}')
+        return error
+
+
+class RemoteError(Exception):
+    """Stands in for a remote exception that could not be pickled back."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
