@@ -20,13 +20,18 @@ from achilles_like import __version__
 
 
 def _add_target(parser: argparse.ArgumentParser, *, username: bool = True) -> None:
-    parser.add_argument("--host", help="server address (default: HOST from the environment or .env, else 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="server port (default: PORT, else 9999; 0 picks a free port)")
+    parser.add_argument(
+        "--host", help="server address (default: HOST from the environment or .env, else 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port", type=int, help="server port (default: PORT, else 9999; 0 picks a free port)"
+    )
     if username:
         parser.add_argument("--username", help="user name the server expects from controllers (USERNAME)")
     parser.add_argument(
         "--secret-key",
-        help="cluster secret (SECRET_KEY); prefer ACHILLES_SECRET_KEY or .env: a command line is visible to other users",
+        help="cluster secret (SECRET_KEY); prefer ACHILLES_SECRET_KEY or .env,"
+        " since a command line is visible to other users",
     )
 
 
@@ -57,13 +62,15 @@ def _server(args: argparse.Namespace) -> int:
     from achilles_like.server import ServerOptions, start_server
 
     settings = load_settings(args.host, args.port, args.username, args.secret_key)
-    options = ServerOptions(heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout)
+    options = ServerOptions(
+        heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout
+    )
     _, listening = start_server(settings, reactor, options)
     address = listening.getHost()
     print(f"achilles_like server listening on {address.host}:{address.port}", flush=True)  # type: ignore[attr-defined]
     if args.watch_stdin:
         _watch_stdin(reactor)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     return 0
 
 
@@ -84,7 +91,7 @@ def _node(args: argparse.Namespace) -> int:
     factory.on_fatal = stop
     if args.watch_stdin:
         _watch_stdin(reactor)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     return outcome["code"]
 
 
@@ -102,7 +109,9 @@ def _status(args: argparse.Namespace) -> int:
             f" busy={node['busy']} tasks_done={node['tasks_done']}"
         )
     job = status["job"]
-    print("job: none" if job is None else f"job: {job['job_id']} {job['label']} {job['tasks_done']} tasks done")
+    print(
+        "job: none" if job is None else f"job: {job['job_id']} {job['label']} {job['tasks_done']} tasks done"
+    )
     print(f"queue: {len(status['queue'])} waiting job(s)")
     return 0
 
@@ -110,7 +119,9 @@ def _status(args: argparse.Namespace) -> int:
 def _kill(args: argparse.Namespace) -> int:
     from achilles_like import killCluster
 
-    count = killCluster(args.yes, args.host, args.port, args.username, args.secret_key, stop_server=args.server)
+    count = killCluster(
+        args.yes, args.host, args.port, args.username, args.secret_key, stop_server=args.server
+    )
     print(f"asked {count} node(s) to stop" + (" and the server" if args.server else ""))
     return 0
 

@@ -105,7 +105,9 @@ class LocalCluster:
         self.nodes: list[subprocess.Popen[str]] = []
 
     def __repr__(self) -> str:
-        return f"LocalCluster(host={self.host!r}, port={self.port}, nodes={len(self.nodes)}, secret_key='***')"
+        return (
+            f"LocalCluster(host={self.host!r}, port={self.port}, nodes={len(self.nodes)}, secret_key='***')"
+        )
 
     @property
     def settings(self) -> Settings:

@@ -12,9 +12,10 @@ answers heartbeats however long a task runs. The pool's result thread hands
 each finished task back to the reactor with ``callFromThread``.
 
 The server may send up to ``2 × processes`` tasks (a small prefetch, so a
-worker never idles for a round trip). The agent keeps them in its own queue
-and gives the pool at most ``processes`` at a time, so a CANCEL can still
-drop everything that has not started.
+worker never idles for a round trip) and the agent hands them all to the
+pool at once. A CANCEL cannot pull tasks back out of the pool's queue, so it
+raises a shared "cancelled up to" mark that workers check before running a
+task: queued tasks of a cancelled job are skipped, not run.
 
 Every connection to the server has a generation number. A result that comes
 back after the connection it belongs to was lost is dropped: the server has
@@ -40,8 +41,8 @@ from twisted.python.failure import Failure
 from achilles_like.config import Settings, load_settings
 from achilles_like.errors import AuthenticationError, ProtocolError, ProtocolViolation
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder, encode_frame, encode_header
-from achilles_like.protocol.handshake import NONCE_BYTES, HandshakeState
-from achilles_like.worker import init_worker, run_task
+from achilles_like.protocol.handshake import NONCE_BYTES
+from achilles_like.worker import init_worker, run_task, task_key
 
 log = logging.getLogger("achilles_like.node")
 
@@ -66,7 +67,9 @@ class NodeAgent:
         self.settings = settings
         self.reactor = reactor
         self.processes = processes or settings.processes or multiprocess.cpu_count()
-        self.pool = multiprocess.Pool(self.processes, initializer=init_worker)
+        # Workers skip queued tasks at or below this mark (see worker.run_task).
+        self.cancelled_mark = multiprocess.Value("q", 0, lock=False)
+        self.pool = multiprocess.Pool(self.processes, initializer=init_worker, initargs=(self.cancelled_mark,))
         self.queue: deque[TaskRef] = deque()
         self.running = 0
         self.functions: dict[int, bytes] = {}
@@ -84,6 +87,7 @@ class NodeAgent:
     def attach(self, protocol: NodeProtocol) -> None:
         """A new authenticated connection: everything from the old one is stale."""
         self.generation += 1
+        self.cancelled_mark.value = task_key(self.generation, 0)
         self.protocol = protocol
         self.queue.clear()
         self.functions.clear()
@@ -91,6 +95,7 @@ class NodeAgent:
     def detach(self, protocol: NodeProtocol) -> None:
         """The connection is gone: drop queued work (the server re-queues it)."""
         if self.protocol is protocol:
+            self.cancelled_mark.value = task_key(self.generation + 1, 0) - 1
             self.protocol = None
             self.queue.clear()
             self.functions.clear()
@@ -111,15 +116,19 @@ class NodeAgent:
     def cancel(self, job_id: int) -> None:
         """Drop a job's queued tasks; its running tasks' results will be discarded."""
         self.cancelled.append(job_id)
+        # Jobs run one at a time, so every task of this job or an older one is dead.
+        mark = task_key(self.generation, job_id)
+        self.cancelled_mark.value = max(self.cancelled_mark.value, mark)
         self.queue = deque(ref for ref in self.queue if ref.job_id != job_id)
         self.functions.pop(job_id, None)
 
     def _pump(self) -> None:
-        while self.queue and self.running < self.processes and not self.closed:
+        # The pool gets the whole prefetch, so a worker never waits for a thread hop
+        # between tasks; cancelled ones are skipped by the workers (cancelled_mark).
+        while self.queue and self.running < self.slots and not self.closed:
             ref = self.queue.popleft()
             generation = self.generation
-            key = f"{os.getpid()}:{generation}:{ref.job_id}"
-            args = (key, self.functions[ref.job_id], ref.blob)
+            args = (task_key(generation, ref.job_id), self.functions[ref.job_id], ref.blob)
 
             def finished(outcome: tuple[bool, bytes], ref: TaskRef = ref, gen: int = generation) -> None:
                 self.reactor.callFromThread(self._finished, gen, ref, outcome)
@@ -181,9 +190,9 @@ class NodeProtocol(Protocol):
                 self.transport.loseConnection()
 
     def _handle(self, frame: Frame) -> None:
-        if self.handshake.state is not HandshakeState.AUTHENTICATED:
+        if not self.handshake.authenticated:
             self.send(self.handshake.receive(frame))
-            if self.handshake.state is HandshakeState.AUTHENTICATED:
+            if self.handshake.authenticated:
                 self._register()
             return
         verb = frame.verb
@@ -233,7 +242,7 @@ class NodeFactory(ReconnectingClientFactory):
     """Connects (and reconnects, with backoff and jitter) to the server."""
 
     initialDelay = 0.5
-    maxDelay = 10.0
+    maxDelay = 10
 
     def __init__(self, agent: NodeAgent, on_fatal: Any = None, on_ready: Any = None) -> None:
         self.agent = agent
@@ -260,13 +269,13 @@ class NodeFactory(ReconnectingClientFactory):
         """Give up for good (authentication failed)."""
         log.error("%s", message)
         print(f"achilles_like node: {message}", file=sys.stderr, flush=True)
-        self.stopTrying()
+        self.stopTrying()  # type: ignore[no-untyped-call]
         if self.on_fatal is not None:
             self.on_fatal(message)
 
     def shutdown(self) -> None:
         """Stop reconnecting and stop the node (killCluster)."""
-        self.stopTrying()
+        self.stopTrying()  # type: ignore[no-untyped-call]
         self.agent.close()
         if self.on_fatal is not None:
             self.on_fatal(None)
@@ -296,11 +305,11 @@ def runAchillesNode(  # noqa: N802 - achilles' public name
     def stop(message: str | None) -> None:
         nonlocal exit_code
         exit_code = 0 if message is None else 1
-        if reactor.running:  # type: ignore[attr-defined]
-            reactor.stop()  # type: ignore[attr-defined]
+        if reactor.running:
+            reactor.stop()
 
     factory = start_node(settings, reactor, processes)
     factory.on_fatal = stop
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     if exit_code:
         raise SystemExit(exit_code)

@@ -18,10 +18,10 @@ formatted traceback and the index of the item that raised.
 
 from __future__ import annotations
 
+import multiprocessing.pool as mp_pool
 import pickle
 import traceback
 from dataclasses import dataclass
-from multiprocessing.pool import RemoteTraceback
 from typing import Any
 
 import dill
@@ -61,8 +61,9 @@ class RemoteFailure:
     def capture(cls, error: BaseException, item_index: int | None) -> RemoteFailure:
         """Record ``error`` (being handled now) with its formatted traceback."""
         text = "".join(traceback.format_exception(error))
+        blob: bytes | None
         try:
-            blob: bytes | None = dumps(error)
+            blob = dumps(error)
             loads(blob)  # some exceptions pickle but cannot be rebuilt
         except Exception:
             blob = None
@@ -80,7 +81,9 @@ class RemoteFailure:
         if not isinstance(error, BaseException):
             error = RemoteError(self.type_name, self.message)
         where = "" if self.item_index is None else f" (input item {self.item_index})"
-        error.__cause__ = RemoteTraceback(f'\n"""\n{self.traceback_text}"""{where}')
+        error.__cause__ = mp_pool.RemoteTraceback(  # type: ignore[attr-defined]
+            f'\n"""\n{self.traceback_text}"""{where}'
+        )
         return error
 
 

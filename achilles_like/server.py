@@ -38,13 +38,13 @@ from typing import Any
 
 from twisted.internet import task
 from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTCP, IReactorTime
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.python.failure import Failure
 
 from achilles_like.config import LOOPBACK_HOSTS, Settings
 from achilles_like.errors import AuthenticationError, ConfigurationError, ProtocolError, ProtocolViolation
 from achilles_like.protocol import Frame, FrameDecoder, ServerHandshake, encode_frame, encode_header
-from achilles_like.protocol.handshake import NONCE_BYTES, HandshakeState
+from achilles_like.protocol.handshake import NONCE_BYTES
 from achilles_like.scheduling import actions as act
 from achilles_like.scheduling.scheduler import Scheduler
 
@@ -104,7 +104,7 @@ class ServerProtocol(Protocol):
             self._close(encode_frame("ERROR", code="protocol", msg=str(error)))
 
     def _handle(self, frame: Frame) -> None:
-        if self.handshake.state is not HandshakeState.AUTHENTICATED:
+        if not self.handshake.authenticated:
             self.send(self.handshake.receive(frame))
             assert self.handshake.identity is not None
             self.role = self.handshake.identity.role
@@ -145,7 +145,7 @@ class ServerProtocol(Protocol):
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def _check_authenticated(self) -> None:
-        if self.handshake.state is not HandshakeState.AUTHENTICATED and not self.closed:
+        if not self.handshake.authenticated and not self.closed:
             self.abort("no handshake within the time limit")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
@@ -154,7 +154,7 @@ class ServerProtocol(Protocol):
             self.cluster.unregister(self)
 
 
-class ClusterServer(Factory):
+class ClusterServer(ServerFactory):
     """The server's state: the scheduler and every authenticated connection."""
 
     def __init__(
@@ -175,7 +175,7 @@ class ClusterServer(Factory):
         self._heartbeat = task.LoopingCall(self._ping_nodes)
         self._heartbeat.clock = clock
 
-    def buildProtocol(self, addr: IAddress) -> ServerProtocol:  # noqa: N802 - Twisted's name
+    def buildProtocol(self, addr: IAddress | None) -> ServerProtocol:  # noqa: N802 - Twisted's name
         return ServerProtocol(self)
 
     def start_heartbeats(self) -> None:
@@ -308,7 +308,7 @@ class ClusterServer(Factory):
         for action in actions:
             self._execute_one(action)
 
-    def _execute_one(self, action: act.Action) -> None:  # noqa: C901 - one branch per action
+    def _execute_one(self, action: act.Action) -> None:
         match action:
             case act.AssignTask(node_id, job_id, task_id, attempt, blob):
                 header = encode_header("TASK", len(blob), job=job_id, task=task_id, attempt=attempt)
@@ -387,5 +387,5 @@ def runAchillesServer(  # noqa: N802 - achilles' public name
     _, listening = start_server(settings, reactor)
     address = listening.getHost()
     print(f"achilles_like server listening on {address.host}:{address.port}", flush=True)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     sys.stdout.flush()

@@ -24,7 +24,7 @@ from achilles_like.client import reactor_thread
 from achilles_like.config import Settings
 from achilles_like.errors import AuthenticationError, ClusterConnectionError, ProtocolError
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder, encode_frame
-from achilles_like.protocol.handshake import NONCE_BYTES, HandshakeState
+from achilles_like.protocol.handshake import NONCE_BYTES
 
 CONNECT_TIMEOUT = 10.0
 
@@ -55,7 +55,7 @@ class ClientProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
         try:
             frames = self.decoder.feed(data)
-            if self.handshake.state is not HandshakeState.AUTHENTICATED:
+            if not self.handshake.authenticated:
                 frames = self._handshake(frames)
         except (AuthenticationError, ProtocolError) as problem:
             self.failure = str(problem)
@@ -67,11 +67,11 @@ class ClientProtocol(Protocol):
             self.events.put(frames)
 
     def _handshake(self, frames: list[Frame]) -> list[Frame]:
-        while frames and self.handshake.state is not HandshakeState.AUTHENTICATED:
+        while frames and not self.handshake.authenticated:
             reply = self.handshake.receive(frames.pop(0))
             if reply and self.transport is not None:
                 self.transport.write(reply)
-            if self.handshake.state is HandshakeState.AUTHENTICATED:
+            if self.handshake.authenticated:
                 self.ready.callback(self)
         return frames
 
@@ -90,10 +90,10 @@ def _open(settings: Settings, role: str) -> defer.Deferred[ClientProtocol]:
     the_reactor = reactor_thread.reactor()
     endpoint = HostnameEndpoint(the_reactor, settings.host, settings.port, timeout=CONNECT_TIMEOUT)
     protocol = ClientProtocol(settings, role)
-    connecting = connectProtocol(endpoint, protocol)
+    connecting = connectProtocol(endpoint, protocol)  # type: ignore[no-untyped-call]
 
     def refused(failure: Failure) -> Failure:
-        if failure.check(error.ConnectError, error.DNSLookupError, OSError):
+        if failure.check(error.ConnectError, error.DNSLookupError, OSError):  # type: ignore[no-untyped-call]
             raise ClusterConnectionError(
                 f"could not connect to the achilles_like server at {settings.host}:{settings.port}"
                 f" ({failure.getErrorMessage()}); is `achilles server` running there?"
@@ -102,7 +102,8 @@ def _open(settings: Settings, role: str) -> defer.Deferred[ClientProtocol]:
 
     connecting.addErrback(refused)
     connecting.addCallback(lambda _: protocol.ready)
-    return connecting
+    result: defer.Deferred[ClientProtocol] = connecting
+    return result
 
 
 class Connection:

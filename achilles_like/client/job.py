@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,7 +185,9 @@ class JobRunner:
             outcome = frame.text("outcome")
             if outcome != "done" or progress.received != progress.sent or not progress.input_done:
                 progress.finished = True  # nothing to cancel: the server ended it
-                raise JobFailedError(f"the cluster ended job {progress.job_id}: {frame.text('reason', outcome)}")
+                raise JobFailedError(
+                    f"the cluster ended job {progress.job_id}: {frame.text('reason', outcome)}"
+                )
         elif verb == "ERROR":
             raise ClusterConnectionError(f"the server refused the job: {frame.text('msg', '')}")
 

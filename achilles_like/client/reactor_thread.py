@@ -35,9 +35,9 @@ def reactor() -> Any:
     with _lock:
         if _thread is None:
             started = threading.Event()
-            the_reactor.callWhenRunning(started.set)  # type: ignore[attr-defined]
+            the_reactor.callWhenRunning(started.set)
             _thread = threading.Thread(
-                target=the_reactor.run,  # type: ignore[attr-defined]
+                target=the_reactor.run,
                 kwargs={"installSignalHandlers": False},
                 name=THREAD_NAME,
                 daemon=True,

@@ -152,8 +152,7 @@ class FrameDecoder:
             if end < 0:
                 if len(self._buffer) > self.max_line:
                     raise FrameTooLargeError(
-                        f"header line is over the {self.max_line}-byte limit"
-                        " (is this an achilles_like peer?)"
+                        f"header line is over the {self.max_line}-byte limit (is this an achilles_like peer?)"
                     )
                 return None
             line = bytes(self._buffer[:end]).rstrip(b"\r")

@@ -88,6 +88,11 @@ class ServerHandshake:
         self.state = HandshakeState.WAITING
         self.identity: Identity | None = None
 
+    @property
+    def authenticated(self) -> bool:
+        """Whether the peer has proved it holds the secret."""
+        return self.state is HandshakeState.AUTHENTICATED
+
     def hello(self) -> bytes:
         """The first frame the server sends on a new connection."""
         return encode_frame("HELLO", proto=PROTOCOL_VERSION, nonce=self._nonce)
@@ -136,6 +141,11 @@ class ClientHandshake:
         self._user = username
         self._server_nonce = ""
         self.state = HandshakeState.WAITING
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether the server has proved it holds the secret."""
+        return self.state is HandshakeState.AUTHENTICATED
 
     def receive(self, frame: Frame) -> bytes:
         """Handle HELLO (returns AUTH to send) or WELCOME/ERROR (returns nothing)."""

@@ -96,12 +96,5 @@ class CancelOnNode:
 
 
 Action = (
-    SendFunction
-    | AssignTask
-    | ForwardResult
-    | GrantCredit
-    | JobQueued
-    | JobStarted
-    | JobEnded
-    | CancelOnNode
+    SendFunction | AssignTask | ForwardResult | GrantCredit | JobQueued | JobStarted | JobEnded | CancelOnNode
 )

@@ -1,0 +1,77 @@
+"""Functions the end-to-end tests send to nodes.
+
+They live in an importable module (not in the test files) so nodes import
+them by reference, the way a user's own module would be; LocalCluster gives
+its nodes the caller's ``sys.path``, which includes this directory.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+
+def square(x: int) -> int:
+    """Return ``x * x``."""
+    return x * x
+
+
+def identity(x: Any) -> Any:
+    """Return the item unchanged (round-trips data through the cluster)."""
+    return x
+
+
+def length(x: bytes) -> int:
+    """Return ``len(x)``."""
+    return len(x)
+
+
+def negate(x: int) -> int:
+    """Return ``-x`` (used as a callback)."""
+    return -x
+
+
+def pid_of(_: object) -> int:
+    """Return the pid of the worker process that ran the item."""
+    return os.getpid()
+
+
+def slow_square(x: int, delay: float = 0.05) -> int:
+    """Square ``x`` after ``delay`` seconds of simulated work."""
+    time.sleep(delay)
+    return x * x
+
+
+class CustomError(Exception):
+    """An exception type of the user's own."""
+
+
+def fail_on_three(x: int) -> int:
+    """Raise CustomError for the item 3, square every other item."""
+    if x == 3:
+        raise CustomError(f"item {x} is unlucky")
+    return x * x
+
+
+def slow_pid_of(_: object, delay: float = 0.05) -> int:
+    """Return the worker's pid after ``delay`` seconds, so a job's items spread over workers."""
+    time.sleep(delay)
+    return os.getpid()
+
+
+def gated(item: tuple[str, str, int]) -> int:
+    """Return the item's value; ``("wait", path, v)`` first waits (30 s at most) for ``path`` to exist.
+
+    ``("open", path, v)`` creates ``path``. With one "wait" item among "open" items the
+    waiting item is guaranteed to finish after another item did, with no timing guess.
+    """
+    kind, path, value = item
+    if kind == "open":
+        with open(path, "a"):
+            pass
+        return value
+    deadline = time.monotonic() + 30.0
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return value
