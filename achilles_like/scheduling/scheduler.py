@@ -1,0 +1,492 @@
+"""The server's scheduler: one running job, a FIFO of waiting jobs, and every task's state.
+
+::
+
+    controller ──task──▶ PENDING ──dispatch──▶ ASSIGNED(node, attempt) ──ok──▶ DONE ──▶ controller
+                            ▲                     │
+                            └─────node lost───────┤
+                                                  └──error, or lost max_attempts times──▶ FAILED
+
+The scheduler is a plain object with no I/O and no clock: the Twisted glue in
+``server.py`` calls one method per event it sees (a node joined, a frame
+arrived, a connection dropped) and carries out the returned actions in order.
+``now`` is passed in where time is recorded, so tests run without waiting.
+
+Jobs. Job ids are handed out 1, 2, 3, ...; one job runs at a time and the rest
+wait in submission order. Because ids are sequential, a job id below the next
+one that is neither running nor queued has ended: that is all the scheduler
+keeps of an ended job, and it is enough to tell a late frame from an illegal
+one.
+
+Tasks. The controller names its tasks 0..N-1 and sends each once. A task moves
+PENDING → ASSIGNED(node, attempt) → DONE or FAILED, and only the result of the
+matching (node, attempt) may complete it: that one rule makes a late result
+from a node thought dead harmless. A lost node's tasks go back to the front of
+the queue, so the oldest work finishes first and an ordered ``imap`` never
+waits long on a hole; a task lost ``max_attempts`` times fails its job.
+
+Credit. The controller sends a task only against credit the scheduler granted.
+The running job holds at most ``window`` tasks plus unused credit, where the
+window grows with the cluster's slots, so memory stays bounded whatever the
+length of the user's input. A task's blob is dropped once it is DONE.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+
+from achilles_like.errors import ProtocolViolation
+from achilles_like.scheduling.actions import (
+    Action,
+    AssignTask,
+    CancelOnNode,
+    ForwardResult,
+    GrantCredit,
+    JobEnded,
+    JobOutcome,
+    JobQueued,
+    JobStarted,
+    SendFunction,
+)
+
+
+class TaskState(Enum):
+    """Where one task of the running job stands."""
+
+    PENDING = "pending"  # received, waiting for a free slot
+    ASSIGNED = "assigned"  # on one node as one attempt; only that attempt may complete it
+    DONE = "done"  # its result was forwarded; its blob is gone
+    FAILED = "failed"  # it raised or was lost too often; its job ended with it
+
+
+# Every legal move of a task. Anything else is a bug in this module, not a peer's fault,
+# because peers' frames are validated (or classified as stale) before a task is touched.
+_NEXT_STATES: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.PENDING: frozenset({TaskState.ASSIGNED}),
+    TaskState.ASSIGNED: frozenset({TaskState.PENDING, TaskState.DONE, TaskState.FAILED}),
+    TaskState.DONE: frozenset(),
+    TaskState.FAILED: frozenset(),
+}
+
+
+@dataclass(eq=False)
+class _Task:
+    """One received, not yet finished task of the running job."""
+
+    task_id: int
+    blob: bytes = field(repr=False)
+    state: TaskState = TaskState.PENDING
+    attempt: int = 0  # assignments so far; the next AssignTask carries attempt + 1
+    node_id: str | None = None  # the node holding the current attempt
+    lost_on: list[str] = field(default_factory=list)
+
+    def move_to(self, state: TaskState) -> None:
+        """Change state along the table above, or fail loudly."""
+        if state not in _NEXT_STATES[self.state]:
+            raise RuntimeError(
+                f"internal error: task {self.task_id} went {self.state.name} -> {state.name}",
+            )
+        self.state = state
+
+
+class _IdSet:
+    """A set of non-negative ints that stays tiny when they are added roughly in order.
+
+    Finished task ids must be remembered to refuse a duplicate, but an endless
+    ``imap`` would make a plain set grow forever; ids finish nearly in order,
+    so a contiguous prefix is kept as one number.
+    """
+
+    def __init__(self) -> None:
+        self._floor = 0  # every id below this is a member
+        self._above: set[int] = set()
+
+    def __contains__(self, item: int) -> bool:
+        return item < self._floor or item in self._above
+
+    def __len__(self) -> int:
+        return self._floor + len(self._above)
+
+    def add(self, item: int) -> None:
+        self._above.add(item)
+        while self._floor in self._above:
+            self._above.remove(self._floor)
+            self._floor += 1
+
+
+@dataclass(eq=False)
+class _Node:
+    """A connected node and the task ids of the running job it holds."""
+
+    node_id: str
+    slots: int
+    inflight: set[int] = field(default_factory=set)
+    tasks_done: int = 0
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.inflight)
+
+
+@dataclass(eq=False)
+class _Job:
+    """A queued or running job."""
+
+    job_id: int
+    controller_id: str
+    func_blob: bytes = field(repr=False)
+    label: str
+    submitted_at: float
+    held: dict[int, _Task] = field(default_factory=dict)  # PENDING and ASSIGNED tasks
+    pending: deque[int] = field(default_factory=deque)  # task ids, next to dispatch first
+    done: _IdSet = field(default_factory=_IdSet)
+    credit: int = 0  # granted to the controller and not used yet
+    total_tasks: int | None = None  # known once the input ended
+    max_task_id: int = -1
+    function_sent_to: set[str] = field(default_factory=set)
+
+    def received(self) -> int:
+        return len(self.held) + len(self.done)
+
+
+class Scheduler:
+    """Decides which node runs which task; returns what to send, never sends it."""
+
+    def __init__(
+        self,
+        *,
+        max_attempts: int = 4,
+        min_window: int = 16,
+        window_per_slot: int = 2,
+    ) -> None:
+        _require_at_least("max_attempts", max_attempts, 1)
+        _require_at_least("min_window", min_window, 1)
+        _require_at_least("window_per_slot", window_per_slot, 0)
+        self._max_attempts = max_attempts
+        self._min_window = min_window
+        self._window_per_slot = window_per_slot
+        self._nodes: dict[str, _Node] = {}  # in join order, which breaks dispatch ties
+        self._running: _Job | None = None
+        self._queue: deque[_Job] = deque()
+        self._next_job_id = 1
+        self._stale_results = 0
+        self._jobs_done = 0
+
+    # -- read-only helpers -------------------------------------------------
+
+    @property
+    def running_job_id(self) -> int | None:
+        """The id of the running job, if any."""
+        return None if self._running is None else self._running.job_id
+
+    def job_controller(self, job_id: int) -> str | None:
+        """The controller of a live (queued or running) job, else None."""
+        job = self._live_job(job_id)
+        return None if job is None else job.controller_id
+
+    def node_ids(self) -> list[str]:
+        """Connected nodes, in join order."""
+        return list(self._nodes)
+
+    # -- nodes -------------------------------------------------------------
+
+    def node_joined(self, node_id: str, slots: int) -> list[Action]:
+        """A node authenticated and offers ``slots`` processes; it gets work at once."""
+        if node_id in self._nodes:
+            raise ProtocolViolation(
+                f"node {node_id!r} joined twice; it must be lost before it joins again",
+            )
+        if slots < 1:
+            raise ProtocolViolation(f"node {node_id!r} offered {slots} slots; at least 1 is needed")
+        self._nodes[node_id] = _Node(node_id, slots)
+        return self._dispatch() + self._top_up()
+
+    def node_lost(self, node_id: str) -> list[Action]:
+        """A node is gone: its tasks go back to the front of the queue as a new attempt.
+
+        An unknown node is ignored, because the glue may notice one loss twice
+        (a missed heartbeat, then the connection closing).
+        """
+        node = self._nodes.pop(node_id, None)
+        job = self._running
+        if node is None or job is None:
+            return []
+        job.function_sent_to.discard(node_id)
+        lost = [job.held[task_id] for task_id in sorted(node.inflight)]
+        for task in lost:
+            task.lost_on.append(node_id)
+        exhausted = [task for task in lost if task.attempt >= self._max_attempts]
+        if exhausted:
+            exhausted[0].move_to(TaskState.FAILED)
+            return self._end_running(JobOutcome.FAILED, _lost_reason(exhausted[0]))
+        for task in reversed(lost):
+            task.move_to(TaskState.PENDING)
+            task.node_id = None
+            job.pending.appendleft(task.task_id)
+        return self._dispatch()
+
+    # -- jobs --------------------------------------------------------------
+
+    def submit_job(
+        self, controller_id: str, func_blob: bytes, *, label: str = "", now: float = 0.0
+    ) -> tuple[int, list[Action]]:
+        """A controller submits a job; it starts now or waits behind the others."""
+        job = _Job(self._next_job_id, controller_id, func_blob, label, now)
+        self._next_job_id += 1
+        if self._running is None:
+            return job.job_id, self._start(job)
+        self._queue.append(job)
+        return job.job_id, [JobQueued(controller_id, job.job_id, len(self._queue))]
+
+    def task_received(self, job_id: int, task_id: int, blob: bytes) -> list[Action]:
+        """The controller sent one task of its running job, against credit."""
+        job = self._running_or_ended(job_id, f"task {task_id}")
+        if job is None:
+            return []
+        self._check_new_task(job, task_id)
+        job.credit -= 1
+        job.held[task_id] = _Task(task_id, blob)
+        job.pending.append(task_id)
+        job.max_task_id = max(job.max_task_id, task_id)
+        return self._dispatch()
+
+    def input_ended(self, job_id: int, total_tasks: int) -> list[Action]:
+        """The controller sent its last task; the job has ``total_tasks`` tasks in all."""
+        job = self._running_or_ended(job_id, "end of input")
+        if job is None:
+            return []
+        _check_total(job, total_tasks)
+        job.total_tasks = total_tasks
+        if len(job.done) == total_tasks:
+            return self._end_running(JobOutcome.DONE)
+        return []
+
+    def result_received(
+        self, node_id: str, job_id: int, task_id: int, attempt: int, ok: bool, blob: bytes
+    ) -> list[Action]:
+        """A node returned a task's result (``ok``) or its error; stale results are dropped."""
+        job = self._running_or_ended(job_id, f"result of task {task_id} from node {node_id!r}")
+        task = None if job is None else job.held.get(task_id)
+        if job is None or task is None or not _is_current(task, node_id, attempt):
+            self._stale_results += 1
+            return []
+        forward: list[Action] = [ForwardResult(job.controller_id, job_id, task_id, ok, blob)]
+        if ok:
+            return forward + self._complete(job, task)
+        task.move_to(TaskState.FAILED)
+        reason = f"task {task_id} raised an exception on node {node_id}"
+        return forward + self._end_running(JobOutcome.FAILED, reason)
+
+    def cancel_job(self, job_id: int, reason: str = "cancelled by its controller") -> list[Action]:
+        """End a queued or running job; an unknown or ended job id is ignored."""
+        if self._running is not None and self._running.job_id == job_id:
+            return self._end_running(JobOutcome.CANCELLED, reason)
+        for job in self._queue:
+            if job.job_id == job_id:
+                self._queue.remove(job)
+                return [JobEnded(job.controller_id, job_id, JobOutcome.CANCELLED, reason)]
+        return []
+
+    def controller_lost(self, controller_id: str) -> list[Action]:
+        """A controller is gone: every live job of it is cancelled."""
+        reason = f"its controller {controller_id} went away"
+        # Queued jobs first, so that ending the running one cannot start one of them.
+        doomed = [job.job_id for job in self._queue if job.controller_id == controller_id]
+        if self._running is not None and self._running.controller_id == controller_id:
+            doomed.append(self._running.job_id)
+        actions: list[Action] = []
+        for job_id in doomed:
+            actions += self.cancel_job(job_id, reason)
+        return actions
+
+    def status(self) -> dict[str, object]:
+        """A JSON-serialisable snapshot for the admin ``status`` verb.
+
+        ``busy`` is a node's tasks in flight; ``jobs_done`` counts jobs that ended DONE.
+        """
+        return {
+            "nodes": [_node_status(node) for node in self._nodes.values()],
+            "job": None if self._running is None else _running_status(self._running),
+            "queue": [_queued_status(job) for job in self._queue],
+            "stale_results": self._stale_results,
+            "jobs_done": self._jobs_done,
+        }
+
+    # -- internals ---------------------------------------------------------
+
+    def _live_job(self, job_id: int) -> _Job | None:
+        if self._running is not None and self._running.job_id == job_id:
+            return self._running
+        return next((job for job in self._queue if job.job_id == job_id), None)
+
+    def _running_or_ended(self, job_id: int, what: str) -> _Job | None:
+        """The running job ``job_id``; None if it ended (a late frame); else a violation."""
+        job = self._live_job(job_id)
+        if job is not None and job is self._running:
+            return job
+        if job is not None:
+            raise ProtocolViolation(f"{what} for job {job_id}, which is queued and not started")
+        if 1 <= job_id < self._next_job_id:
+            return None  # ids are sequential: a past id that is not live has ended
+        raise ProtocolViolation(f"{what} for job {job_id}, which was never submitted")
+
+    def _window(self) -> int:
+        slots = sum(node.slots for node in self._nodes.values())
+        return max(self._min_window, self._window_per_slot * slots)
+
+    def _start(self, job: _Job) -> list[Action]:
+        self._running = job
+        started: list[Action] = [JobStarted(job.controller_id, job.job_id)]
+        return started + self._top_up()
+
+    def _top_up(self) -> list[Action]:
+        """Grant the running job credit up to the window; never take any back."""
+        job = self._running
+        if job is None or job.total_tasks is not None:
+            return []
+        deficit = self._window() - len(job.held) - job.credit
+        if deficit <= 0:
+            return []
+        job.credit += deficit
+        return [GrantCredit(job.controller_id, job.job_id, deficit)]
+
+    def _dispatch(self) -> list[Action]:
+        """Hand pending tasks to the nodes with the most free slots."""
+        job = self._running
+        actions: list[Action] = []
+        while job is not None and job.pending:
+            node = self._freest_node()
+            if node is None:
+                break
+            actions += self._assign(job, job.held[job.pending.popleft()], node)
+        return actions
+
+    def _freest_node(self) -> _Node | None:
+        best: _Node | None = None
+        for node in self._nodes.values():
+            if node.free > 0 and (best is None or node.free > best.free):
+                best = node
+        return best
+
+    def _assign(self, job: _Job, task: _Task, node: _Node) -> list[Action]:
+        actions: list[Action] = []
+        if node.node_id not in job.function_sent_to:
+            job.function_sent_to.add(node.node_id)
+            actions.append(SendFunction(node.node_id, job.job_id, job.func_blob))
+        task.move_to(TaskState.ASSIGNED)
+        task.attempt += 1
+        task.node_id = node.node_id
+        node.inflight.add(task.task_id)
+        actions.append(AssignTask(node.node_id, job.job_id, task.task_id, task.attempt, task.blob))
+        return actions
+
+    def _complete(self, job: _Job, task: _Task) -> list[Action]:
+        task.move_to(TaskState.DONE)
+        del job.held[task.task_id]  # drops the task blob: results never need it again
+        job.done.add(task.task_id)
+        assert task.node_id is not None  # an ASSIGNED task is on a connected node
+        node = self._nodes[task.node_id]
+        node.inflight.remove(task.task_id)
+        node.tasks_done += 1
+        if len(job.done) == job.total_tasks:
+            return self._end_running(JobOutcome.DONE)
+        return self._dispatch() + self._top_up()
+
+    def _end_running(self, outcome: JobOutcome, reason: str = "") -> list[Action]:
+        """End the running job, tell its nodes to drop it, and start the next job."""
+        job = self._running
+        assert job is not None
+        actions: list[Action] = [JobEnded(job.controller_id, job.job_id, outcome, reason)]
+        if outcome is not JobOutcome.DONE:
+            actions += [CancelOnNode(node_id, job.job_id) for node_id in self._involved(job)]
+        else:
+            self._jobs_done += 1
+        for node in self._nodes.values():
+            node.inflight.clear()  # only the running job ever has tasks on nodes
+        self._running = None
+        if self._queue:
+            actions += self._start(self._queue.popleft())
+        return actions
+
+    def _involved(self, job: _Job) -> list[str]:
+        """Connected nodes that got the job's function (so maybe its tasks), in join order."""
+        return [node_id for node_id in self._nodes if node_id in job.function_sent_to]
+
+    def _check_new_task(self, job: _Job, task_id: int) -> None:
+        where = f"task {task_id} of job {job.job_id}"
+        if job.total_tasks is not None:
+            raise ProtocolViolation(f"{where} arrived after the job's input ended")
+        if task_id < 0:
+            raise ProtocolViolation(f"{where} has a negative id; task ids start at 0")
+        if task_id in job.held or task_id in job.done:
+            raise ProtocolViolation(f"{where} was already received; send each task id once")
+        if job.credit <= 0:
+            raise ProtocolViolation(f"{where} arrived without credit; wait for a credit grant")
+
+
+def _check_total(job: _Job, total_tasks: int) -> None:
+    """Refuse an end of input that does not match the tasks actually received."""
+    where = f"job {job.job_id}"
+    if job.total_tasks is not None:
+        raise ProtocolViolation(f"{where} ended its input twice")
+    if total_tasks != job.received():
+        raise ProtocolViolation(
+            f"{where} ended its input at {total_tasks} tasks, but {job.received()} were received"
+        )
+    if job.max_task_id >= total_tasks:
+        raise ProtocolViolation(
+            f"{where} ended its input at {total_tasks} tasks, but task ids must be "
+            f"0..{total_tasks - 1} and task {job.max_task_id} was received"
+        )
+
+
+def _is_current(task: _Task, node_id: str, attempt: int) -> bool:
+    """Only the attempt the task is assigned to right now may complete it."""
+    return task.state is TaskState.ASSIGNED and task.node_id == node_id and task.attempt == attempt
+
+
+def _lost_reason(task: _Task) -> str:
+    times = "time" if task.attempt == 1 else "times"
+    return (
+        f"task {task.task_id} was lost with its node {task.attempt} {times} "
+        f"(nodes: {', '.join(task.lost_on)}); giving up"
+    )
+
+
+def _require_at_least(name: str, value: int, least: int) -> None:
+    if value < least:
+        raise ValueError(f"{name} must be at least {least}, got {value}")
+
+
+def _node_status(node: _Node) -> dict[str, object]:
+    return {
+        "node_id": node.node_id,
+        "slots": node.slots,
+        "busy": len(node.inflight),
+        "tasks_done": node.tasks_done,
+    }
+
+
+def _running_status(job: _Job) -> dict[str, object]:
+    return {
+        "job_id": job.job_id,
+        "controller_id": job.controller_id,
+        "label": job.label,
+        "tasks_received": job.received(),
+        "tasks_done": len(job.done),
+        "tasks_pending": len(job.pending),
+        "tasks_assigned": len(job.held) - len(job.pending),
+        "input_ended": job.total_tasks is not None,
+        "submitted_at": job.submitted_at,
+    }
+
+
+def _queued_status(job: _Job) -> dict[str, object]:
+    return {
+        "job_id": job.job_id,
+        "controller_id": job.controller_id,
+        "label": job.label,
+        "submitted_at": job.submitted_at,
+    }
