@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -47,8 +48,12 @@ def _stop_reactor(reactor: Any) -> None:
 def _watch_stdin(reactor: Any) -> None:
     """Stop the reactor when stdin closes (the LocalCluster that started us is gone)."""
 
+    fd = sys.stdin.fileno()
+
     def watch() -> None:
-        while sys.stdin.buffer.read(65536):
+        # os.read on the descriptor: sys.stdin.buffer.read would hold the
+        # buffer's lock, and interpreter shutdown aborts on a held stdin lock.
+        while os.read(fd, 65536):
             pass
         reactor.callFromThread(_stop_reactor, reactor)
 
@@ -119,6 +124,9 @@ def _status(args: argparse.Namespace) -> int:
 def _kill(args: argparse.Namespace) -> int:
     from achilles_like import killCluster
 
+    if not args.yes and not sys.stdin.isatty():
+        print("achilles: no terminal to confirm on; pass -y to stop the nodes", file=sys.stderr)
+        return 1
     count = killCluster(
         args.yes, args.host, args.port, args.username, args.secret_key, stop_server=args.server
     )

@@ -42,8 +42,8 @@ class Settings:
     secret_key: str = field(default="", repr=False)
     processes: int | None = None
     max_body: int = DEFAULT_MAX_BODY
-    # Whether ``host`` was configured anywhere (argument, environment, .env):
-    # with no host configured, the client starts an embedded local cluster.
+    # Whether a host or port was configured anywhere (argument, environment,
+    # .env): with neither, the client starts an embedded local cluster.
     host_configured: bool = False
 
     def __repr__(self) -> str:
@@ -116,7 +116,7 @@ def load_settings(
         secret_key=str(lookup("SECRET_KEY") or ""),
         processes=None if raw_processes is None else _positive_int("PROCESSES", raw_processes),
         max_body=DEFAULT_MAX_BODY if raw_body is None else _positive_int("MAX_BODY", raw_body),
-        host_configured=raw_host is not None,
+        host_configured=raw_host is not None or raw_port is not None,
     )
 
 

@@ -193,18 +193,19 @@ def _close_stdin(child: subprocess.Popen[str]) -> None:
 
 
 def _stop(child: subprocess.Popen[str]) -> None:
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        if child.poll() is not None:
-            break
-        try:
-            os.killpg(child.pid, sig)
-        except ProcessLookupError:
-            break
+    # Closing stdin already asked the child to stop cleanly; give it the time
+    # to stop its own workers, then SIGTERM the child alone (signalling the
+    # whole group could kill a pool worker holding the pool's queue lock, and
+    # the node's pool shutdown would then wait on that lock forever).
+    for send, wait in ((None, 5.0), (child.terminate, 5.0)):
+        if send is not None and child.poll() is None:
+            send()
         try:
             child.wait(wait)
+            break
         except subprocess.TimeoutExpired:
             continue
-    # Pool workers share the child's process group; make sure none is left.
+    # Last resort, and for pool workers left behind: SIGKILL the whole group.
     try:
         os.killpg(child.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -216,6 +217,11 @@ def _stop(child: subprocess.Popen[str]) -> None:
 def active_cluster() -> LocalCluster | None:
     """The innermost ``with LocalCluster()`` block, if any."""
     return _active[-1] if _active else None
+
+
+def running_default_cluster() -> LocalCluster | None:
+    """The embedded default cluster if this process has started one."""
+    return _default
 
 
 def default_cluster() -> LocalCluster:

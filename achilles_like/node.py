@@ -144,7 +144,8 @@ class NodeAgent:
         self.running -= 1
         self.tasks_done += 1
         ok, blob = outcome
-        current = generation == self.generation and self.protocol is not None
+        skipped = not ok and not blob  # the worker saw the cancel mark and did not run it
+        current = generation == self.generation and not skipped
         if current and ref.job_id not in self.cancelled and self.protocol is not None:
             fields = {"job": ref.job_id, "task": ref.task_id, "attempt": ref.attempt, "ok": ok}
             self.protocol.send_parts(encode_header("RESULT", len(blob), **fields), blob)
@@ -162,9 +163,23 @@ class NodeAgent:
 
     def close(self) -> None:
         """Stop the pool's workers (node shutdown)."""
-        if not self.closed:
-            self.closed = True
+        if self.closed:
+            return
+        self.closed = True
+        workers = list(getattr(self.pool, "_pool", []))
+        if all(worker.exitcode is None for worker in workers):
             self.pool.terminate()
+            return
+        # A worker died (killed from outside) and may have held the pool's
+        # queue lock: Pool.terminate() would wait on it forever. Kill the rest
+        # directly and drop the pool's exit-time finalizer, which would too.
+        finalizer = getattr(self.pool, "_terminate", None)
+        if finalizer is not None:
+            finalizer.cancel()
+        for worker in workers:
+            if worker.exitcode is None:
+                worker.kill()
+                worker.join(1)
 
 
 class NodeProtocol(Protocol):

@@ -20,7 +20,7 @@ from achilles_like.client.connection import Connection
 from achilles_like.client.job import JobRunner, check_chunksize, pickle_function, prepare_input
 from achilles_like.config import Settings, load_settings
 from achilles_like.errors import ProtocolViolation
-from achilles_like.local import active_cluster, default_cluster
+from achilles_like.local import active_cluster, default_cluster, running_default_cluster
 
 
 def resolve_settings(
@@ -28,15 +28,31 @@ def resolve_settings(
     port: int | None = None,
     username: str | None = None,
     secret_key: str | None = None,
+    *,
+    start_local: bool = True,
 ) -> Settings:
-    """Settings for the cluster a call should reach (see the module docstring)."""
+    """Settings for the cluster a call should reach (see the module docstring).
+
+    With ``start_local`` false, an unconfigured call gets the default
+    address (127.0.0.1:9999) instead of a new embedded cluster.
+    """
     cluster = active_cluster()
     if host is None and cluster is not None:
         return cluster.settings.with_overrides(username=username, secret_key=secret_key)
     settings = load_settings(host, port, username, secret_key)
-    if settings.host_configured:
+    if settings.host_configured or not start_local:
         return settings
     return default_cluster().settings
+
+
+def _admin_settings(
+    host: str | None, port: int | None, username: str | None, secret_key: str | None
+) -> Settings:
+    """Like :func:`resolve_settings`, but never starts a cluster just to query it."""
+    cluster = running_default_cluster()
+    if host is None and port is None and active_cluster() is None and cluster is not None:
+        return cluster.settings.with_overrides(username=username, secret_key=secret_key)
+    return resolve_settings(host, port, username, secret_key, start_local=False)
 
 
 def _label(func: Callable[..., Any]) -> str:
@@ -115,7 +131,7 @@ def getClusterStatus(  # noqa: N802 - achilles' public name style
     secret_key: str | None = None,
 ) -> dict[str, Any]:
     """Return the server's view: ``nodes``, the running ``job`` and the ``queue``."""
-    settings = resolve_settings(host, port, username, secret_key)
+    settings = _admin_settings(host, port, username, secret_key)
     with Connection.open(settings, role="admin") as connection:
         reply = connection.request("STATUS")
     if reply.verb != "STATUS":
@@ -138,7 +154,7 @@ def killCluster(  # noqa: N802 - achilles' public name
     Asks for confirmation on the terminal unless ``command_verified`` is true.
     Returns how many nodes were told to stop (0 when the user declined).
     """
-    settings = resolve_settings(host, port, username, secret_key)
+    settings = _admin_settings(host, port, username, secret_key)
     if not command_verified:
         where = f"{settings.host}:{settings.port}"
         if not sys.stdin or not sys.stdin.isatty():
