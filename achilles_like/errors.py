@@ -6,7 +6,7 @@
     ├── ConfigurationError        a setting is missing or malformed
     ├── ProtocolError             a peer broke the wire protocol
     │   ├── FrameTooLargeError    a header line or body is over its limit
-    │   └── ProtocolViolation     well-formed frames in an illegal order/state
+    │   └── ProtocolViolationError  well-formed frames in an illegal order/state
     ├── AuthenticationError       the handshake failed (wrong secret, version)
     ├── ClusterConnectionError    the server could not be reached or was lost
     └── JobFailedError            the cluster gave up on a job (no attempt left,
@@ -37,7 +37,7 @@ class FrameTooLargeError(ProtocolError):
     """A header line or a body is larger than the configured limit."""
 
 
-class ProtocolViolation(ProtocolError):
+class ProtocolViolationError(ProtocolError):
     """A peer sent valid frames that are illegal in the current state."""
 
 

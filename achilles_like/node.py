@@ -39,7 +39,7 @@ from twisted.internet.protocol import Protocol, ReconnectingClientFactory, conne
 from twisted.python.failure import Failure
 
 from achilles_like.config import Settings, load_settings
-from achilles_like.errors import AuthenticationError, ProtocolError, ProtocolViolation
+from achilles_like.errors import AuthenticationError, ProtocolError, ProtocolViolationError
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder, encode_frame, encode_header
 from achilles_like.protocol.handshake import NONCE_BYTES
 from achilles_like.worker import init_worker, run_task, task_key
@@ -69,7 +69,9 @@ class NodeAgent:
         self.processes = processes or settings.processes or multiprocess.cpu_count()
         # Workers skip queued tasks at or below this mark (see worker.run_task).
         self.cancelled_mark = multiprocess.Value("q", 0, lock=False)
-        self.pool = multiprocess.Pool(self.processes, initializer=init_worker, initargs=(self.cancelled_mark,))
+        self.pool = multiprocess.Pool(
+            self.processes, initializer=init_worker, initargs=(self.cancelled_mark,)
+        )
         self.queue: deque[TaskRef] = deque()
         self.running = 0
         self.functions: dict[int, bytes] = {}
@@ -109,7 +111,7 @@ class NodeAgent:
     def add_task(self, ref: TaskRef) -> None:
         """Queue a task and start it when a process is free."""
         if ref.job_id not in self.functions:
-            raise ProtocolViolation(f"TASK for job {ref.job_id} arrived before its FUNC")
+            raise ProtocolViolationError(f"TASK for job {ref.job_id} arrived before its FUNC")
         self.queue.append(ref)
         self._pump()
 
@@ -228,7 +230,7 @@ class NodeProtocol(Protocol):
         elif verb == "ERROR":
             log.error("the server reported: %s", frame.fields.get("msg", ""))
         elif verb != "PONG":
-            raise ProtocolViolation(f"a server may not send {verb} to a node")
+            raise ProtocolViolationError(f"a server may not send {verb} to a node")
 
     def _register(self) -> None:
         self.factory.resetDelay()

@@ -42,7 +42,12 @@ from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.python.failure import Failure
 
 from achilles_like.config import LOOPBACK_HOSTS, Settings
-from achilles_like.errors import AuthenticationError, ConfigurationError, ProtocolError, ProtocolViolation
+from achilles_like.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ProtocolError,
+    ProtocolViolationError,
+)
 from achilles_like.protocol import Frame, FrameDecoder, ServerHandshake, encode_frame, encode_header
 from achilles_like.protocol.handshake import NONCE_BYTES
 from achilles_like.scheduling import actions as act
@@ -211,7 +216,7 @@ class ClusterServer(ServerFactory):
         """Handle a frame from an authenticated node."""
         if frame.verb == "RESULT":
             if peer.peer_id not in self.node_info:
-                raise ProtocolViolation("RESULT before REGISTER")
+                raise ProtocolViolationError("RESULT before REGISTER")
             self.execute(
                 self.scheduler.result_received(
                     peer.peer_id,
@@ -225,7 +230,7 @@ class ClusterServer(ServerFactory):
         elif frame.verb == "REGISTER" and peer.peer_id not in self.node_info:
             slots = frame.integer("slots")
             if not 1 <= slots <= 100_000:
-                raise ProtocolViolation(f"REGISTER slots={slots} is out of range")
+                raise ProtocolViolationError(f"REGISTER slots={slots} is out of range")
             self.node_info[peer.peer_id] = {
                 "node_id": peer.peer_id,
                 "address": peer.address,
@@ -237,7 +242,7 @@ class ClusterServer(ServerFactory):
             log.info("node %s registered from %s with %d slots", peer.peer_id, peer.address, slots)
             self.execute(self.scheduler.node_joined(peer.peer_id, slots))
         else:
-            raise ProtocolViolation(f"a node may not send {frame.verb} now")
+            raise ProtocolViolationError(f"a node may not send {frame.verb} now")
 
     def _ping_nodes(self) -> None:
         now = self.clock.seconds()
@@ -263,7 +268,7 @@ class ClusterServer(ServerFactory):
         job_id = frame.integer("job")
         owner = self.scheduler.job_controller(job_id)
         if owner is not None and owner != peer.peer_id:
-            raise ProtocolViolation(f"job {job_id} belongs to another controller")
+            raise ProtocolViolationError(f"job {job_id} belongs to another controller")
         if frame.verb == "TASK":
             self.execute(self.scheduler.task_received(job_id, frame.integer("task"), frame.body))
         elif frame.verb == "END":
@@ -271,7 +276,7 @@ class ClusterServer(ServerFactory):
         elif frame.verb == "CANCEL":
             self.execute(self.scheduler.cancel_job(job_id))
         else:
-            raise ProtocolViolation(f"a controller may not send {frame.verb}")
+            raise ProtocolViolationError(f"a controller may not send {frame.verb}")
 
     # -- admin ---------------------------------------------------------------
 
@@ -288,7 +293,7 @@ class ClusterServer(ServerFactory):
             if frame.flag("server") and self.on_stop_requested is not None:
                 self.clock.callLater(0.1, self.on_stop_requested)
         else:
-            raise ProtocolViolation(f"an admin connection may not send {frame.verb}")
+            raise ProtocolViolationError(f"an admin connection may not send {frame.verb}")
 
     def status(self) -> dict[str, Any]:
         """The scheduler's status with each node's address, name and process count."""

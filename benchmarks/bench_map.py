@@ -78,11 +78,25 @@ def main() -> None:
             items = range(count)
             local = best(repeat, lambda: pool.map(func, items, chunksize))  # noqa: B023
             remote = best(repeat, lambda: achilles_like.map(func, items, chunksize=chunksize, **target))  # noqa: B023
-            rows.append((name, f"{count / local:,.0f} items/s", f"{count / remote:,.0f} items/s", f"{local / remote:.2f}"))
+            rows.append(
+                (
+                    name,
+                    f"{count / local:,.0f} items/s",
+                    f"{count / remote:,.0f} items/s",
+                    f"{local / remote:.2f}",
+                )
+            )
 
         local_ms = latency(repeat, lambda: next(pool.imap(tiny, [1])))
         remote_ms = latency(repeat, lambda: next(iter(achilles_like.imap(tiny, [1], **target))))
-        rows.append(("imap one-item round trip (median)", f"{local_ms:.2f} ms", f"{remote_ms:.2f} ms", f"{local_ms / remote_ms:.2f}"))
+        rows.append(
+            (
+                "imap one-item round trip (median)",
+                f"{local_ms:.2f} ms",
+                f"{remote_ms:.2f} ms",
+                f"{local_ms / remote_ms:.2f}",
+            )
+        )
 
     headers = ("case", "multiprocessing.Pool", "achilles_like", "ratio")
     widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(4)]

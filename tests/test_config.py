@@ -160,7 +160,7 @@ def test_empty_environment_value_falls_through_to_env_file(tmp_path: Path) -> No
 def test_host_configured_is_false_when_nothing_sets_an_address(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Setting user and secret but no host or port leaves host_configured False (the embedded cluster case)."""
+    """User and secret but no host or port leave host_configured False (the embedded cluster case)."""
     write_env(tmp_path / ".env", USERNAME="alice", SECRET_KEY="s")
     monkeypatch.chdir(tmp_path)
     settings = load_settings(environ={"ACHILLES_SECRET_KEY": "e"})

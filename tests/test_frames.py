@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from achilles_like.errors import FrameTooLargeError, ProtocolError, ProtocolViolation
+from achilles_like.errors import FrameTooLargeError, ProtocolError, ProtocolViolationError
 from achilles_like.protocol.frames import (
     DEFAULT_MAX_BODY,
     DEFAULT_MAX_LINE,
@@ -107,9 +107,7 @@ def test_partial_frame_is_buffered_until_complete() -> None:
 def test_body_with_crlf_survives() -> None:
     """A body made of line breaks is carried intact, not read as header lines."""
     body = b"\r\n\r\nPING\r\n\n\r"
-    assert FrameDecoder().feed(encode_frame("TASK", body, job=1)) == [
-        Frame("TASK", {"job": "1"}, body)
-    ]
+    assert FrameDecoder().feed(encode_frame("TASK", body, job=1)) == [Frame("TASK", {"job": "1"}, body)]
 
 
 def test_pickle_containing_the_delimiter_survives() -> None:
@@ -339,20 +337,20 @@ def test_frame_integer_reads_non_negative_integers() -> None:
 
 @pytest.mark.parametrize("raw", ["", "-1", "+1", "1.0", " 1", "0x1", "one", "9" * 20])
 def test_frame_integer_rejects_malformed_values(raw: str) -> None:
-    """``integer`` raises ProtocolViolation naming the field when the value is not digits."""
-    with pytest.raises(ProtocolViolation, match="job"):
+    """``integer`` raises ProtocolViolationError naming the field when the value is not digits."""
+    with pytest.raises(ProtocolViolationError, match="job"):
         Frame("TASK", {"job": raw}).integer("job")
 
 
 def test_frame_integer_rejects_unicode_digits() -> None:
-    """``integer`` raises ProtocolViolation for a value like '²' that only looks like a digit."""
-    with pytest.raises(ProtocolViolation):
+    """``integer`` raises ProtocolViolationError for a value like '²' that only looks like a digit."""
+    with pytest.raises(ProtocolViolationError):
         Frame("TASK", {"job": "²"}).integer("job")
 
 
 def test_frame_integer_missing_without_default_is_a_violation() -> None:
-    """A missing integer field with no default raises ProtocolViolation naming verb and field."""
-    with pytest.raises(ProtocolViolation, match="TASK frame is missing the field 'job'"):
+    """A missing integer field with no default raises ProtocolViolationError naming verb and field."""
+    with pytest.raises(ProtocolViolationError, match="TASK frame is missing the field 'job'"):
         Frame("TASK").integer("job")
 
 
@@ -366,8 +364,8 @@ def test_frame_text_reads_fields_and_defaults() -> None:
 
 
 def test_frame_text_missing_without_default_is_a_violation() -> None:
-    """A missing text field with no default raises ProtocolViolation."""
-    with pytest.raises(ProtocolViolation, match="'code'"):
+    """A missing text field with no default raises ProtocolViolationError."""
+    with pytest.raises(ProtocolViolationError, match="'code'"):
         Frame("ERROR").text("code")
 
 
@@ -409,9 +407,7 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 @FUZZ
 @given(frames=st.lists(frames_strategy, max_size=6), data=st.data())
-def test_property_frames_round_trip_under_any_chunking(
-    frames: list[Frame], data: st.DataObject
-) -> None:
+def test_property_frames_round_trip_under_any_chunking(frames: list[Frame], data: st.DataObject) -> None:
     """Any list of frames, encoded and fed in arbitrary chunks, decodes back identically."""
     stream = stream_of(frames)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12), label="cuts"))

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from achilles_like.errors import AuthenticationError, ProtocolError, ProtocolViolation
+from achilles_like.errors import AuthenticationError, ProtocolError, ProtocolViolationError
 from achilles_like.protocol.frames import Frame, FrameDecoder, encode_frame
 from achilles_like.protocol.handshake import (
     NONCE_BYTES,
@@ -77,9 +77,7 @@ def run(server: ServerHandshake, client: ClientHandshake) -> tuple[bytes, bytes,
 
 def client_mac(client_nonce: str, role: str, user: str = "") -> str:
     """Compute, independently of the module, the AUTH mac for SECRET and SERVER_NONCE."""
-    message = (
-        f"achilles_like/{PROTOCOL_VERSION} client|{SERVER_NONCE.hex()}|{client_nonce}|{role}|{user}"
-    )
+    message = f"achilles_like/{PROTOCOL_VERSION} client|{SERVER_NONCE.hex()}|{client_nonce}|{role}|{user}"
     return hmac.new(SECRET, message.encode(), hashlib.sha256).hexdigest()
 
 
@@ -396,17 +394,17 @@ def test_bare_auth_is_refused() -> None:
     ["", "00", "zz" * NONCE_BYTES, "AB" * NONCE_BYTES, "ab" * (NONCE_BYTES + 1), " " * 64],
 )
 def test_hello_with_a_bad_nonce_is_a_protocol_violation(nonce: str) -> None:
-    """A HELLO whose nonce is not 64 lowercase hex digits raises ProtocolViolation."""
+    """A HELLO whose nonce is not 64 lowercase hex digits raises ProtocolViolationError."""
     client = ClientHandshake(SECRET, CLIENT_NONCE, role="node")
-    with pytest.raises(ProtocolViolation, match="nonce"):
+    with pytest.raises(ProtocolViolationError, match="nonce"):
         client.receive(Frame("HELLO", {"proto": "1", "nonce": nonce}))
     assert client.state is HandshakeState.FAILED
 
 
 def test_hello_without_a_nonce_is_a_protocol_violation() -> None:
-    """A HELLO with no nonce field raises ProtocolViolation."""
+    """A HELLO with no nonce field raises ProtocolViolationError."""
     client = ClientHandshake(SECRET, CLIENT_NONCE, role="node")
-    with pytest.raises(ProtocolViolation):
+    with pytest.raises(ProtocolViolationError):
         client.receive(Frame("HELLO", {"proto": "1"}))
 
 
@@ -426,9 +424,7 @@ def test_auth_with_a_known_mac_but_unknown_role_is_refused() -> None:
     nonce = CLIENT_NONCE.hex()
     mac = client_mac(nonce, "root")
     with pytest.raises(AuthenticationError):
-        server.receive(
-            Frame("AUTH", {"proto": "1", "role": "root", "user": "", "nonce": nonce, "mac": mac})
-        )
+        server.receive(Frame("AUTH", {"proto": "1", "role": "root", "user": "", "nonce": nonce, "mac": mac}))
 
 
 @pytest.mark.parametrize(
@@ -506,8 +502,8 @@ def test_error_frame_without_message_still_fails_the_client() -> None:
 
 
 def test_violations_are_protocol_errors() -> None:
-    """ProtocolViolation from a bad HELLO is a ProtocolError, so the shell disconnects."""
-    assert issubclass(ProtocolViolation, ProtocolError)
+    """ProtocolViolationError from a bad HELLO is a ProtocolError, so the shell disconnects."""
+    assert issubclass(ProtocolViolationError, ProtocolError)
 
 
 # --- the secret never travels ----------------------------------------------------------------
@@ -550,9 +546,7 @@ auth_fields = st.fixed_dictionaries(
 
 @settings(max_examples=200, deadline=None)
 @given(fields=auth_fields, server_user=st.one_of(st.none(), st.text(max_size=10)))
-def test_property_random_auth_never_authenticates(
-    fields: dict[str, str], server_user: str | None
-) -> None:
+def test_property_random_auth_never_authenticates(fields: dict[str, str], server_user: str | None) -> None:
     """AUTH frames with random field values never authenticate without the right MAC."""
     server = ServerHandshake(SECRET, SERVER_NONCE, username=server_user)
     server.hello()

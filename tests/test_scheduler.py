@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from achilles_like.errors import ProtocolViolation
+from achilles_like.errors import ProtocolViolationError
 from achilles_like.scheduling import (
     Action,
     AssignTask,
@@ -195,7 +195,7 @@ def test_task_beyond_credit_is_refused() -> None:
     s.submit_job("c", FUNC)
     send_tasks(s, 1, [0, 1])
     before = s.status()
-    with pytest.raises(ProtocolViolation, match="without credit"):
+    with pytest.raises(ProtocolViolationError, match="without credit"):
         s.task_received(1, 2, b"x")
     assert s.status() == before
 
@@ -558,10 +558,10 @@ def test_protocol_violation_leaves_state_intact(
     call: Callable[[Scheduler], object],
     message: str,
 ) -> None:
-    """An illegal call raises ProtocolViolation naming the problem and changes nothing."""
+    """An illegal call raises ProtocolViolationError naming the problem and changes nothing."""
     s = _scenario()
     before = s.status()
-    with pytest.raises(ProtocolViolation, match=message):
+    with pytest.raises(ProtocolViolationError, match=message):
         call(s)
     assert s.status() == before
     # Still fully working afterwards: the job can finish normally.
@@ -574,7 +574,7 @@ def test_task_ids_must_cover_zero_to_total() -> None:
     s = Scheduler()
     s.submit_job("c", FUNC)
     send_tasks(s, 1, [0, 5])
-    with pytest.raises(ProtocolViolation, match="task 5 was received"):
+    with pytest.raises(ProtocolViolationError, match="task 5 was received"):
         s.input_ended(1, 2)
 
 
@@ -584,9 +584,9 @@ def test_task_after_input_ended_is_refused() -> None:
     s.submit_job("c", FUNC)
     send_tasks(s, 1, [0])
     s.input_ended(1, 1)
-    with pytest.raises(ProtocolViolation, match="after the job's input ended"):
+    with pytest.raises(ProtocolViolationError, match="after the job's input ended"):
         s.task_received(1, 1, b"x")
-    with pytest.raises(ProtocolViolation, match="ended its input twice"):
+    with pytest.raises(ProtocolViolationError, match="ended its input twice"):
         s.input_ended(1, 1)
 
 

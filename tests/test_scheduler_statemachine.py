@@ -17,7 +17,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from achilles_like.errors import ProtocolViolation
+from achilles_like.errors import ProtocolViolationError
 from achilles_like.scheduling import (
     Action,
     AssignTask,
@@ -227,7 +227,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         job = self.jobs[self.running]
         candidates = [*sorted(set(range(job.total)) - set(job.unsent)), -1]
         before = self.s.status()
-        with pytest.raises(ProtocolViolation):
+        with pytest.raises(ProtocolViolationError):
             self.s.task_received(self.running, candidates[pick % len(candidates)], b"")
         assert self.s.status() == before
 

@@ -19,7 +19,7 @@ from typing import Any
 from achilles_like.client.connection import Connection
 from achilles_like.client.job import JobRunner, check_chunksize, pickle_function, prepare_input
 from achilles_like.config import Settings, load_settings
-from achilles_like.errors import ProtocolViolation
+from achilles_like.errors import ProtocolViolationError
 from achilles_like.local import active_cluster, default_cluster, running_default_cluster
 
 
@@ -135,7 +135,7 @@ def getClusterStatus(  # noqa: N802 - achilles' public name style
     with Connection.open(settings, role="admin") as connection:
         reply = connection.request("STATUS")
     if reply.verb != "STATUS":
-        raise ProtocolViolation(f"expected STATUS from the server, got {reply.verb}")
+        raise ProtocolViolationError(f"expected STATUS from the server, got {reply.verb}")
     status: dict[str, Any] = json.loads(reply.body)
     return status
 

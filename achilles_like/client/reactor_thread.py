@@ -80,8 +80,14 @@ def _stop() -> None:
     from twisted.internet import reactor as the_reactor
 
     if _thread is not None and _thread.is_alive():
-        try:
-            the_reactor.callFromThread(the_reactor.stop)  # type: ignore[attr-defined]
-        except Exception:  # noqa: BLE001 - already stopping
-            return
+        the_reactor.callFromThread(_stop_in_reactor, the_reactor)  # type: ignore[attr-defined]
         _thread.join(timeout=5)
+
+
+def _stop_in_reactor(the_reactor: Any) -> None:
+    from twisted.internet.error import ReactorNotRunning
+
+    try:
+        the_reactor.stop()
+    except ReactorNotRunning:
+        pass  # already stopping

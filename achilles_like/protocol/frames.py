@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
-from achilles_like.errors import FrameTooLargeError, ProtocolError, ProtocolViolation
+from achilles_like.errors import FrameTooLargeError, ProtocolError, ProtocolViolationError
 
 DEFAULT_MAX_LINE = 4096
 DEFAULT_MAX_BODY = 1 << 30  # 1 GiB: one task's items or one chunk's results
@@ -46,7 +46,7 @@ class Frame:
         """Return field ``key``, or ``default``; a missing field with no default is a violation."""
         value = self.fields.get(key, default)
         if value is None:
-            raise ProtocolViolation(f"{self.verb} frame is missing the field {key!r}")
+            raise ProtocolViolationError(f"{self.verb} frame is missing the field {key!r}")
         return value
 
     def integer(self, key: str, default: int | None = None) -> int:
@@ -54,10 +54,10 @@ class Frame:
         raw = self.fields.get(key)
         if raw is None:
             if default is None:
-                raise ProtocolViolation(f"{self.verb} frame is missing the field {key!r}")
+                raise ProtocolViolationError(f"{self.verb} frame is missing the field {key!r}")
             return default
         if not _NUMBER.fullmatch(raw):
-            raise ProtocolViolation(f"{self.verb} field {key}={raw!r} is not a non-negative integer")
+            raise ProtocolViolationError(f"{self.verb} field {key}={raw!r} is not a non-negative integer")
         return int(raw)
 
     def flag(self, key: str) -> bool:

@@ -29,7 +29,7 @@ import hmac
 from dataclasses import dataclass
 from enum import Enum
 
-from achilles_like.errors import AuthenticationError, ProtocolViolation
+from achilles_like.errors import AuthenticationError, ProtocolViolationError
 from achilles_like.protocol.frames import Frame, encode_frame
 
 PROTOCOL_VERSION = 1
@@ -75,7 +75,7 @@ def _is_nonce(nonce: str) -> bool:
 
 def _check_nonce(nonce: str) -> None:
     if not _is_nonce(nonce):
-        raise ProtocolViolation("handshake nonce is not 64 lowercase hex digits")
+        raise ProtocolViolationError("handshake nonce is not 64 lowercase hex digits")
 
 
 class ServerHandshake:
@@ -163,7 +163,7 @@ class ClientHandshake:
         try:
             _check_version(frame, "client")
             _check_nonce(frame.fields.get("nonce", ""))
-        except (AuthenticationError, ProtocolViolation):
+        except (AuthenticationError, ProtocolViolationError):
             self.state = HandshakeState.FAILED
             raise
         self._server_nonce = frame.fields["nonce"]

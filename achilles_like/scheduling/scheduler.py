@@ -37,7 +37,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-from achilles_like.errors import ProtocolViolation
+from achilles_like.errors import ProtocolViolationError
 from achilles_like.scheduling.actions import (
     Action,
     AssignTask,
@@ -195,11 +195,11 @@ class Scheduler:
     def node_joined(self, node_id: str, slots: int) -> list[Action]:
         """A node authenticated and offers ``slots`` processes; it gets work at once."""
         if node_id in self._nodes:
-            raise ProtocolViolation(
+            raise ProtocolViolationError(
                 f"node {node_id!r} joined twice; it must be lost before it joins again",
             )
         if slots < 1:
-            raise ProtocolViolation(f"node {node_id!r} offered {slots} slots; at least 1 is needed")
+            raise ProtocolViolationError(f"node {node_id!r} offered {slots} slots; at least 1 is needed")
         self._nodes[node_id] = _Node(node_id, slots)
         return self._dispatch() + self._top_up()
 
@@ -327,10 +327,10 @@ class Scheduler:
         if job is not None and job is self._running:
             return job
         if job is not None:
-            raise ProtocolViolation(f"{what} for job {job_id}, which is queued and not started")
+            raise ProtocolViolationError(f"{what} for job {job_id}, which is queued and not started")
         if 1 <= job_id < self._next_job_id:
             return None  # ids are sequential: a past id that is not live has ended
-        raise ProtocolViolation(f"{what} for job {job_id}, which was never submitted")
+        raise ProtocolViolationError(f"{what} for job {job_id}, which was never submitted")
 
     def _window(self) -> int:
         slots = sum(node.slots for node in self._nodes.values())
@@ -417,26 +417,26 @@ class Scheduler:
     def _check_new_task(self, job: _Job, task_id: int) -> None:
         where = f"task {task_id} of job {job.job_id}"
         if job.total_tasks is not None:
-            raise ProtocolViolation(f"{where} arrived after the job's input ended")
+            raise ProtocolViolationError(f"{where} arrived after the job's input ended")
         if task_id < 0:
-            raise ProtocolViolation(f"{where} has a negative id; task ids start at 0")
+            raise ProtocolViolationError(f"{where} has a negative id; task ids start at 0")
         if task_id in job.held or task_id in job.done:
-            raise ProtocolViolation(f"{where} was already received; send each task id once")
+            raise ProtocolViolationError(f"{where} was already received; send each task id once")
         if job.credit <= 0:
-            raise ProtocolViolation(f"{where} arrived without credit; wait for a credit grant")
+            raise ProtocolViolationError(f"{where} arrived without credit; wait for a credit grant")
 
 
 def _check_total(job: _Job, total_tasks: int) -> None:
     """Refuse an end of input that does not match the tasks actually received."""
     where = f"job {job.job_id}"
     if job.total_tasks is not None:
-        raise ProtocolViolation(f"{where} ended its input twice")
+        raise ProtocolViolationError(f"{where} ended its input twice")
     if total_tasks != job.received():
-        raise ProtocolViolation(
+        raise ProtocolViolationError(
             f"{where} ended its input at {total_tasks} tasks, but {job.received()} were received"
         )
     if job.max_task_id >= total_tasks:
-        raise ProtocolViolation(
+        raise ProtocolViolationError(
             f"{where} ended its input at {total_tasks} tasks, but task ids must be "
             f"0..{total_tasks - 1} and task {job.max_task_id} was received"
         )
