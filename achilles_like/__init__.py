@@ -21,6 +21,7 @@ from achilles_like.errors import (
     ConfigurationError,
     JobFailedError,
     ProtocolError,
+    TaskTimeoutError,
 )
 from achilles_like.local import LocalCluster
 from achilles_like.node import runAchillesNode
@@ -35,6 +36,7 @@ __all__ = [
     "LocalCluster",
     "ProtocolError",
     "Settings",
+    "TaskTimeoutError",
     "__version__",
     "genConfig",
     "getClusterStatus",

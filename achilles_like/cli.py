@@ -68,7 +68,9 @@ def _server(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.host, args.port, args.username, args.secret_key)
     options = ServerOptions(
-        heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout
+        heartbeat_interval=args.heartbeat_interval,
+        heartbeat_timeout=args.heartbeat_timeout,
+        auth_timeout=args.auth_timeout,
     )
     _, listening = start_server(settings, reactor, options)
     address = listening.getHost()
@@ -178,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--heartbeat-interval", type=float, default=2.0, help="seconds between node pings")
     server.add_argument(
         "--heartbeat-timeout", type=float, default=10.0, help="drop a node silent this many seconds"
+    )
+    server.add_argument(
+        "--auth-timeout", type=float, default=10.0, help="close a connection not authenticated by then"
     )
     server.add_argument("--watch-stdin", action="store_true", help=argparse.SUPPRESS)
     server.set_defaults(run=_server)

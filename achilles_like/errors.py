@@ -9,8 +9,9 @@
     │   └── ProtocolViolationError  well-formed frames in an illegal order/state
     ├── AuthenticationError       the handshake failed (wrong secret, version)
     ├── ClusterConnectionError    the server could not be reached or was lost
-    └── JobFailedError            the cluster gave up on a job (no attempt left,
-                                  no node came, job cancelled on the server)
+    ├── JobFailedError            the cluster gave up on a job (no attempt left,
+    │                             no node came, job cancelled on the server)
+    └── TaskTimeoutError          a task ran over its time limit (also a TimeoutError)
 
 An exception raised by the user's own function is *not* wrapped: the caller
 gets that exception, of its own type, with the remote traceback attached as
@@ -51,3 +52,7 @@ class ClusterConnectionError(AchillesError, ConnectionError):
 
 class JobFailedError(AchillesError):
     """The cluster gave up on a job for a reason other than the user's function."""
+
+
+class TaskTimeoutError(AchillesError, TimeoutError):
+    """A task ran over its job's time limit; only its worker process was stopped."""

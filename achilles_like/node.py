@@ -1,26 +1,29 @@
-"""A node: one agent per machine that runs tasks in a long-lived process pool.
+"""A node: one agent per machine that runs tasks in its own watched worker processes.
 
 ::
 
-    server ──FUNC/TASK/CANCEL/PING──▶ NodeProtocol ──▶ NodeAgent ──apply_async──▶ multiprocess.Pool
-           ◀──RESULT/PONG──────────── (reactor thread)   ▲                          (worker processes)
-                                                         └── callFromThread ◀── pool result thread
+    server ──FUNC/TASK/CANCEL/PING──▶ NodeProtocol ──▶ NodeAgent ──submit──▶ WorkerPool ──▶ worker processes
+           ◀──RESULT/LOST/PONG─────── (reactor thread)     ▲                  (manager thread)
+                                                           └── callFromThread ◀── deliver
 
-The reactor thread only moves bytes. User code runs in the pool's worker
-processes (``achilles_like.worker``), never on the reactor thread, so the node
-answers heartbeats however long a task runs. The pool's result thread hands
-each finished task back to the reactor with ``callFromThread``.
+The reactor thread only moves bytes. User code runs in worker processes
+(``achilles_like.worker``), never on the reactor thread, so the node answers
+heartbeats however long a task runs. ``WorkerPool`` (``workers.py``) knows
+which worker holds which task: a worker that dies costs that one task,
+reported to the server as LOST so it is retried (within the job's attempt
+budget), and a task over its job's time limit has only its own worker
+killed and is reported as a timeout error for its items.
 
 The server may send up to ``2 × processes`` tasks (a small prefetch, so a
-worker never idles for a round trip) and the agent hands them all to the
-pool at once. A CANCEL cannot pull tasks back out of the pool's queue, so it
-raises a shared "cancelled up to" mark that workers check before running a
-task: queued tasks of a cancelled job are skipped, not run.
+worker never idles for a round trip). A CANCEL drops the job's queued tasks
+and kills the workers still running one, so the next job starts at once on
+fresh workers.
 
-Every connection to the server has a generation number. A result that comes
-back after the connection it belongs to was lost is dropped: the server has
-already re-queued that task elsewhere. The node reconnects with exponential
-backoff and jitter; a failed handshake (wrong secret, other version) is final.
+Every connection to the server has a generation number, part of each task's
+job key. A result that comes back after the connection it belongs to was
+lost is dropped: the server has already re-queued that task elsewhere. The
+node reconnects with exponential backoff and jitter; a failed handshake
+(wrong secret, other version) is final.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ import secrets
 import socket
 import sys
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import multiprocess
@@ -39,10 +41,11 @@ from twisted.internet.protocol import Protocol, ReconnectingClientFactory, conne
 from twisted.python.failure import Failure
 
 from achilles_like.config import Settings, load_settings
-from achilles_like.errors import AuthenticationError, ProtocolError, ProtocolViolationError
+from achilles_like.errors import AuthenticationError, ProtocolError, ProtocolViolationError, TaskTimeoutError
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder, encode_frame, encode_header
 from achilles_like.protocol.handshake import NONCE_BYTES
-from achilles_like.worker import init_worker, run_task, task_key
+from achilles_like.serialization import RemoteFailure, dumps
+from achilles_like.workers import Outcome, WorkerPool, WorkItem
 
 log = logging.getLogger("achilles_like.node")
 
@@ -50,31 +53,20 @@ PREFETCH_PER_PROCESS = 2
 _REMEMBERED_JOBS = 8
 
 
-@dataclass(frozen=True)
-class TaskRef:
-    """One task attempt as the node holds it."""
-
-    job_id: int
-    task_id: int
-    attempt: int
-    blob: bytes
+def job_key(generation: int, job_id: int) -> int:
+    """A job's key, unique across reconnections: workers cache its function by it."""
+    return (generation << 32) | job_id
 
 
 class NodeAgent:
-    """Long-lived state of a node: its pool, its queue and the current connection."""
+    """Long-lived state of a node: its workers and the current connection."""
 
     def __init__(self, settings: Settings, reactor: Any, processes: int | None = None) -> None:
         self.settings = settings
         self.reactor = reactor
         self.processes = processes or settings.processes or multiprocess.cpu_count()
-        # Workers skip queued tasks at or below this mark (see worker.run_task).
-        self.cancelled_mark = multiprocess.Value("q", 0, lock=False)
-        self.pool = multiprocess.Pool(
-            self.processes, initializer=init_worker, initargs=(self.cancelled_mark,)
-        )
-        self.queue: deque[TaskRef] = deque()
-        self.running = 0
-        self.functions: dict[int, bytes] = {}
+        self.workers = WorkerPool(self.processes, self._deliver_from_thread)
+        self.functions: dict[int, tuple[bytes, float | None, int | None]] = {}
         self.cancelled: deque[int] = deque(maxlen=_REMEMBERED_JOBS)
         self.protocol: NodeProtocol | None = None
         self.generation = 0
@@ -88,100 +80,73 @@ class NodeAgent:
 
     def attach(self, protocol: NodeProtocol) -> None:
         """A new authenticated connection: everything from the old one is stale."""
+        self._drop_connection_state()
         self.generation += 1
-        self.cancelled_mark.value = task_key(self.generation, 0)
         self.protocol = protocol
-        self.queue.clear()
-        self.functions.clear()
 
     def detach(self, protocol: NodeProtocol) -> None:
-        """The connection is gone: drop queued work (the server re-queues it)."""
+        """The connection is gone: drop its work (the server re-queues it)."""
         if self.protocol is protocol:
-            self.cancelled_mark.value = task_key(self.generation + 1, 0) - 1
             self.protocol = None
-            self.queue.clear()
-            self.functions.clear()
+            self._drop_connection_state()
 
-    def add_function(self, job_id: int, blob: bytes) -> None:
-        """Remember a job's function; forget functions of older jobs."""
-        self.functions[job_id] = blob
+    def _drop_connection_state(self) -> None:
+        self.functions.clear()
+        self.cancelled.clear()
+        stale = job_key(self.generation + 1, 0)
+        self.workers.cancel(lambda item: item.job_key < stale)
+
+    def add_function(self, job_id: int, blob: bytes, timeout: float | None, max_tasks: int | None) -> None:
+        """Remember a job's function and options; forget those of older jobs."""
+        self.functions[job_id] = (blob, timeout, max_tasks)
         for old in sorted(self.functions)[:-_REMEMBERED_JOBS]:
             del self.functions[old]
 
-    def add_task(self, ref: TaskRef) -> None:
-        """Queue a task and start it when a process is free."""
-        if ref.job_id not in self.functions:
-            raise ProtocolViolationError(f"TASK for job {ref.job_id} arrived before its FUNC")
-        self.queue.append(ref)
-        self._pump()
+    def add_task(self, job_id: int, task_id: int, attempt: int, blob: bytes) -> None:
+        """Hand a task to the workers."""
+        if job_id not in self.functions:
+            raise ProtocolViolationError(f"TASK for job {job_id} arrived before its FUNC")
+        func_blob, timeout, max_tasks = self.functions[job_id]
+        key = job_key(self.generation, job_id)
+        self.workers.submit(WorkItem(key, job_id, task_id, attempt, func_blob, blob, timeout, max_tasks))
 
     def cancel(self, job_id: int) -> None:
-        """Drop a job's queued tasks; its running tasks' results will be discarded."""
+        """Drop a job's queued tasks and stop its running ones."""
         self.cancelled.append(job_id)
-        # Jobs run one at a time, so every task of this job or an older one is dead.
-        mark = task_key(self.generation, job_id)
-        self.cancelled_mark.value = max(self.cancelled_mark.value, mark)
-        self.queue = deque(ref for ref in self.queue if ref.job_id != job_id)
         self.functions.pop(job_id, None)
+        key = job_key(self.generation, job_id)
+        self.workers.cancel(lambda item: item.job_key == key)
 
-    def _pump(self) -> None:
-        # The pool gets the whole prefetch, so a worker never waits for a thread hop
-        # between tasks; cancelled ones are skipped by the workers (cancelled_mark).
-        while self.queue and self.running < self.slots and not self.closed:
-            ref = self.queue.popleft()
-            generation = self.generation
-            args = (task_key(generation, ref.job_id), self.functions[ref.job_id], ref.blob)
+    def _deliver_from_thread(self, item: WorkItem, outcome: Outcome, blob: bytes, detail: str) -> None:
+        self.reactor.callFromThread(self._finished, item, outcome, blob, detail)
 
-            def finished(outcome: tuple[bool, bytes], ref: TaskRef = ref, gen: int = generation) -> None:
-                self.reactor.callFromThread(self._finished, gen, ref, outcome)
-
-            def crashed(error: BaseException, ref: TaskRef = ref, gen: int = generation) -> None:
-                # run_task catches everything; this is the pool itself failing.
-                self.reactor.callFromThread(self._crashed, gen, ref, error)
-
-            self.running += 1
-            self.pool.apply_async(run_task, args, callback=finished, error_callback=crashed)
-
-    def _finished(self, generation: int, ref: TaskRef, outcome: tuple[bool, bytes]) -> None:
-        self.running -= 1
+    def _finished(self, item: WorkItem, outcome: Outcome, blob: bytes, detail: str) -> None:
         self.tasks_done += 1
-        ok, blob = outcome
-        skipped = not ok and not blob  # the worker saw the cancel mark and did not run it
-        current = generation == self.generation and not skipped
-        if current and ref.job_id not in self.cancelled and self.protocol is not None:
-            fields = {"job": ref.job_id, "task": ref.task_id, "attempt": ref.attempt, "ok": ok}
-            self.protocol.send_parts(encode_header("RESULT", len(blob), **fields), blob)
-        self._pump()
-
-    def _crashed(self, generation: int, ref: TaskRef, error: BaseException) -> None:
-        log.error("pool failed to run task %d of job %d: %r", ref.task_id, ref.job_id, error)
-        from achilles_like.serialization import RemoteFailure, dumps
-
-        try:
-            raise error
-        except BaseException as caught:  # noqa: BLE001 - capture with its traceback
-            blob = dumps(RemoteFailure.capture(caught, None))
-        self._finished(generation, ref, (False, blob))
+        stale = item.job_key >> 32 != self.generation or item.job_id in self.cancelled
+        if stale or self.protocol is None:
+            return
+        fields = {"job": item.job_id, "task": item.task_id, "attempt": item.attempt}
+        if outcome is Outcome.LOST:
+            self.protocol.send(encode_frame("LOST", reason=detail, **fields))
+            return
+        if outcome is Outcome.TIMEOUT:
+            blob = _timeout_failure(item, detail)
+        ok = outcome is Outcome.OK
+        self.protocol.send_parts(encode_header("RESULT", len(blob), ok=ok, **fields), blob)
 
     def close(self) -> None:
-        """Stop the pool's workers (node shutdown)."""
-        if self.closed:
-            return
-        self.closed = True
-        workers = list(getattr(self.pool, "_pool", []))
-        if all(worker.exitcode is None for worker in workers):
-            self.pool.terminate()
-            return
-        # A worker died (killed from outside) and may have held the pool's
-        # queue lock: Pool.terminate() would wait on it forever. Kill the rest
-        # directly and drop the pool's exit-time finalizer, which would too.
-        finalizer = getattr(self.pool, "_terminate", None)
-        if finalizer is not None:
-            finalizer.cancel()
-        for worker in workers:
-            if worker.exitcode is None:
-                worker.kill()
-                worker.join(1)
+        """Stop the workers (node shutdown)."""
+        if not self.closed:
+            self.closed = True
+            self.workers.close()
+
+
+def _timeout_failure(item: WorkItem, detail: str) -> bytes:
+    """A pickled failure for a task that ran over its time limit."""
+    try:
+        raise TaskTimeoutError(f"a task of job {item.job_id} was stopped: {detail}")
+    except TaskTimeoutError as error:
+        return dumps(RemoteFailure.capture(error, None))
 
 
 class NodeProtocol(Protocol):
@@ -214,10 +179,12 @@ class NodeProtocol(Protocol):
             return
         verb = frame.verb
         if verb == "TASK":
-            ref = TaskRef(frame.integer("job"), frame.integer("task"), frame.integer("attempt"), frame.body)
-            self.agent.add_task(ref)
+            job, task, attempt = frame.integer("job"), frame.integer("task"), frame.integer("attempt")
+            self.agent.add_task(job, task, attempt, frame.body)
         elif verb == "FUNC":
-            self.agent.add_function(frame.integer("job"), frame.body)
+            timeout = float(frame.fields["timeout"]) if "timeout" in frame.fields else None
+            max_tasks = frame.integer("maxtasks") if "maxtasks" in frame.fields else None
+            self.agent.add_function(frame.integer("job"), frame.body, timeout, max_tasks)
         elif verb == "PING":
             self.send(encode_frame("PONG"))
         elif verb == "CANCEL":

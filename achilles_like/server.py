@@ -175,6 +175,8 @@ class ClusterServer(ServerFactory):
         self.scheduler = scheduler or Scheduler()
         self.peers: dict[str, ServerProtocol] = {}
         self.node_info: dict[str, dict[str, Any]] = {}
+        # Per-job options the nodes need (time limit, tasks per worker), passed on in FUNC.
+        self.job_options: dict[int, dict[str, str]] = {}
         self._counter = 0
         self.on_stop_requested: Any = None  # set by start_server: stops the process
         self._heartbeat = task.LoopingCall(self._ping_nodes)
@@ -227,6 +229,11 @@ class ClusterServer(ServerFactory):
                     frame.body,
                 )
             )
+        elif frame.verb == "LOST":
+            if peer.peer_id not in self.node_info:
+                raise ProtocolViolationError("LOST before REGISTER")
+            args = (frame.integer("job"), frame.integer("task"), frame.integer("attempt"))
+            self.execute(self.scheduler.task_lost(peer.peer_id, *args, frame.text("reason", "")[:300]))
         elif frame.verb == "REGISTER" and peer.peer_id not in self.node_info:
             slots = frame.integer("slots")
             if not 1 <= slots <= 100_000:
@@ -261,8 +268,11 @@ class ClusterServer(ServerFactory):
         """Handle a frame from an authenticated controller."""
         if frame.verb == "SUBMIT":
             label = frame.text("label", "")[:200]
+            options = _job_options(frame)
             now = self.clock.seconds()
-            _, actions = self.scheduler.submit_job(peer.peer_id, frame.body, label=label, now=now)
+            job_id, actions = self.scheduler.submit_job(peer.peer_id, frame.body, label=label, now=now)
+            if options:
+                self.job_options[job_id] = options
             self.execute(actions)
             return
         job_id = frame.integer("job")
@@ -324,15 +334,18 @@ class ClusterServer(ServerFactory):
             case act.GrantCredit(controller_id, job_id, count):
                 self._send(controller_id, encode_frame("CREDIT", job=job_id, n=count))
             case act.SendFunction(node_id, job_id, blob):
-                self._send_parts(node_id, encode_header("FUNC", len(blob), job=job_id), blob)
+                options = self.job_options.get(job_id, {})
+                self._send_parts(node_id, encode_header("FUNC", len(blob), job=job_id, **options), blob)
             case act.JobQueued(controller_id, job_id, position):
                 self._send(controller_id, encode_frame("QUEUED", job=job_id, position=position))
             case act.JobStarted(controller_id, job_id):
                 log.info("job %d of %s started", job_id, controller_id)
                 self._send(controller_id, encode_frame("STARTED", job=job_id))
-            case act.JobEnded(controller_id, job_id, outcome, reason):
+            case act.JobEnded(controller_id, job_id, outcome, reason, task_id):
                 log.info("job %d ended: %s %s", job_id, outcome.value, reason)
-                frame = encode_frame("ENDED", job=job_id, outcome=outcome.value, reason=reason)
+                self.job_options.pop(job_id, None)
+                failed = {} if task_id is None else {"task": task_id}
+                frame = encode_frame("ENDED", job=job_id, outcome=outcome.value, reason=reason, **failed)
                 self._send(controller_id, frame)
             case act.CancelOnNode(node_id, job_id):
                 self._send(node_id, encode_frame("CANCEL", job=job_id))
@@ -346,6 +359,22 @@ class ClusterServer(ServerFactory):
         peer = self.peers.get(peer_id)
         if peer is not None:
             peer.send_parts(header, body)
+
+
+def _job_options(frame: Frame) -> dict[str, str]:
+    """The SUBMIT fields a node needs, checked: ``timeout`` (seconds) and ``maxtasks``."""
+    options: dict[str, str] = {}
+    if "timeout" in frame.fields:
+        try:
+            timeout = float(frame.fields["timeout"])
+        except ValueError:
+            raise ProtocolViolationError("SUBMIT timeout is not a number") from None
+        if not 0 < timeout < 10**9:
+            raise ProtocolViolationError("SUBMIT timeout is out of range")
+        options["timeout"] = repr(timeout)
+    if "maxtasks" in frame.fields:
+        options["maxtasks"] = str(max(1, frame.integer("maxtasks")))
+    return options
 
 
 def check_bind_allowed(settings: Settings) -> None:

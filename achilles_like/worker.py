@@ -1,14 +1,19 @@
-"""What runs inside a node's pool worker processes: one task, from blobs to blobs.
+"""What runs inside a node's worker processes: one task, from blobs to blobs.
 
-A task arrives as the job's function blob and one chunk blob. The worker
-unpickles the function once per job (a small cache keyed by the job), runs it
-on every item of the chunk, applies the job's callback to each result (the
-original achilles meaning of ``callback``), and pickles the list of results.
-A failure becomes a pickled :class:`RemoteFailure` naming the item's offset
-in the chunk; the controller adds the chunk's start to name the input item.
+A worker receives ``(job key, function blob or None, chunk blob)`` messages
+on its own pipe (see ``workers.py``). The function blob comes with the first
+task of a job the worker sees: ``(func, callback, initializer, initargs)``.
+The worker unpickles it once, makes the job's by-value functions share one
+globals dict (so globals set by the initializer are visible to the tasks:
+dill gives each function sent by value a dict of its own), runs the
+initializer, and caches the result for the job's later tasks.
 
-Nothing here touches the network: the node agent forwards the returned blob
-untouched, so results are pickled once, in the worker.
+For each task it runs the function on every item of the chunk, applies the
+job's callback to each result (the original achilles meaning of
+``callback``), and pickles the list of results. A failure becomes a pickled
+:class:`RemoteFailure` naming the item's offset in the chunk; the controller
+adds the chunk's start to name the input item. Nothing here touches the
+network: the node forwards the returned blob untouched.
 """
 
 from __future__ import annotations
@@ -16,34 +21,33 @@ from __future__ import annotations
 import ctypes
 import multiprocessing.pool as mp_pool
 import os
+import pickle
 import signal
 import sys
+import types
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from achilles_like.serialization import RemoteFailure, dumps, loads
 
 _CACHE_SIZE = 4
-# Set by init_worker: a shared "every task key up to here is cancelled" mark.
-_cancelled_mark: Any = None
-_functions: OrderedDict[str, tuple[Callable[[Any], Any], Callable[[Any], Any] | None]] = OrderedDict()
 
 
-def task_key(generation: int, job_id: int) -> int:
-    """Order tasks by connection generation, then job: the cancel mark compares these."""
-    return (generation << 32) | job_id
+@dataclass
+class JobCode:
+    """A job's functions, ready to run in this worker."""
+
+    func: Callable[[Any], Any]
+    callback: Callable[[Any], Any] | None
+    init_failure: bytes | None = None  # a pickled RemoteFailure if the initializer raised
 
 
-def init_worker(cancelled_mark: Any = None) -> None:
-    """Make the worker die with its node and leave Ctrl-C to the node agent.
-
-    ``cancelled_mark`` is a shared integer: a task whose key is at or below it
-    belongs to a cancelled job or a lost connection, and is skipped unrun.
-    """
-    global _cancelled_mark
-    _cancelled_mark = cancelled_mark
+def init_worker() -> None:
+    """Make the worker die with its node and leave Ctrl-C to the node agent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         # PR_SET_PDEATHSIG: if the node agent is killed (even SIGKILL), the
         # kernel kills this worker too, so no orphan keeps computing.
@@ -57,30 +61,68 @@ def init_worker(cancelled_mark: Any = None) -> None:
             os._exit(1)
 
 
-def _function_for(job_key: str, func_blob: bytes) -> tuple[Callable[[Any], Any], Callable[[Any], Any] | None]:
-    cached = _functions.get(job_key)
-    if cached is None:
-        cached = loads(func_blob)
-        _functions[job_key] = cached
-        while len(_functions) > _CACHE_SIZE:
-            _functions.popitem(last=False)
-    return cached
+def share_globals(functions: list[Any]) -> list[Any]:
+    """Rebind functions sent by value onto one globals dict; others are returned as they are.
 
-
-def run_task(key: int, func_blob: bytes, chunk_blob: bytes) -> tuple[bool, bytes]:
-    """Run one chunk; return ``(True, results blob)`` or ``(False, failure blob)``.
-
-    A task already cancelled when a worker picks it up returns ``(False, b"")``
-    without running; the node discards it.
+    A function imported by reference keeps its module's real globals, which
+    are shared already. One sent by value (from ``__main__``, a notebook, a
+    lambda) got a private dict from dill; giving them all the same dict, and
+    rebinding the by-value functions found in it too, makes ``global x`` in
+    the initializer visible to the task, as it is in ``multiprocessing``.
     """
-    if _cancelled_mark is not None and key <= _cancelled_mark.value:
-        return False, b""
-    job_key = f"{os.getpid()}:{key}"
+    shared: dict[str, Any] = {}
+
+    def by_value(fn: Any) -> bool:
+        module = sys.modules.get(getattr(fn, "__module__", "") or "")
+        return isinstance(fn, types.FunctionType) and fn.__globals__ is not getattr(module, "__dict__", None)
+
+    for fn in functions:
+        if by_value(fn):
+            shared.update(fn.__globals__)
+    for name, value in list(shared.items()):
+        if by_value(value):
+            shared[name] = _rebind(value, shared)
+    return [_rebind(fn, shared) if by_value(fn) else fn for fn in functions]
+
+
+def _rebind(fn: types.FunctionType, shared: dict[str, Any]) -> types.FunctionType:
+    clone = types.FunctionType(fn.__code__, shared, fn.__name__, fn.__defaults__, fn.__closure__)
+    clone.__kwdefaults__ = fn.__kwdefaults__
+    clone.__qualname__ = fn.__qualname__
+    clone.__dict__.update(fn.__dict__)
+    clone.__module__ = fn.__module__
+    return clone
+
+
+def load_job(func_blob: bytes) -> JobCode:
+    """Unpickle a job's ``(func, callback, initializer, initargs)`` and run the initializer once.
+
+    If either step raises (a module missing on this node, an initializer
+    that fails), every task of the job reports that failure.
+    """
+    try:
+        func, callback, initializer, initargs = loads(func_blob)
+        func, callback, initializer = share_globals([func, callback, initializer])
+        if initializer is not None:
+            initializer(*initargs)
+    except BaseException as error:  # noqa: BLE001 - reported with every task of the job
+        return JobCode(_unavailable, None, dumps(RemoteFailure.capture(error, None)))
+    return JobCode(func, callback)
+
+
+def _unavailable(item: Any) -> Any:
+    raise RuntimeError("the job's function could not be loaded on this node")
+
+
+def run_chunk(code: JobCode, chunk_blob: bytes) -> tuple[bool, bytes]:
+    """Run one chunk; return ``(True, results blob)`` or ``(False, failure blob)``."""
+    if code.init_failure is not None:
+        return False, code.init_failure
     index: int | None = None
     try:
-        func, callback = _function_for(job_key, func_blob)
         items = loads(chunk_blob)
         results = []
+        func, callback = code.func, code.callback
         for index, item in enumerate(items):  # noqa: B007 - index names the failing item
             value = func(item)
             results.append(value if callback is None else callback(value))
@@ -92,3 +134,22 @@ def run_task(key: int, func_blob: bytes, chunk_blob: bytes) -> tuple[bool, bytes
     except Exception as error:  # noqa: BLE001 - a result that cannot travel back
         wrapped = mp_pool.MaybeEncodingError(error, results)  # type: ignore[attr-defined]
         return False, dumps(RemoteFailure.capture(wrapped, None))
+
+
+def worker_main(conn: Any) -> None:
+    """A worker process's loop: read a task from the pipe, run it, write the outcome."""
+    init_worker()
+    jobs: OrderedDict[int, JobCode] = OrderedDict()
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return  # the node closed the pipe: it is shutting down
+        key, func_blob, chunk_blob = pickle.loads(data)
+        if func_blob is not None:
+            jobs[key] = load_job(func_blob)
+            while len(jobs) > _CACHE_SIZE:
+                jobs.popitem(last=False)
+        code = jobs.get(key) or JobCode(_unavailable, None)  # the pool sends the blob first
+        outcome = run_chunk(code, chunk_blob)
+        conn.send_bytes(pickle.dumps(outcome, pickle.HIGHEST_PROTOCOL))

@@ -75,3 +75,47 @@ def gated(item: tuple[str, str, int]) -> int:
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.005)
     return value
+
+
+def exit_on_three(x: int) -> int:
+    """Kill the worker process (os._exit) on item 3, every time; square the rest."""
+    if x == 3:
+        os._exit(7)
+    return x * x
+
+
+def segfault_on_three(x: int) -> int:
+    """Crash the worker with a segmentation fault on item 3, every time."""
+    if x == 3:
+        import ctypes
+
+        ctypes.string_at(0)
+    return x * x
+
+
+def exit_once_on_three(marker: str, x: int) -> int:
+    """Kill the worker on item 3 the first time only (``marker`` file remembers); square items."""
+    if x == 3 and not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        os._exit(9)
+    return x * x
+
+
+def report_pid_then_wait(directory: str, x: int) -> int:
+    """On item 0, write this worker's pid to ``directory/pid`` and wait for ``directory/go``."""
+    if x == 0:
+        with open(os.path.join(directory, "pid.tmp"), "w") as handle:
+            handle.write(str(os.getpid()))
+        os.replace(os.path.join(directory, "pid.tmp"), os.path.join(directory, "pid"))
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.path.join(directory, "go")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return x * x
+
+
+def hang_on_three(x: int) -> int:
+    """Never finish on item 3 (until killed); square the rest."""
+    if x == 3:
+        time.sleep(3600)
+    return x * x

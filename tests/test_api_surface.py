@@ -26,6 +26,7 @@ EXPECTED_ALL = [
     "LocalCluster",
     "ProtocolError",
     "Settings",
+    "TaskTimeoutError",
     "__version__",
     "genConfig",
     "getClusterStatus",
@@ -78,14 +79,17 @@ def test_error_classes_share_one_root() -> None:
         "ConfigurationError",
         "JobFailedError",
         "ProtocolError",
+        "TaskTimeoutError",
     ):
         assert issubclass(getattr(achilles_like, name), achilles_like.AchillesError), name
 
 
 @pytest.mark.parametrize("name", ["map", "imap", "imap_unordered"])
 def test_map_family_keeps_the_achilles_signature(name: str) -> None:
-    """The map family takes (func, args, callback=None, chunksize=1, host, port, username, secret_key)."""
+    """The map family takes achilles' (func, args, callback=None, chunksize=1, host, port, username,
+    secret_key) positionally, plus a keyword-only per-task ``timeout``."""
     func = getattr(achilles_like, name)
+    assert inspect.signature(func).parameters["timeout"].kind is inspect.Parameter.KEYWORD_ONLY
     assert params(func) == [
         ("func", EMPTY),
         ("args", EMPTY),
@@ -96,7 +100,7 @@ def test_map_family_keeps_the_achilles_signature(name: str) -> None:
         ("username", None),
         ("secret_key", None),
     ]
-    assert extra_params(func) == []
+    assert extra_params(func) == [("timeout", inspect.Parameter.KEYWORD_ONLY)]
 
 
 def test_run_achilles_server_signature() -> None:

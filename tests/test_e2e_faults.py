@@ -91,12 +91,6 @@ def test_kill_cluster_stops_every_node(fresh_cluster: LocalCluster) -> None:
     assert status_of(fresh_cluster)["job"] is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=concurrent.futures.TimeoutError,
-    reason="node.py never watches its pool workers: a SIGKILLed idle worker dies holding the pool's"
-    " inqueue read lock, so the replacement workers block forever and the node never returns a task",
-)
 def test_dead_pool_workers_cost_no_node() -> None:
     """After every pool worker of a node is SIGKILLed while idle, the node still runs the next job."""
     caller = concurrent.futures.ThreadPoolExecutor(1)

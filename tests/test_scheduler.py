@@ -364,12 +364,47 @@ def test_retry_budget_exhaustion_fails_the_job_naming_task_and_nodes() -> None:
             s.node_lost(node)
     reason = "task 1 was lost with its node 3 times (nodes: n1, n2, n3); giving up"
     assert s.node_lost("n3") == [
-        JobEnded("c", 1, JobOutcome.FAILED, reason),
+        JobEnded("c", 1, JobOutcome.FAILED, reason, task_id=1),
         CancelOnNode("n0", 1),
         JobStarted("d", 2),
         GrantCredit("d", 2, 16),
     ]
     assert status(s)["nodes"] == [{"node_id": "n0", "slots": 1, "busy": 0, "tasks_done": 0}]
+
+
+def test_task_lost_by_a_dead_worker_is_retried_on_the_same_node() -> None:
+    """A task whose worker process died goes back to the front and runs again as a new attempt."""
+    s = Scheduler()
+    s.node_joined("n1", 1)
+    s.submit_job("c", FUNC)
+    send_tasks(s, 1, [0, 1])
+    assert s.task_lost("n1", 1, 0, 1, "its worker process died (exit code -9)") == [at("n1", 0, attempt=2)]
+    assert s.result_received("n1", 1, 0, 1, True, b"late") == []
+    assert s.result_received("n1", 1, 0, 2, True, result_blob(0))[0] == fa(0)
+
+
+def test_task_that_kills_its_worker_every_time_fails_the_job_naming_task_and_nodes() -> None:
+    """A task lost max_attempts times by dying workers fails its job; the reason names the task and nodes."""
+    s = Scheduler(max_attempts=2)
+    s.node_joined("n1", 1)
+    s.submit_job("c", FUNC)
+    send_tasks(s, 1, [0])
+    s.task_lost("n1", 1, 0, 1, "its worker process died (exit code -11)")
+    ended = s.task_lost("n1", 1, 0, 2, "its worker process died (exit code -11)")
+    reason = "task 0 was lost (its worker process died (exit code -11)) 2 times (nodes: n1, n1); giving up"
+    assert ended[0] == JobEnded("c", 1, JobOutcome.FAILED, reason, task_id=0)
+    assert s.status()["nodes"] == [{"node_id": "n1", "slots": 1, "busy": 0, "tasks_done": 0}]
+
+
+def test_stale_task_lost_report_is_ignored() -> None:
+    """A LOST report for an attempt that is no longer current changes nothing."""
+    s = Scheduler()
+    s.node_joined("n1", 1)
+    s.submit_job("c", FUNC)
+    send_tasks(s, 1, [0])
+    assert s.task_lost("n1", 1, 0, 7, "died") == []
+    assert s.task_lost("n2", 1, 0, 1, "died") == []
+    assert s.status()["stale_results"] == 2
 
 
 def test_node_lost_twice_or_unknown_is_ignored() -> None:
@@ -405,7 +440,7 @@ def test_error_result_is_forwarded_then_fails_the_job_and_cancels_on_nodes() -> 
     send_tasks(s, 1, [0, 1])
     assert s.result_received("n2", 1, 1, 1, False, b"boom") == [
         ForwardResult("c", 1, 1, False, b"boom"),
-        JobEnded("c", 1, JobOutcome.FAILED, "task 1 raised an exception on node n2"),
+        JobEnded("c", 1, JobOutcome.FAILED, "task 1 raised an exception on node n2", task_id=1),
         CancelOnNode("n1", 1),
         CancelOnNode("n2", 1),
         JobStarted("d", 2),

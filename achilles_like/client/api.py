@@ -66,12 +66,17 @@ def _run(
     chunksize: int,
     ordered: bool,
     target: dict[str, Any],
+    timeout: float | None = None,
 ) -> Iterator[Any]:
     chunksize = check_chunksize(chunksize)
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds per task, not {timeout!r}")
     items = prepare_input(args)
     func_blob = pickle_function(func, callback)
     settings = resolve_settings(**target)
-    runner = JobRunner(settings, func_blob, items, chunksize, ordered=ordered, label=_label(func))
+    runner = JobRunner(
+        settings, func_blob, items, chunksize, ordered=ordered, label=_label(func), timeout=timeout
+    )
     return runner.results()
 
 
@@ -84,14 +89,18 @@ def map(  # noqa: A001 - the achilles / multiprocessing name
     port: int | None = None,
     username: str | None = None,
     secret_key: str | None = None,
+    *,
+    timeout: float | None = None,
 ) -> list[Any]:
     """Apply ``func`` to every item of ``args`` on the cluster; return the results in order.
 
     ``callback``, when given, is applied on the node to each result before it
     is returned (achilles' meaning). ``chunksize`` items travel together.
+    ``timeout`` limits each task (chunk) to that many seconds: a task over it
+    has only its worker process stopped and raises :class:`TaskTimeoutError`.
     """
     target = {"host": host, "port": port, "username": username, "secret_key": secret_key}
-    return builtins.list(_run(func, args, callback, chunksize, True, target))
+    return builtins.list(_run(func, args, callback, chunksize, True, target, timeout))
 
 
 def imap(
@@ -103,10 +112,12 @@ def imap(
     port: int | None = None,
     username: str | None = None,
     secret_key: str | None = None,
+    *,
+    timeout: float | None = None,
 ) -> Iterator[Any]:
     """Like :func:`map`, but lazy: yield results in input order as they become ready."""
     target = {"host": host, "port": port, "username": username, "secret_key": secret_key}
-    return _run(func, args, callback, chunksize, True, target)
+    return _run(func, args, callback, chunksize, True, target, timeout)
 
 
 def imap_unordered(
@@ -118,10 +129,12 @@ def imap_unordered(
     port: int | None = None,
     username: str | None = None,
     secret_key: str | None = None,
+    *,
+    timeout: float | None = None,
 ) -> Iterator[Any]:
     """Like :func:`imap`, but yield results as soon as they complete, in any order."""
     target = {"host": host, "port": port, "username": username, "secret_key": secret_key}
-    return _run(func, args, callback, chunksize, False, target)
+    return _run(func, args, callback, chunksize, False, target, timeout)
 
 
 def getClusterStatus(  # noqa: N802 - achilles' public name style

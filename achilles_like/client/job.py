@@ -59,14 +59,19 @@ def check_chunksize(chunksize: object) -> int:
     return chunksize
 
 
-def pickle_function(func: Callable[..., Any], callback: Callable[..., Any] | None) -> bytes:
-    """Serialize the job's function and callback, or say clearly why not."""
+def pickle_function(
+    func: Callable[..., Any],
+    callback: Callable[..., Any] | None,
+    initializer: Callable[..., Any] | None = None,
+    initargs: tuple[Any, ...] = (),
+) -> bytes:
+    """Serialize the job's function, callback and initializer, or say clearly why not."""
     if not callable(func):
         raise TypeError(f"func must be callable, not {type(func).__name__}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, not {type(callback).__name__}")
     try:
-        return dumps_function((func, callback))
+        return dumps_function((func, callback, initializer, tuple(initargs)))
     except Exception as error:
         raise TypeError(
             f"cannot send {getattr(func, '__qualname__', func)!r} to the cluster: it does not"
@@ -85,7 +90,8 @@ class _Progress:
     received: int = 0
     input_done: bool = False
     finished: bool = False
-    starts: dict[int, int] = field(default_factory=dict)  # task id -> first item index
+    # task id -> (first item index, item count), for tasks not yet yielded
+    spans: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 class JobRunner:
@@ -101,6 +107,8 @@ class JobRunner:
         ordered: bool,
         label: str = "",
         max_ahead: int = DEFAULT_MAX_AHEAD,
+        timeout: float | None = None,
+        max_tasks: int | None = None,
     ) -> None:
         self.settings = settings
         self.func_blob = func_blob
@@ -111,12 +119,17 @@ class JobRunner:
         self.progress = _Progress()
         self.reorder: ReorderBuffer[list[Any]] = ReorderBuffer()
         self.next_item = 0
+        self.options: dict[str, object] = {"label": label}
+        if timeout is not None:
+            self.options["timeout"] = timeout
+        if max_tasks is not None:
+            self.options["maxtasks"] = max_tasks
 
     def results(self) -> Iterator[Any]:
         """Yield every result (flat, one per input item)."""
         connection = Connection.open(self.settings)
         try:
-            connection.send(encode_header("SUBMIT", len(self.func_blob), label=self.label), self.func_blob)
+            connection.send(encode_header("SUBMIT", len(self.func_blob), **self.options), self.func_blob)
             while not self.progress.finished:
                 self._feed(connection)
                 if self.progress.finished:
@@ -145,7 +158,7 @@ class JobRunner:
                 break
             body = self._pickle_chunk(chunk)
             parts += [encode_header("TASK", len(body), job=progress.job_id, task=progress.sent), body]
-            progress.starts[progress.sent] = self.next_item
+            progress.spans[progress.sent] = (self.next_item, len(chunk))
             self.next_item += len(chunk)
             progress.sent += 1
             progress.credit -= 1
@@ -185,21 +198,31 @@ class JobRunner:
             outcome = frame.text("outcome")
             if outcome != "done" or progress.received != progress.sent or not progress.input_done:
                 progress.finished = True  # nothing to cancel: the server ended it
-                raise JobFailedError(
-                    f"the cluster ended job {progress.job_id}: {frame.text('reason', outcome)}"
-                )
+                raise JobFailedError(self._ended_message(frame, outcome))
         elif verb == "ERROR":
             raise ClusterConnectionError(f"the server refused the job: {frame.text('msg', '')}")
 
+    def _ended_message(self, frame: Frame, outcome: str) -> str:
+        message = f"the cluster ended job {self.progress.job_id}: {frame.text('reason', outcome)}"
+        span = self.progress.spans.get(frame.integer("task", 0)) if "task" in frame.fields else None
+        if span is not None:
+            first, count = span
+            items = f"input item {first}" if count == 1 else f"input items {first}..{first + count - 1}"
+            message += f" ({items})"
+        return message
+
     def _result(self, frame: Frame) -> Iterator[Any]:
         task_id = frame.integer("task")
-        start = self.progress.starts.pop(task_id, None)
-        if start is None:
+        span = self.progress.spans.pop(task_id, None)
+        if span is None:
             return  # a duplicate would be a server bug; never yield twice
+        start = span[0]
         if not frame.flag("ok"):
             failure: RemoteFailure = loads(frame.body)
             if failure.item_index is not None:
                 failure.item_index += start
+            elif span[1] == 1:
+                failure.item_index = start  # a one-item task: that item failed
             raise failure.to_exception()
         self.progress.received += 1
         values: list[Any] = loads(frame.body)

@@ -65,7 +65,7 @@ class Frame:
         return self.fields.get(key, "0") == "1"
 
 
-def encode_header(verb: str, body_length: int = 0, **fields: object) -> bytes:
+def encode_header(verb: str, body_length: int = 0, /, **fields: object) -> bytes:
     """Build a header line; booleans become ``1``/``0``, everything else ``str()``."""
     parts = [verb]
     for key, value in fields.items():
@@ -77,7 +77,7 @@ def encode_header(verb: str, body_length: int = 0, **fields: object) -> bytes:
     return (" ".join(parts) + "\r\n").encode("ascii")
 
 
-def encode_frame(verb: str, body: bytes = b"", **fields: object) -> bytes:
+def encode_frame(verb: str, body: bytes = b"", /, **fields: object) -> bytes:
     """Return a whole frame as one bytes object (copies the body: for small frames)."""
     return encode_header(verb, len(body), **fields) + body
 

@@ -79,12 +79,13 @@ class JobStarted:
 
 @dataclass(frozen=True)
 class JobEnded:
-    """A job left the server; ``reason`` says why when it did not finish normally."""
+    """A job left the server; ``reason`` (and the failed ``task_id``) say why when it failed."""
 
     controller_id: str
     job_id: int
     outcome: JobOutcome
     reason: str = ""
+    task_id: int | None = None
 
 
 @dataclass(frozen=True)

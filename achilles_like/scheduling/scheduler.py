@@ -215,12 +215,31 @@ class Scheduler:
             return []
         job.function_sent_to.discard(node_id)
         lost = [job.held[task_id] for task_id in sorted(node.inflight)]
+        return self._requeue(job, lost, node_id, "lost with its node")
+
+    def task_lost(self, node_id: str, job_id: int, task_id: int, attempt: int, reason: str) -> list[Action]:
+        """A node's worker process died running a task: retry it, within the attempt budget.
+
+        The node stays; a report that does not match the task's current
+        assignment is stale and dropped, like a stale result.
+        """
+        job = self._running_or_ended(job_id, f"loss of task {task_id} on node {node_id!r}")
+        task = None if job is None else job.held.get(task_id)
+        if job is None or task is None or not _is_current(task, node_id, attempt):
+            self._stale_results += 1
+            return []
+        self._nodes[node_id].inflight.discard(task_id)
+        return self._requeue(job, [task], node_id, f"lost ({reason})")
+
+    def _requeue(self, job: _Job, lost: list[_Task], node_id: str, how: str) -> list[Action]:
+        """Put lost tasks back at the front of the queue, or fail the job when one is out of attempts."""
         for task in lost:
             task.lost_on.append(node_id)
         exhausted = [task for task in lost if task.attempt >= self._max_attempts]
         if exhausted:
             exhausted[0].move_to(TaskState.FAILED)
-            return self._end_running(JobOutcome.FAILED, _lost_reason(exhausted[0]))
+            reason = _lost_reason(exhausted[0], how)
+            return self._end_running(JobOutcome.FAILED, reason, exhausted[0].task_id)
         for task in reversed(lost):
             task.move_to(TaskState.PENDING)
             task.node_id = None
@@ -277,7 +296,7 @@ class Scheduler:
             return forward + self._complete(job, task)
         task.move_to(TaskState.FAILED)
         reason = f"task {task_id} raised an exception on node {node_id}"
-        return forward + self._end_running(JobOutcome.FAILED, reason)
+        return forward + self._end_running(JobOutcome.FAILED, reason, task_id)
 
     def cancel_job(self, job_id: int, reason: str = "cancelled by its controller") -> list[Action]:
         """End a queued or running job; an unknown or ended job id is ignored."""
@@ -394,11 +413,11 @@ class Scheduler:
             return self._end_running(JobOutcome.DONE)
         return self._dispatch() + self._top_up()
 
-    def _end_running(self, outcome: JobOutcome, reason: str = "") -> list[Action]:
+    def _end_running(self, outcome: JobOutcome, reason: str = "", task_id: int | None = None) -> list[Action]:
         """End the running job, tell its nodes to drop it, and start the next job."""
         job = self._running
         assert job is not None
-        actions: list[Action] = [JobEnded(job.controller_id, job.job_id, outcome, reason)]
+        actions: list[Action] = [JobEnded(job.controller_id, job.job_id, outcome, reason, task_id)]
         if outcome is not JobOutcome.DONE:
             actions += [CancelOnNode(node_id, job.job_id) for node_id in self._involved(job)]
         else:
@@ -447,11 +466,10 @@ def _is_current(task: _Task, node_id: str, attempt: int) -> bool:
     return task.state is TaskState.ASSIGNED and task.node_id == node_id and task.attempt == attempt
 
 
-def _lost_reason(task: _Task) -> str:
+def _lost_reason(task: _Task, how: str = "lost with its node") -> str:
     times = "time" if task.attempt == 1 else "times"
     return (
-        f"task {task.task_id} was lost with its node {task.attempt} {times} "
-        f"(nodes: {', '.join(task.lost_on)}); giving up"
+        f"task {task.task_id} was {how} {task.attempt} {times} (nodes: {', '.join(task.lost_on)}); giving up"
     )
 
 
