@@ -23,17 +23,25 @@ from achilles_like.errors import (
     ProtocolError,
     TaskTimeoutError,
 )
+from achilles_like.executor import ProcessPoolExecutor
 from achilles_like.local import LocalCluster
 from achilles_like.node import runAchillesNode
+from achilles_like.pool import Pool
 from achilles_like.server import runAchillesServer
+
+#: ``concurrent.futures`` users write ``Executor``; it is the same class.
+Executor = ProcessPoolExecutor
 
 __all__ = [
     "AchillesError",
     "AuthenticationError",
     "ClusterConnectionError",
     "ConfigurationError",
+    "Executor",
     "JobFailedError",
     "LocalCluster",
+    "Pool",
+    "ProcessPoolExecutor",
     "ProtocolError",
     "Settings",
     "TaskTimeoutError",

@@ -18,9 +18,11 @@ formatted traceback and the index of the item that raised.
 
 from __future__ import annotations
 
+import io
 import multiprocessing.pool as mp_pool
 import pickle
 import traceback
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +31,31 @@ import dill
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
+class _RemotePickler(pickle.Pickler):
+    """The C pickler, refusing what would only load in this process.
+
+    Plain pickle stores functions and classes by reference, and a reference
+    to ``__main__`` (a script's or a notebook's own code) cannot be loaded on
+    a node. Refusing those sends the object through dill, by value. Builtin
+    containers and scalars never reach ``reducer_override``, so plain data
+    keeps the C pickler's speed.
+    """
+
+    def reducer_override(self, obj: object) -> Any:
+        module = getattr(obj, "__module__", None) if isinstance(obj, type | types.FunctionType) else None
+        if module is None:
+            module = getattr(type(obj), "__module__", None)
+        if module == "__main__":
+            raise pickle.PicklingError("defined in __main__: needs dill")
+        return NotImplemented
+
+
 def dumps(obj: object) -> bytes:
-    """Serialize data with pickle, or dill where pickle cannot."""
+    """Serialize data with pickle, or dill where pickle cannot (or where only dill can travel)."""
+    buffer = io.BytesIO()
     try:
-        return pickle.dumps(obj, PROTOCOL)
+        _RemotePickler(buffer, PROTOCOL).dump(obj)
+        return buffer.getvalue()
     except (pickle.PicklingError, TypeError, AttributeError):
         return bytes(dill.dumps(obj, PROTOCOL, recurse=True))
 

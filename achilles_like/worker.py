@@ -27,21 +27,40 @@ import sys
 import types
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from achilles_like.serialization import RemoteFailure, dumps, loads
 
 _CACHE_SIZE = 4
+_FUNCTION_CACHE = 64
 
 
 @dataclass
 class JobCode:
-    """A job's functions, ready to run in this worker."""
+    """A job's functions, ready to run in this worker.
 
-    func: Callable[[Any], Any]
+    ``func`` is None for a *call job* (``Pool`` and the executor): each task
+    then carries its own function blob, a mode and a list of payloads, and
+    every payload gets its own outcome, so one failing ``apply_async`` fails
+    only its own result, not the job.
+    """
+
+    func: Callable[[Any], Any] | None
     callback: Callable[[Any], Any] | None
     init_failure: bytes | None = None  # a pickled RemoteFailure if the initializer raised
+    shared: dict[str, Any] = field(default_factory=dict)  # globals of by-value functions
+    functions: OrderedDict[bytes, Any] = field(default_factory=OrderedDict)  # call jobs: blob -> function
+
+    def function(self, blob: bytes) -> Any:
+        """The function a call-job task names, unpickled once and sharing the job's globals."""
+        func = self.functions.get(blob)
+        if func is None:
+            func = share_globals([loads(blob)], self.shared)[0]
+            self.functions[blob] = func
+            while len(self.functions) > _FUNCTION_CACHE:
+                self.functions.popitem(last=False)
+        return func
 
 
 def init_worker() -> None:
@@ -61,7 +80,7 @@ def init_worker() -> None:
             os._exit(1)
 
 
-def share_globals(functions: list[Any]) -> list[Any]:
+def share_globals(functions: list[Any], shared: dict[str, Any] | None = None) -> list[Any]:
     """Rebind functions sent by value onto one globals dict; others are returned as they are.
 
     A function imported by reference keeps its module's real globals, which
@@ -70,7 +89,7 @@ def share_globals(functions: list[Any]) -> list[Any]:
     rebinding the by-value functions found in it too, makes ``global x`` in
     the initializer visible to the task, as it is in ``multiprocessing``.
     """
-    shared: dict[str, Any] = {}
+    shared = {} if shared is None else shared
 
     def by_value(fn: Any) -> bool:
         module = sys.modules.get(getattr(fn, "__module__", "") or "")
@@ -78,7 +97,8 @@ def share_globals(functions: list[Any]) -> list[Any]:
 
     for fn in functions:
         if by_value(fn):
-            shared.update(fn.__globals__)
+            # Values already in the shared dict win: the initializer may have set them.
+            shared.update({k: v for k, v in fn.__globals__.items() if k not in shared})
     for name, value in list(shared.items()):
         if by_value(value):
             shared[name] = _rebind(value, shared)
@@ -100,14 +120,15 @@ def load_job(func_blob: bytes) -> JobCode:
     If either step raises (a module missing on this node, an initializer
     that fails), every task of the job reports that failure.
     """
+    shared: dict[str, Any] = {}
     try:
         func, callback, initializer, initargs = loads(func_blob)
-        func, callback, initializer = share_globals([func, callback, initializer])
+        func, callback, initializer = share_globals([func, callback, initializer], shared)
         if initializer is not None:
             initializer(*initargs)
     except BaseException as error:  # noqa: BLE001 - reported with every task of the job
         return JobCode(_unavailable, None, dumps(RemoteFailure.capture(error, None)))
-    return JobCode(func, callback)
+    return JobCode(func, callback, shared=shared)
 
 
 def _unavailable(item: Any) -> Any:
@@ -118,6 +139,8 @@ def run_chunk(code: JobCode, chunk_blob: bytes) -> tuple[bool, bytes]:
     """Run one chunk; return ``(True, results blob)`` or ``(False, failure blob)``."""
     if code.init_failure is not None:
         return False, code.init_failure
+    if code.func is None:
+        return True, run_calls(code, chunk_blob)
     index: int | None = None
     try:
         items = loads(chunk_blob)
@@ -134,6 +157,45 @@ def run_chunk(code: JobCode, chunk_blob: bytes) -> tuple[bool, bytes]:
     except Exception as error:  # noqa: BLE001 - a result that cannot travel back
         wrapped = mp_pool.MaybeEncodingError(error, results)  # type: ignore[attr-defined]
         return False, dumps(RemoteFailure.capture(wrapped, None))
+
+
+def run_calls(code: JobCode, chunk_blob: bytes) -> bytes:
+    """Run a call-job task ``(function blob, mode, payloads)``; one outcome per payload.
+
+    Modes: ``map`` calls ``f(x)``, ``star`` calls ``f(*x)``, ``apply`` calls
+    ``f(*args, **kwargs)`` for ``x = (args, kwargs)``. An outcome is
+    ``(True, value)`` or ``(False, RemoteFailure)``.
+    """
+    outcomes: list[tuple[bool, Any]] = []
+    try:
+        func_blob, mode, payloads = loads(chunk_blob)
+        func = code.function(func_blob)
+    except BaseException as error:  # noqa: BLE001 - the whole task failed to load
+        return dumps([(False, RemoteFailure.capture(error, None))])
+    for payload in payloads:
+        try:
+            if mode == "map":
+                value = func(payload)
+            elif mode == "star":
+                value = func(*payload)
+            else:
+                value = func(*payload[0], **payload[1])
+            outcomes.append((True, value))
+        except BaseException as error:  # noqa: BLE001 - this payload's caller gets it
+            outcomes.append((False, RemoteFailure.capture(error, None)))
+    try:
+        return dumps(outcomes)
+    except Exception:  # noqa: BLE001 - find the results that cannot travel back
+        return dumps([_encodable(outcome) for outcome in outcomes])
+
+
+def _encodable(outcome: tuple[bool, Any]) -> tuple[bool, Any]:
+    try:
+        dumps(outcome)
+        return outcome
+    except Exception as error:  # noqa: BLE001 - MaybeEncodingError, as in multiprocessing
+        wrapped = mp_pool.MaybeEncodingError(error, outcome[1])  # type: ignore[attr-defined]
+        return False, RemoteFailure.capture(wrapped, None)
 
 
 def worker_main(conn: Any) -> None:

@@ -42,13 +42,14 @@ Event = list[Frame] | Lost
 class ClientProtocol(Protocol):
     """Reactor-side half: handshake, then hand frames to the caller's queue."""
 
-    def __init__(self, settings: Settings, role: str) -> None:
+    def __init__(self, settings: Settings, role: str, events: queue.SimpleQueue[Any] | None = None) -> None:
         self.settings = settings
         self.decoder = FrameDecoder(max_body=settings.max_body)
         self.handshake = ClientHandshake(
             settings.secret_bytes, secrets.token_bytes(NONCE_BYTES), role, settings.username
         )
-        self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        # The caller's queue; a Pool session also puts its own wake-ups on it.
+        self.events: queue.SimpleQueue[Any] = queue.SimpleQueue() if events is None else events
         self.ready: defer.Deferred[ClientProtocol] = defer.Deferred()
         self.failure: str = ""
 
@@ -86,10 +87,12 @@ class ClientProtocol(Protocol):
         self.events.put(Lost(message))
 
 
-def _open(settings: Settings, role: str) -> defer.Deferred[ClientProtocol]:
+def _open(
+    settings: Settings, role: str, events: queue.SimpleQueue[Any] | None
+) -> defer.Deferred[ClientProtocol]:
     the_reactor = reactor_thread.reactor()
     endpoint = HostnameEndpoint(the_reactor, settings.host, settings.port, timeout=CONNECT_TIMEOUT)
-    protocol = ClientProtocol(settings, role)
+    protocol = ClientProtocol(settings, role, events)
     connecting = connectProtocol(endpoint, protocol)  # type: ignore[no-untyped-call]
 
     def refused(failure: Failure) -> Failure:
@@ -115,9 +118,11 @@ class Connection:
         self.closed = False
 
     @classmethod
-    def open(cls, settings: Settings, role: str = "controller") -> Connection:
+    def open(
+        cls, settings: Settings, role: str = "controller", events: queue.SimpleQueue[Any] | None = None
+    ) -> Connection:
         """Connect and authenticate, or raise ClusterConnectionError/AuthenticationError."""
-        protocol = reactor_thread.call(_open, settings, role, timeout=CONNECT_TIMEOUT * 3)
+        protocol = reactor_thread.call(_open, settings, role, events, timeout=CONNECT_TIMEOUT * 3)
         return cls(protocol)
 
     def send(self, *parts: bytes) -> None:
@@ -133,7 +138,7 @@ class Connection:
         """Send one frame and wait for the next frame back (admin calls)."""
         self.send(encode_frame(verb, **fields))
         while True:
-            event = self.events.get()
+            event: Event = self.events.get()
             if isinstance(event, Lost):
                 raise ClusterConnectionError(event.message)
             for frame in event:

@@ -1,0 +1,187 @@
+"""``achilles_like.ProcessPoolExecutor``: a ``concurrent.futures.Executor`` on the cluster.
+
+``submit`` returns a real ``concurrent.futures.Future`` (it works with
+``as_completed``, ``wait`` and ``add_done_callback``); a future is marked
+running only when its call is sent to the cluster, so ``cancel()`` on one
+still waiting in this process succeeds and the call never runs. ``map`` sends
+``chunksize`` items per task and, with ``buffersize`` (as in Python 3.14),
+keeps at most that many tasks submitted ahead of the consumer. When the
+cluster connection is lost, pending futures fail with ``BrokenProcessPool``,
+as the stdlib's do when a worker dies.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from achilles_like.client.session import Batch, Outcome, Session
+from achilles_like.client.sources import ApplySource
+from achilles_like.local import LocalCluster
+from achilles_like.pool import _shutdown, cluster_for, pickle_callable, start_session
+
+
+def _future_sink(future: Future[Any]) -> Callable[[list[Outcome]], None]:
+    def sink(outcomes: list[Outcome]) -> None:
+        ok, value = outcomes[0]
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    return sink
+
+
+def _shutdown_in_background(session: Session, cluster: LocalCluster | None) -> None:
+    """Let the session finish its work and stop the private cluster, without blocking the caller."""
+    threading.Thread(target=_shutdown, args=(session, cluster, False), daemon=True).start()
+
+
+def _chunk_sink(future: Future[Any]) -> Callable[[list[Outcome]], None]:
+    """A map chunk's outcomes become one future: the list of values, or the first error."""
+
+    def sink(outcomes: list[Outcome]) -> None:
+        failed = next((value for ok, value in outcomes if not ok), None)
+        _future_sink(future)(
+            [(True, [value for _, value in outcomes])] if failed is None else [(False, failed)]
+        )
+
+    return sink
+
+
+class ProcessPoolExecutor(Executor):
+    """A drop-in for ``concurrent.futures.ProcessPoolExecutor`` whose workers are the cluster's."""
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Iterable[Any] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        username: str | None = None,
+        secret_key: str | None = None,
+    ) -> None:
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if max_tasks_per_child is not None and max_tasks_per_child <= 0:
+            raise ValueError("max_tasks_per_child must be >= 1")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        del mp_context  # workers are the cluster's processes; kept for signature compatibility
+        settings, self._cluster = cluster_for(max_workers, host, port, username, secret_key)
+        self._max_workers = max_workers or os.cpu_count() or 1
+        self._session = start_session(
+            settings, initializer, initargs, max_tasks_per_child, "ProcessPoolExecutor", BrokenProcessPool
+        )
+        self._lock = threading.Lock()
+        self._shutdown = False
+        self._pending: set[Future[Any]] = set()
+        # Dropped without shutdown(): finish the submitted work in the background, then stop.
+        self._finalizer = weakref.finalize(self, _shutdown_in_background, self._session, self._cluster)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Schedule ``fn(*args, **kwargs)``; return its Future."""
+        future = self._new_future()
+        self._session.add(
+            ApplySource(
+                pickle_callable(fn, "fn"),
+                args,
+                kwargs,
+                _future_sink(future),
+                future.set_running_or_notify_cancel,
+            )
+        )
+        return future
+
+    def _new_future(self) -> Future[Any]:
+        with self._lock:
+            if self._session.broken is not None:
+                raise BrokenProcessPool(f"the executor can no longer run work: {self._session.broken}")
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            future: Future[Any] = Future()
+            self._pending.add(future)
+        future.add_done_callback(self._forget)
+        return future
+
+    def _submit_chunk(self, fn_blob: bytes, chunk: list[tuple[Any, ...]]) -> Future[Any]:
+        """One task of ``map``: ``fn(*args)`` for every argument tuple of the chunk."""
+        future = self._new_future()
+        batch = Batch(fn_blob, "star", chunk, _chunk_sink(future))
+        self._session.add(ApplySource.of(batch, future.set_running_or_notify_cancel))
+        return future
+
+    def _forget(self, future: Future[Any]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[Any]:
+        """Like the builtin ``map`` on the cluster; lazy and bounded with ``buffersize``."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
+            raise ValueError("buffersize must be None or > 0")
+        args = zip(*iterables, strict=False)
+        chunks = iter(lambda: list(itertools.islice(args, chunksize)), [])
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fn_blob = pickle_callable(fn, "fn")
+        ahead = chunks if buffersize is None else itertools.islice(chunks, buffersize)
+        futures = deque(self._submit_chunk(fn_blob, chunk) for chunk in ahead)
+        return self._results(futures, chunks if buffersize is not None else iter(()), fn_blob, deadline)
+
+    def _results(
+        self,
+        futures: deque[Future[Any]],
+        chunks: Iterator[list[Any]],
+        fn_blob: bytes,
+        deadline: float | None,
+    ) -> Iterator[Any]:
+        try:
+            while futures:
+                future = futures.popleft()
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                values = future.result(left)
+                # Keep the buffer full: one new task for each one consumed.
+                chunk = next(chunks, None)
+                if chunk is not None:
+                    futures.append(self._submit_chunk(fn_blob, chunk))
+                yield from values
+        finally:
+            for future in futures:
+                future.cancel()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Accept no more work; optionally cancel what has not started; optionally wait."""
+        with self._lock:
+            self._shutdown = True
+            pending = list(self._pending)
+        if cancel_futures:
+            for future in pending:
+                future.cancel()
+        self._session.close()
+        self._finalizer.detach()
+        if wait:
+            _shutdown(self._session, self._cluster, terminate=False)
+        else:
+            _shutdown_in_background(self._session, self._cluster)

@@ -1,0 +1,276 @@
+"""``achilles_like.Pool``: ``multiprocessing.Pool`` with the cluster's workers.
+
+Change the import and the code runs on the cluster::
+
+    from achilles_like import Pool          # was: from multiprocessing import Pool
+
+    with Pool(4) as pool:
+        print(pool.map(square, range(10)))
+
+With no cluster configured, ``Pool(n)`` starts a private local cluster with
+``n`` worker processes (as ``multiprocessing.Pool(n)`` starts ``n`` workers)
+and stops it with the pool; with ``host=`` (or ``ACHILLES_HOST``/``.env``, or
+inside ``with LocalCluster()``) it submits to that cluster. Every method is a
+source of work for the pool's :class:`Session`; results are the stdlib's
+kinds of objects (see ``client/results.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Callable, Iterable
+from enum import Enum
+from typing import Any
+
+from achilles_like.client.api import resolve_settings
+from achilles_like.client.job import check_chunksize
+from achilles_like.client.results import AsyncResult, IMapIterator, MapResult
+from achilles_like.client.session import Session
+from achilles_like.client.sources import ApplySource, IMapSource, MapSource
+from achilles_like.config import Settings
+from achilles_like.errors import ClusterConnectionError
+from achilles_like.local import LocalCluster, active_cluster
+from achilles_like.serialization import dumps_function
+
+
+class PoolState(Enum):
+    """The stdlib's pool states."""
+
+    RUN = "RUN"
+    CLOSE = "CLOSE"
+    TERMINATE = "TERMINATE"
+
+
+def cluster_for(
+    processes: int | None, host: str | None, port: int | None, username: str | None, secret_key: str | None
+) -> tuple[Settings, LocalCluster | None]:
+    """Settings of the cluster to use, and the private cluster started for it if none is configured."""
+    settings = resolve_settings(host, port, username, secret_key, start_local=False)
+    if settings.host_configured or (host is None and active_cluster() is not None):
+        return settings, None
+    cluster = LocalCluster(nodes=1, processes=processes or os.cpu_count() or 1).start()
+    return cluster.settings, cluster
+
+
+def pickle_callable(func: Callable[..., Any], what: str = "func") -> bytes:
+    """Serialize a function for a call job, or explain why it cannot travel."""
+    if not callable(func):
+        raise TypeError(f"{what} must be callable, not {type(func).__name__}")
+    try:
+        return dumps_function(func)
+    except Exception as error:
+        raise TypeError(
+            f"cannot send {getattr(func, '__qualname__', func)!r} to the cluster: it does not pickle"
+            f" ({type(error).__name__}: {error}); the function and the globals it uses must pickle with dill"
+        ) from error
+
+
+def start_session(
+    settings: Settings,
+    initializer: Callable[..., Any] | None,
+    initargs: Iterable[Any],
+    max_tasks: int | None,
+    label: str,
+    broken_type: type[Exception],
+) -> Session:
+    """A session whose call jobs run ``initializer(*initargs)`` in each worker first."""
+    if initializer is not None and not callable(initializer):
+        raise TypeError("initializer must be a callable")
+    job_blob = dumps_function((None, None, initializer, tuple(initargs)))
+    return Session(settings, job_blob, label=label, max_tasks=max_tasks, broken_type=broken_type)
+
+
+def _shutdown(session: Session, cluster: LocalCluster | None, terminate: bool) -> None:
+    """Stop a session (and the private cluster); also run when a pool is garbage-collected."""
+    if terminate:
+        session.terminate()
+    else:
+        session.close()
+    session.join(timeout=None if not terminate else 30)
+    if cluster is not None:
+        cluster.shutdown()
+
+
+class Pool:
+    """A drop-in for ``multiprocessing.Pool`` whose workers are the cluster's."""
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        username: str | None = None,
+        secret_key: str | None = None,
+    ) -> None:
+        if processes is not None and processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self._state = PoolState.RUN
+        settings, self._cluster = cluster_for(processes, host, port, username, secret_key)
+        self._processes = processes or os.cpu_count() or 1
+        try:
+            self._session = start_session(
+                settings, initializer, initargs, maxtasksperchild, "Pool", ClusterConnectionError
+            )
+        except BaseException:
+            if self._cluster is not None:
+                self._cluster.shutdown()
+            raise
+        self._blobs: dict[int, tuple[Callable[..., Any], bytes]] = {}
+        # Garbage-collected without close(): stop it, as the stdlib does, without hanging exit.
+        self._finalizer = weakref.finalize(self, _shutdown, self._session, self._cluster, True)
+
+    def __repr__(self) -> str:
+        return f"<achilles_like.Pool state={self._state.value} processes={self._processes}>"
+
+    def __reduce__(self) -> Any:
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
+
+    # -- submitting work ------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self._state is not PoolState.RUN:
+            raise ValueError("Pool not running")
+
+    def _blob(self, func: Callable[..., Any]) -> bytes:
+        cached = self._blobs.get(id(func))
+        if cached is not None and cached[0] is func:
+            return cached[1]
+        blob = pickle_callable(func)
+        if len(self._blobs) > 256:
+            self._blobs.clear()
+        self._blobs[id(func)] = (func, blob)  # holding func keeps its id from being reused
+        return blob
+
+    def apply(
+        self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None
+    ) -> Any:
+        """Call ``func(*args, **kwds)`` on the cluster and wait for the result."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(
+        self,
+        func: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwds: dict[str, Any] | None = None,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> AsyncResult:
+        """Call ``func(*args, **kwds)`` on the cluster; return an AsyncResult at once."""
+        self._check_running()
+        result = AsyncResult(callback, error_callback)
+        self._session.add(ApplySource(self._blob(func), tuple(args), dict(kwds or {}), result._sink))
+        return result
+
+    def map(
+        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None
+    ) -> list[Any]:
+        """``func`` over ``iterable``, in order, like the builtin ``map`` but on the cluster."""
+        return self._map_async(func, iterable, "map", chunksize).get()  # type: ignore[no-any-return]
+
+    def map_async(
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> MapResult:
+        """Like :meth:`map`, but return a MapResult at once."""
+        return self._map_async(func, iterable, "map", chunksize, callback, error_callback)
+
+    def starmap(
+        self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: int | None = None
+    ) -> list[Any]:
+        """Like :meth:`map`, but each item is unpacked as ``func(*item)``."""
+        return self._map_async(func, iterable, "star", chunksize).get()  # type: ignore[no-any-return]
+
+    def starmap_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> MapResult:
+        """Like :meth:`starmap`, but return a MapResult at once."""
+        return self._map_async(func, iterable, "star", chunksize, callback, error_callback)
+
+    def _map_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        mode: str,
+        chunksize: int | None,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> MapResult:
+        self._check_running()
+        items = list(iterable)
+        if chunksize is None:
+            # The stdlib's choice: about four chunks per worker process.
+            chunksize, extra = divmod(len(items), self._processes * 4)
+            chunksize += 1 if extra else 0
+        chunksize = check_chunksize(max(chunksize, 1) if items else 1)
+        chunks = (len(items) + chunksize - 1) // chunksize
+        result = MapResult(chunks, callback, error_callback)
+        if chunks:
+            self._session.add(MapSource(self._blob(func), mode, items, chunksize, result))
+        return result
+
+    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> IMapIterator:
+        """Lazy ``map``: results in order, the input pulled only as results are consumed."""
+        return self._imap(func, iterable, chunksize, ordered=True)
+
+    def imap_unordered(
+        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1
+    ) -> IMapIterator:
+        """Like :meth:`imap`, but results come in the order they complete."""
+        return self._imap(func, iterable, chunksize, ordered=False)
+
+    def _imap(
+        self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int, ordered: bool
+    ) -> IMapIterator:
+        self._check_running()
+        chunksize = check_chunksize(chunksize)
+        iterator = IMapIterator(ordered, on_consumed=self._session.wake)
+        self._session.add(IMapSource(self._blob(func), "map", iterable, chunksize, iterator))
+        return iterator
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Accept no more work; what was submitted still runs."""
+        if self._state is PoolState.RUN:
+            self._state = PoolState.CLOSE
+            self._session.close()
+
+    def terminate(self) -> None:
+        """Stop at once: the cluster drops this pool's work; unfinished results fail."""
+        self._state = PoolState.TERMINATE
+        self._finalizer()
+
+    def join(self) -> None:
+        """Wait for the work to finish after :meth:`close` (or :meth:`terminate`)."""
+        if self._state is PoolState.RUN:
+            raise ValueError("Pool is still running")
+        if self._state is PoolState.CLOSE:
+            self._finalizer.detach()
+            _shutdown(self._session, self._cluster, terminate=False)
+        else:
+            self._finalizer()
+
+    def __enter__(self) -> Pool:
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.terminate()
