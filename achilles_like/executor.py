@@ -85,7 +85,13 @@ class ProcessPoolExecutor(Executor):
         settings, self._cluster = cluster_for(max_workers, host, port, username, secret_key)
         self._max_workers = max_workers or os.cpu_count() or 1
         self._session = start_session(
-            settings, initializer, initargs, max_tasks_per_child, "ProcessPoolExecutor", BrokenProcessPool
+            settings,
+            initializer,
+            initargs,
+            max_tasks_per_child,
+            "ProcessPoolExecutor",
+            BrokenProcessPool,
+            True,
         )
         self._lock = threading.Lock()
         self._shutdown = False
@@ -140,7 +146,9 @@ class ProcessPoolExecutor(Executor):
         """Like the builtin ``map`` on the cluster; lazy and bounded with ``buffersize``."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
+        if buffersize is not None and not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
             raise ValueError("buffersize must be None or > 0")
         args = zip(*iterables, strict=False)
         chunks = iter(lambda: list(itertools.islice(args, chunksize)), [])

@@ -156,7 +156,7 @@ class NodeProtocol(Protocol):
         self.factory = factory
         self.agent = factory.agent
         settings = self.agent.settings
-        self.decoder = FrameDecoder(max_body=settings.max_body)
+        self.decoder = FrameDecoder(max_body=0)  # raised once the server has proved itself
         self.handshake = ClientHandshake(settings.secret_bytes, secrets.token_bytes(NONCE_BYTES), "node")
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
@@ -175,6 +175,7 @@ class NodeProtocol(Protocol):
         if not self.handshake.authenticated:
             self.send(self.handshake.receive(frame))
             if self.handshake.authenticated:
+                self.decoder.max_body = self.agent.settings.max_body
                 self._register()
             return
         verb = frame.verb

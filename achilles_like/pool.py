@@ -18,6 +18,7 @@ kinds of objects (see ``client/results.py``).
 from __future__ import annotations
 
 import os
+import secrets
 import weakref
 from collections.abc import Callable, Iterable
 from enum import Enum
@@ -73,12 +74,21 @@ def start_session(
     max_tasks: int | None,
     label: str,
     broken_type: type[Exception],
+    job_failure_breaks: bool = False,
 ) -> Session:
     """A session whose call jobs run ``initializer(*initargs)`` in each worker first."""
     if initializer is not None and not callable(initializer):
         raise TypeError("initializer must be a callable")
-    job_blob = dumps_function((None, None, initializer, tuple(initargs)))
-    return Session(settings, job_blob, label=label, max_tasks=max_tasks, broken_type=broken_type)
+    # The token lets a worker run the initializer once for all of this session's jobs.
+    job_blob = dumps_function((None, None, initializer, tuple(initargs), secrets.token_hex(8)))
+    return Session(
+        settings,
+        job_blob,
+        label=label,
+        max_tasks=max_tasks,
+        broken_type=broken_type,
+        job_failure_breaks=job_failure_breaks,
+    )
 
 
 def _shutdown(session: Session, cluster: LocalCluster | None, terminate: bool) -> None:

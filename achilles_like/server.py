@@ -75,7 +75,9 @@ class ServerProtocol(Protocol):
 
     def __init__(self, cluster: ClusterServer) -> None:
         self.cluster = cluster
-        self.decoder = FrameDecoder(max_body=cluster.settings.max_body)
+        # No bodies until the peer has authenticated: the handshake has none, and
+        # a stranger must not make us buffer anything (raised after WELCOME).
+        self.decoder = FrameDecoder(max_body=0)
         self.handshake = ServerHandshake(
             cluster.settings.secret_bytes, secrets.token_bytes(NONCE_BYTES), cluster.settings.username
         )
@@ -113,6 +115,7 @@ class ServerProtocol(Protocol):
             self.send(self.handshake.receive(frame))
             assert self.handshake.identity is not None
             self.role = self.handshake.identity.role
+            self.decoder.max_body = self.cluster.settings.max_body
             self.peer_id = self.cluster.register(self)
             return
         if frame.verb == "PING":
@@ -275,6 +278,8 @@ class ClusterServer(ServerFactory):
                 self.job_options[job_id] = options
             self.execute(actions)
             return
+        if frame.verb not in ("TASK", "END", "CANCEL"):
+            raise ProtocolViolationError(f"a controller may not send {frame.verb}")
         job_id = frame.integer("job")
         owner = self.scheduler.job_controller(job_id)
         if owner is not None and owner != peer.peer_id:
@@ -283,10 +288,8 @@ class ClusterServer(ServerFactory):
             self.execute(self.scheduler.task_received(job_id, frame.integer("task"), frame.body))
         elif frame.verb == "END":
             self.execute(self.scheduler.input_ended(job_id, frame.integer("tasks")))
-        elif frame.verb == "CANCEL":
-            self.execute(self.scheduler.cancel_job(job_id))
         else:
-            raise ProtocolViolationError(f"a controller may not send {frame.verb}")
+            self.execute(self.scheduler.cancel_job(job_id))
 
     # -- admin ---------------------------------------------------------------
 

@@ -114,18 +114,30 @@ def _rebind(fn: types.FunctionType, shared: dict[str, Any]) -> types.FunctionTyp
     return clone
 
 
+# A Pool's (or executor's) jobs come one after another: its token maps to the
+# globals dict its initializer filled in this worker, so the initializer runs
+# once per worker process, as in multiprocessing, not once per job.
+_sessions: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+
 def load_job(func_blob: bytes) -> JobCode:
-    """Unpickle a job's ``(func, callback, initializer, initargs)`` and run the initializer once.
+    """Unpickle a job's ``(func, callback, initializer, initargs[, session token])``; initialize once.
 
     If either step raises (a module missing on this node, an initializer
     that fails), every task of the job reports that failure.
     """
-    shared: dict[str, Any] = {}
     try:
-        func, callback, initializer, initargs = loads(func_blob)
+        func, callback, initializer, initargs, *token = loads(func_blob)
+        shared = _sessions.get(token[0]) if token else None
+        first = shared is None
+        shared = {} if shared is None else shared
         func, callback, initializer = share_globals([func, callback, initializer], shared)
-        if initializer is not None:
+        if initializer is not None and first:
             initializer(*initargs)
+        if token:
+            _sessions[token[0]] = shared
+            while len(_sessions) > _CACHE_SIZE:
+                _sessions.popitem(last=False)
     except BaseException as error:  # noqa: BLE001 - reported with every task of the job
         return JobCode(_unavailable, None, dumps(RemoteFailure.capture(error, None)))
     return JobCode(func, callback, shared=shared)

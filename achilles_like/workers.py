@@ -68,7 +68,7 @@ class WorkItem:
     func_blob: bytes = field(repr=False)
     chunk_blob: bytes = field(repr=False)
     timeout: float | None = None
-    max_tasks: int | None = None  # replace a worker after this many tasks of the job
+    max_tasks: int | None = None  # replace a worker once it has run this many tasks
 
 
 @dataclass
@@ -78,7 +78,7 @@ class _Worker:
     item: WorkItem | None = None
     deadline: float | None = None
     jobs_seen: set[int] = field(default_factory=set)
-    tasks_of_job: int = 0
+    tasks_run: int = 0  # since this process started, for max_tasks (maxtasksperchild)
 
 
 Deliver = Callable[[WorkItem, Outcome, bytes, str], None]
@@ -189,8 +189,6 @@ class WorkerPool:
     def _start(self, worker: _Worker, item: WorkItem) -> None:
         first = item.job_key not in worker.jobs_seen
         worker.jobs_seen.add(item.job_key)
-        if first:
-            worker.tasks_of_job = 0
         message = (item.job_key, item.func_blob if first else None, item.chunk_blob)
         worker.item = item
         worker.deadline = None if item.timeout is None else time.monotonic() + item.timeout
@@ -222,9 +220,9 @@ class WorkerPool:
         item, worker.item, worker.deadline = worker.item, None, None
         if item is None:
             return  # cancelled meanwhile
-        worker.tasks_of_job += 1
+        worker.tasks_run += 1
         self._deliver(item, outcome, blob, detail)
-        if item.max_tasks is not None and worker.tasks_of_job >= item.max_tasks:
+        if item.max_tasks is not None and worker.tasks_run >= item.max_tasks:
             self._replace(worker)
 
     def _expire(self, now: float) -> None:

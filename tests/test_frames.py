@@ -257,11 +257,11 @@ def test_garbage_raises_protocol_error(garbage: bytes) -> None:
         FrameDecoder().feed(garbage)
 
 
-def test_tls_client_hello_without_newline_hits_the_line_limit() -> None:
-    """A TLS ClientHello with no newline is refused once it passes the header line limit."""
+def test_tls_client_hello_is_refused_at_its_first_byte() -> None:
+    """A TLS ClientHello (first byte 0x16, no newline) is refused at once, not at the line limit."""
     record = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x42" * 506
-    with pytest.raises(FrameTooLargeError):
-        FrameDecoder(max_line=256).feed(record)
+    with pytest.raises(ProtocolError, match="cannot start with byte 0x16"):
+        FrameDecoder(max_line=256).feed(record[:1])
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ class ClientProtocol(Protocol):
 
     def __init__(self, settings: Settings, role: str, events: queue.SimpleQueue[Any] | None = None) -> None:
         self.settings = settings
-        self.decoder = FrameDecoder(max_body=settings.max_body)
+        self.decoder = FrameDecoder(max_body=0)  # raised once the server has proved itself
         self.handshake = ClientHandshake(
             settings.secret_bytes, secrets.token_bytes(NONCE_BYTES), role, settings.username
         )
@@ -73,6 +73,7 @@ class ClientProtocol(Protocol):
             if reply and self.transport is not None:
                 self.transport.write(reply)
             if self.handshake.authenticated:
+                self.decoder.max_body = self.settings.max_body
                 self.ready.callback(self)
         return frames
 

@@ -98,6 +98,7 @@ class Session:
         label: str,
         max_tasks: int | None = None,
         broken_type: type[Exception] = ClusterConnectionError,
+        job_failure_breaks: bool = False,
     ) -> None:
         self.settings = settings
         self.job_blob = job_blob
@@ -105,6 +106,9 @@ class Session:
         if max_tasks is not None:
             self.options["maxtasks"] = max_tasks
         self.broken_type = broken_type  # what callers get once the session cannot run work
+        # An executor is broken by a job-level failure (its initializer raised), as the
+        # stdlib's is; a Pool hands that error to each call and carries on.
+        self.job_failure_breaks = job_failure_breaks
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._sources: deque[Source] = deque()
@@ -188,7 +192,7 @@ class Session:
     def _open_job(self) -> None:
         if self._connection is None:
             self._connection = Connection.open(self.settings, events=self.inbox)
-        self._job = _JobState(self._connection)
+        self._job = _JobState(self._connection, self._job_failed if self.job_failure_breaks else None)
         self._connection.send(encode_header("SUBMIT", len(self.job_blob), **self.options), self.job_blob)
 
     def _handle(self, event: Any) -> None:
@@ -199,6 +203,15 @@ class Session:
         for frame in event:
             if self._job is not None and self._job.handle(frame):
                 self._job = None  # ended: the next step opens another if there is work
+
+    def _job_failed(self, failure: BaseException) -> BaseException:
+        """Mark the session broken by a job-level failure; return what its calls get."""
+        broken = self.broken_type(f"the pool can no longer run work: {failure}")
+        broken.__cause__ = failure
+        with self._lock:
+            self.broken = broken
+        self._terminating = True
+        return broken
 
     def _break(self, error: BaseException) -> None:
         if self._job is not None:
@@ -213,8 +226,11 @@ class Session:
 class _JobState:
     """One call job on the server: its credit, its batches in flight, its end."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(
+        self, connection: Connection, on_failure: Callable[[BaseException], BaseException] | None = None
+    ) -> None:
         self.connection = connection
+        self.on_failure = on_failure
         self.job_id: int | None = None
         self.credit = 0
         self.next_task = 0
@@ -271,6 +287,8 @@ class _JobState:
         if not frame.flag("ok"):
             # A job-level failure (the initializer raised): every call of the job gets it.
             self.failure = loads(frame.body).to_exception()
+            if self.on_failure is not None:
+                self.failure = self.on_failure(self.failure)
             batch.sink([(False, self.failure)] * len(batch.payloads))
             return
         outcomes = [(ok, value.to_exception() if not ok else value) for ok, value in loads(frame.body)]

@@ -148,6 +148,12 @@ class FrameDecoder:
 
     def _next_frame(self) -> Frame | None:
         if self._pending is None:
+            if self._buffer and not 0x41 <= self._buffer[0] <= 0x5A:
+                # Every header starts with an uppercase verb: refuse a TLS hello or
+                # binary noise at its first byte instead of waiting for a newline.
+                raise ProtocolError(
+                    f"a frame cannot start with byte 0x{self._buffer[0]:02x}: is this an achilles_like peer?"
+                )
             end = self._buffer.find(b"\n", 0, self.max_line + 1)
             if end < 0:
                 if len(self._buffer) > self.max_line:
