@@ -71,6 +71,7 @@ def _server(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval,
         heartbeat_timeout=args.heartbeat_timeout,
         auth_timeout=args.auth_timeout,
+        no_node_timeout=args.no_node_timeout,
     )
     _, listening = start_server(settings, reactor, options)
     address = listening.getHost()
@@ -183,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server.add_argument(
         "--auth-timeout", type=float, default=10.0, help="close a connection not authenticated by then"
+    )
+    server.add_argument(
+        "--no-node-timeout",
+        type=float,
+        default=60.0,
+        help="fail a running job when no node has been connected for this many seconds",
     )
     server.add_argument("--watch-stdin", action="store_true", help=argparse.SUPPRESS)
     server.set_defaults(run=_server)

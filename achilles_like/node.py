@@ -163,6 +163,8 @@ class NodeProtocol(Protocol):
         try:
             for frame in self.decoder.feed(data):
                 self._handle(frame)
+            if self.decoder.error is not None:
+                raise self.decoder.error
         except AuthenticationError as error:
             self.factory.fatal(f"the server refused this node: {error}")
         except ProtocolError as error:

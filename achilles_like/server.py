@@ -21,10 +21,13 @@ It turns the scheduler's actions into frames on the right connection; an
 action for a connection that has gone away is dropped, because the
 scheduler has already been told (``node_lost`` / ``controller_lost``).
 
-Nodes are pinged every ``heartbeat_interval`` seconds; one that has sent
+Every peer is pinged every ``heartbeat_interval`` seconds; one that has sent
 nothing for ``heartbeat_timeout`` seconds (stopped, partitioned) is
-disconnected and its tasks re-queued. Peers that do not finish the handshake
-within ``auth_timeout`` seconds are disconnected.
+disconnected: a node's tasks are re-queued, a controller's job cancelled. A
+running job left with no node at all fails after ``no_node_timeout``
+seconds. Peers that do not finish the handshake within ``auth_timeout``
+seconds are disconnected, and an address that keeps failing the handshake
+waits longer and longer (up to ``max_auth_delay``) for its next HELLO.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ class ServerOptions:
     heartbeat_interval: float = 2.0
     heartbeat_timeout: float = 10.0
     auth_timeout: float = 10.0
+    no_node_timeout: float = 60.0  # a running job with no node at all fails after this
+    max_auth_delay: float = 5.0  # the longest a repeatedly failing address waits for HELLO
 
 
 def _describe(address: IAddress) -> str:
@@ -92,7 +97,17 @@ class ServerProtocol(Protocol):
         self.address = _describe(self.transport.getPeer())
         self.last_seen = self.cluster.clock.seconds()
         self.cluster.clock.callLater(self.cluster.options.auth_timeout, self._check_authenticated)
-        self.transport.write(self.handshake.hello())
+        delay = self.cluster.auth_delay(self.host)
+        if delay:
+            # This address failed the handshake recently: make guessing slow.
+            self.cluster.clock.callLater(delay, self.send, self.handshake.hello())
+        else:
+            self.transport.write(self.handshake.hello())
+
+    @property
+    def host(self) -> str:
+        """The peer's address without its port."""
+        return self.address.rsplit(":", 1)[0]
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
         if self.closed:
@@ -103,8 +118,11 @@ class ServerProtocol(Protocol):
                 self._handle(frame)
                 if self.closed:
                     return
+            if self.decoder.error is not None:
+                raise self.decoder.error
         except AuthenticationError as error:
             log.warning("refused %s: %s", self.address, error)
+            self.cluster.auth_failed(self.host)
             self._close(getattr(error, "reply", b""))
         except ProtocolError as error:
             log.warning("protocol error from %s %s: %s", self.role or "peer", self.address, error)
@@ -115,6 +133,7 @@ class ServerProtocol(Protocol):
             self.send(self.handshake.receive(frame))
             assert self.handshake.identity is not None
             self.role = self.handshake.identity.role
+            self.cluster.auth_succeeded(self.host)
             self.decoder.max_body = self.cluster.settings.max_body
             self.peer_id = self.cluster.register(self)
             return
@@ -182,7 +201,8 @@ class ClusterServer(ServerFactory):
         self.job_options: dict[int, dict[str, str]] = {}
         self._counter = 0
         self.on_stop_requested: Any = None  # set by start_server: stops the process
-        self._heartbeat = task.LoopingCall(self._ping_nodes)
+        self._auth_failures: dict[str, int] = {}
+        self._heartbeat = task.LoopingCall(self._heartbeat_tick)
         self._heartbeat.clock = clock
 
     def buildProtocol(self, addr: IAddress | None) -> ServerProtocol:  # noqa: N802 - Twisted's name
@@ -254,16 +274,30 @@ class ClusterServer(ServerFactory):
         else:
             raise ProtocolViolationError(f"a node may not send {frame.verb} now")
 
-    def _ping_nodes(self) -> None:
+    def _heartbeat_tick(self) -> None:
+        """Ping every peer, drop the silent ones, fail a job left with no node for too long."""
         now = self.clock.seconds()
-        for peer_id in list(self.node_info):
-            peer = self.peers.get(peer_id)
-            if peer is None:
-                continue
+        for peer in list(self.peers.values()):
             if now - peer.last_seen > self.options.heartbeat_timeout:
                 peer.abort(f"silent for {now - peer.last_seen:.1f}s (heartbeat timeout)")
             else:
                 peer.send(encode_frame("PING"))
+        self.execute(self.scheduler.tick(now, self.options.no_node_timeout))
+
+    def auth_delay(self, host: str) -> float:
+        """How long a new connection from ``host`` waits for HELLO after failed handshakes."""
+        failures = self._auth_failures.get(host, 0)
+        return 0.0 if failures < 3 else min(self.options.max_auth_delay, 0.1 * 2 ** (failures - 3))
+
+    def auth_succeeded(self, host: str) -> None:
+        """A good handshake from ``host`` clears its record."""
+        self._auth_failures.pop(host, None)
+
+    def auth_failed(self, host: str) -> None:
+        """Count a failed handshake from ``host`` (bounded memory: the table is reset when full)."""
+        if len(self._auth_failures) >= 10_000:
+            self._auth_failures.clear()
+        self._auth_failures[host] = self._auth_failures.get(host, 0) + 1
 
     # -- controllers ---------------------------------------------------------
 

@@ -63,10 +63,13 @@ def slow_pid_of(_: object, delay: float = 0.05) -> int:
 def gated(item: tuple[str, str, int]) -> int:
     """Return the item's value; ``("wait", path, v)`` first waits (30 s at most) for ``path`` to exist.
 
-    ``("open", path, v)`` creates ``path``. With one "wait" item among "open" items the
+    ``("open", path, v)`` creates ``path``; ``("plain", path, v)`` just returns ``v``.
+    With one "wait" item among "open" items the
     waiting item is guaranteed to finish after another item did, with no timing guess.
     """
     kind, path, value = item
+    if kind == "plain":
+        return value
     if kind == "open":
         with open(path, "a"):
             pass

@@ -205,8 +205,11 @@ def test_oversize_header_line_fails_with_the_default_limit() -> None:
 def test_oversize_header_line_after_a_body_is_still_caught() -> None:
     """The line limit applies to a header that follows a body in the same chunk."""
     decoder = FrameDecoder(max_line=32)
+    frames = decoder.feed(encode_frame("TASK", b"\n" * 100, job=1) + b"Z" * 40)
+    assert [frame.verb for frame in frames] == ["TASK"]  # the good frame before it still counts
+    assert isinstance(decoder.error, FrameTooLargeError)
     with pytest.raises(FrameTooLargeError):
-        decoder.feed(encode_frame("TASK", b"\n" * 100, job=1) + b"Z" * 40)
+        decoder.feed(b"")
 
 
 def test_announced_body_over_limit_fails_before_the_body_arrives() -> None:
@@ -451,3 +454,13 @@ def test_property_mutated_frames_yield_frames_or_protocol_error(
         stream[at : at + len(replacement) // 2] = replacement
     chunks = [bytes(stream[i : i + chunk]) for i in range(0, len(stream), chunk)]
     _feed_expecting_only_protocol_errors(FrameDecoder(max_line=256, max_body=512), chunks)
+
+
+def test_frames_before_a_bad_frame_in_the_same_chunk_are_returned() -> None:
+    """Frames completed before a bad one in the same chunk come back; the error is kept and raised next."""
+    decoder = FrameDecoder(max_body=0)
+    frames = decoder.feed(b"AUTH role=node\r\nSUBMIT len=5\r\nhello")
+    assert frames == [Frame("AUTH", {"role": "node"})]
+    assert isinstance(decoder.error, FrameTooLargeError)
+    with pytest.raises(FrameTooLargeError):
+        decoder.feed(b"")

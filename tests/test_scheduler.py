@@ -692,3 +692,34 @@ def test_task_blob_is_dropped_once_done() -> None:
     held = sys.getrefcount(blob)
     s.result_received("n1", 1, 0, 1, True, b"r")
     assert sys.getrefcount(blob) == held - 1
+
+
+def test_a_job_without_nodes_fails_after_the_no_node_timeout() -> None:
+    """A running job with no node fails once no node has joined for no_node_timeout seconds."""
+    s = Scheduler()
+    s.submit_job("c", FUNC)
+    s.submit_job("d", b"g")
+    assert s.tick(100.0, 60.0) == []
+    assert s.tick(150.0, 60.0) == []
+    ended = s.tick(160.0, 60.0)
+    reason = "no node has been connected for 60s; start a node (achilles node) and resubmit"
+    assert ended[:2] == [JobEnded("c", 1, JobOutcome.FAILED, reason), JobStarted("d", 2)]
+    assert s.tick(161.0, 60.0) == []  # the next job's wait starts afresh
+
+
+def test_a_node_joining_in_time_resets_the_no_node_wait() -> None:
+    """A node that joins before the timeout keeps the job alive, and its wait starts over when it leaves."""
+    s = Scheduler()
+    s.submit_job("c", FUNC)
+    s.tick(0.0, 60.0)
+    s.node_joined("n1", 1)
+    assert s.tick(59.0, 60.0) == []
+    s.node_lost("n1")
+    assert s.tick(100.0, 60.0) == []
+    assert s.tick(159.0, 60.0) == []
+    assert s.tick(160.0, 60.0)[0].outcome is JobOutcome.FAILED
+
+
+def test_tick_without_a_running_job_does_nothing() -> None:
+    """With no job running, tick never acts, however long there are no nodes."""
+    assert Scheduler().tick(1e9, 1.0) == []

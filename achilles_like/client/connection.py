@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import queue
 import secrets
+import time
 from typing import Any
 
 from twisted.internet import defer, error
@@ -27,6 +28,9 @@ from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder, encode_
 from achilles_like.protocol.handshake import NONCE_BYTES
 
 CONNECT_TIMEOUT = 10.0
+# The server pings every peer every 2 s; this long without a byte from it
+# (a dead machine, a silent partition) ends the wait with a clear error.
+SERVER_SILENCE_TIMEOUT = 30.0
 
 
 class Lost:
@@ -52,18 +56,29 @@ class ClientProtocol(Protocol):
         self.events: queue.SimpleQueue[Any] = queue.SimpleQueue() if events is None else events
         self.ready: defer.Deferred[ClientProtocol] = defer.Deferred()
         self.failure: str = ""
+        self.last_seen = time.monotonic()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        self.last_seen = time.monotonic()
         try:
             frames = self.decoder.feed(data)
             if not self.handshake.authenticated:
                 frames = self._handshake(frames)
+            if self.decoder.error is not None:
+                if frames:
+                    self.events.put(frames)  # what came before the bad frame still counts
+                raise self.decoder.error
         except (AuthenticationError, ProtocolError) as problem:
             self.failure = str(problem)
             self._fail_ready(problem)
             if self.transport is not None:
                 self.transport.loseConnection()
             return
+        if any(frame.verb == "PING" for frame in frames):
+            # Answered here, in the reactor thread, so a busy caller still looks alive.
+            if self.transport is not None:
+                self.transport.write(encode_frame("PONG"))
+            frames = [frame for frame in frames if frame.verb != "PING"]
         if frames:
             self.events.put(frames)
 
@@ -135,11 +150,25 @@ class Connection:
         if self._protocol.transport is not None:
             self._protocol.transport.writeSequence(parts)
 
+    def next_event(self) -> Any:
+        """The next event from the server; ClusterConnectionError if it has gone silent."""
+        while True:
+            try:
+                return self.events.get(timeout=1.0)
+            except queue.Empty:
+                silent = time.monotonic() - self._protocol.last_seen
+                if silent > SERVER_SILENCE_TIMEOUT:
+                    self.close()
+                    where = f"{self._protocol.settings.host}:{self._protocol.settings.port}"
+                    raise ClusterConnectionError(
+                        f"no word from the server at {where} for {silent:.0f}s; it is down or unreachable"
+                    ) from None
+
     def request(self, verb: str, **fields: Any) -> Frame:
         """Send one frame and wait for the next frame back (admin calls)."""
         self.send(encode_frame(verb, **fields))
         while True:
-            event: Event = self.events.get()
+            event: Event = self.next_event()
             if isinstance(event, Lost):
                 raise ClusterConnectionError(event.message)
             for frame in event:

@@ -134,7 +134,7 @@ class JobRunner:
                 self._feed(connection)
                 if self.progress.finished:
                     break
-                event = connection.events.get()
+                event = connection.next_event()
                 if isinstance(event, Lost):
                     raise ClusterConnectionError(event.message)
                 for frame in event:

@@ -178,7 +178,8 @@ class Session:
             self._job.feed(self._snapshot())
         if self._job is None and self._closing and not self._sources:
             return False
-        self._handle(self.inbox.get())
+        connection = self._connection
+        self._handle(self.inbox.get() if connection is None else connection.next_event())
         return True
 
     def _has_work(self) -> bool:

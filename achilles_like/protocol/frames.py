@@ -116,6 +116,9 @@ class FrameDecoder:
 
     After an error the decoder stays broken (every later call raises again):
     the stream position is lost, so the only safe thing is to disconnect.
+    Frames completed before the bad one in the same chunk are still returned,
+    and the error is kept in :attr:`error` (raised by the next ``feed``): a
+    peer's AUTH is answered even if garbage follows it in the same packet.
     """
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE, max_body: int = DEFAULT_MAX_BODY) -> None:
@@ -138,8 +141,14 @@ class FrameDecoder:
         except ProtocolError as error:
             self._error = error
             self._buffer.clear()
-            raise
+            if not frames:
+                raise
         return frames
+
+    @property
+    def error(self) -> ProtocolError | None:
+        """The error that broke the stream, once one has."""
+        return self._error
 
     @property
     def buffered(self) -> int:

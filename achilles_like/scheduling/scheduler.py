@@ -173,6 +173,7 @@ class Scheduler:
         self._next_job_id = 1
         self._stale_results = 0
         self._jobs_done = 0
+        self._nodeless_since: float | None = None  # when the running job was last seen without nodes
 
     # -- read-only helpers -------------------------------------------------
 
@@ -319,6 +320,25 @@ class Scheduler:
         for job_id in doomed:
             actions += self.cancel_job(job_id, reason)
         return actions
+
+    def tick(self, now: float, no_node_timeout: float) -> list[Action]:
+        """Called now and then with the time: fail a running job that has had no node for too long.
+
+        A job whose cluster lost every node would otherwise wait forever; it
+        waits ``no_node_timeout`` seconds for a node to join, then fails.
+        """
+        if self._running is None or self._nodes:
+            self._nodeless_since = None
+            return []
+        if self._nodeless_since is None:
+            self._nodeless_since = now
+            return []
+        waited = now - self._nodeless_since
+        if waited < no_node_timeout:
+            return []
+        self._nodeless_since = None
+        reason = f"no node has been connected for {waited:.0f}s; start a node (achilles node) and resubmit"
+        return self._end_running(JobOutcome.FAILED, reason)
 
     def status(self) -> dict[str, object]:
         """A JSON-serialisable snapshot for the admin ``status`` verb.
