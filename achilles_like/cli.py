@@ -20,7 +20,7 @@ from typing import Any
 from achilles_like import __version__
 
 
-def _add_target(parser: argparse.ArgumentParser, *, username: bool = True) -> None:
+def _add_target(parser: argparse.ArgumentParser, *, username: bool = True, tls: bool = True) -> None:
     parser.add_argument(
         "--host", help="server address (default: HOST from the environment or .env, else 127.0.0.1)"
     )
@@ -34,6 +34,28 @@ def _add_target(parser: argparse.ArgumentParser, *, username: bool = True) -> No
         help="cluster secret (SECRET_KEY); prefer ACHILLES_SECRET_KEY or .env,"
         " since a command line is visible to other users",
     )
+    if tls:
+        parser.add_argument(
+            "--tls-cert", help="PEM certificate: the server's (turns TLS on), or a client's own (TLS_CERT)"
+        )
+        parser.add_argument("--tls-key", help="PEM private key of --tls-cert (TLS_KEY)")
+        parser.add_argument(
+            "--tls-ca",
+            help="PEM CA certificate to verify the other side with; on a client it turns TLS on,"
+            " on the server it requires client certificates (TLS_CA)",
+        )
+
+
+def _tls(args: argparse.Namespace) -> dict[str, Any]:
+    """The TLS options given on the command line, as load_settings arguments."""
+    return {"tls_cert": args.tls_cert, "tls_key": args.tls_key, "tls_ca": args.tls_ca}
+
+
+def _tls_to_environment(args: argparse.Namespace) -> None:
+    """Pass command-line TLS options to the API calls, which read ACHILLES_* variables."""
+    for key, value in _tls(args).items():
+        if value:
+            os.environ["ACHILLES_" + key.upper()] = value
 
 
 def _stop_reactor(reactor: Any) -> None:
@@ -66,7 +88,7 @@ def _server(args: argparse.Namespace) -> int:
     from achilles_like.config import load_settings
     from achilles_like.server import ServerOptions, start_server
 
-    settings = load_settings(args.host, args.port, args.username, args.secret_key)
+    settings = load_settings(args.host, args.port, args.username, args.secret_key, **_tls(args))
     options = ServerOptions(
         heartbeat_interval=args.heartbeat_interval,
         heartbeat_timeout=args.heartbeat_timeout,
@@ -88,7 +110,9 @@ def _node(args: argparse.Namespace) -> int:
     from achilles_like.config import load_settings
     from achilles_like.node import start_node
 
-    settings = load_settings(args.host, args.port, None, args.secret_key, processes=args.processes)
+    settings = load_settings(
+        args.host, args.port, None, args.secret_key, processes=args.processes, **_tls(args)
+    )
     factory = start_node(settings, reactor, args.processes)
     outcome = {"code": 0}
 
@@ -106,6 +130,7 @@ def _node(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from achilles_like import getClusterStatus
 
+    _tls_to_environment(args)
     status = getClusterStatus(args.host, args.port, args.username, args.secret_key)
     if args.json:
         print(json.dumps(status, indent=2))
@@ -127,6 +152,7 @@ def _status(args: argparse.Namespace) -> int:
 def _kill(args: argparse.Namespace) -> int:
     from achilles_like import killCluster
 
+    _tls_to_environment(args)
     if not args.yes and not sys.stdin.isatty():
         print("achilles: no terminal to confirm on; pass -y to stop the nodes", file=sys.stderr)
         return 1
@@ -212,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     kill.set_defaults(run=_kill)
 
     genconfig = commands.add_parser("genconfig", help="write a .env file (mode 0600)")
-    _add_target(genconfig)
+    _add_target(genconfig, tls=False)
     genconfig.add_argument("--path", default=".env", help="where to write it (default: ./.env)")
     genconfig.set_defaults(run=_genconfig)
 

@@ -1,7 +1,8 @@
 """Settings: explicit arguments, then environment, then ``.env``, then defaults.
 
 The ``.env`` keys are achilles' own (``HOST``, ``PORT``, ``USERNAME``,
-``SECRET_KEY``, plus ``PROCESSES`` and ``MAX_BODY``). Environment variables carry an
+``SECRET_KEY``), plus ``PROCESSES``, ``MAX_BODY`` and the TLS keys (``TLS``,
+``TLS_CERT``, ``TLS_KEY``, ``TLS_CA``; see ``tls.py``). Environment variables carry an
 ``ACHILLES_`` prefix (``ACHILLES_HOST``...) because ``HOST`` and ``USERNAME``
 are already set by many shells and by Windows. ``.env`` is read with
 python-dotenv without touching ``os.environ``, from the current directory
@@ -42,6 +43,10 @@ class Settings:
     secret_key: str = field(default="", repr=False)
     processes: int | None = None
     max_body: int = DEFAULT_MAX_BODY
+    tls: bool = False  # TLS on a node/controller with the system's roots (TLS_CA implies it)
+    tls_cert: str = ""  # PEM certificate (chain): the server's, or a client's own
+    tls_key: str = ""  # its private key
+    tls_ca: str = ""  # the CA to trust for the other side's certificate
     # Whether a host or port was configured anywhere (argument, environment,
     # .env): with neither, the client starts an embedded local cluster.
     host_configured: bool = False
@@ -50,8 +55,14 @@ class Settings:
         masked = "'***'" if self.secret_key else "''"
         return (
             f"Settings(host={self.host!r}, port={self.port}, username={self.username!r},"
-            f" secret_key={masked}, processes={self.processes}, max_body={self.max_body})"
+            f" secret_key={masked}, processes={self.processes}, max_body={self.max_body},"
+            f" tls_cert={self.tls_cert!r}, tls_ca={self.tls_ca!r})"
         )
+
+    @property
+    def client_tls(self) -> bool:
+        """Whether a node or controller connects with TLS."""
+        return self.tls or bool(self.tls_ca)
 
     @property
     def secret_bytes(self) -> bytes:
@@ -91,6 +102,9 @@ def load_settings(
     secret_key: str | None = None,
     *,
     processes: int | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_ca: str | None = None,
     env_file: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
@@ -99,6 +113,7 @@ def load_settings(
     dotenv = _env_file_values(env_file)
     explicit = {"HOST": host, "PORT": port, "USERNAME": username, "SECRET_KEY": secret_key}
     explicit["PROCESSES"] = processes
+    explicit.update(TLS_CERT=tls_cert, TLS_KEY=tls_key, TLS_CA=tls_ca)
 
     def lookup(key: str) -> object | None:
         for value in (explicit.get(key), env.get(ENV_PREFIX + key), dotenv.get(key)):
@@ -116,6 +131,10 @@ def load_settings(
         secret_key=str(lookup("SECRET_KEY") or ""),
         processes=None if raw_processes is None else _positive_int("PROCESSES", raw_processes),
         max_body=DEFAULT_MAX_BODY if raw_body is None else _positive_int("MAX_BODY", raw_body),
+        tls=str(lookup("TLS") or "").lower() in ("1", "true", "yes", "on"),
+        tls_cert=str(lookup("TLS_CERT") or ""),
+        tls_key=str(lookup("TLS_KEY") or ""),
+        tls_ca=str(lookup("TLS_CA") or ""),
         host_configured=raw_host is not None or raw_port is not None,
     )
 

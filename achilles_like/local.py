@@ -91,6 +91,9 @@ class LocalCluster:
         secret_key: str | None = None,
         username: str = "",
         startup_timeout: float = STARTUP_TIMEOUT,
+        tls_cert: str = "",
+        tls_key: str = "",
+        tls_ca: str = "",
     ) -> None:
         if nodes < 0:
             raise ValueError(f"nodes must be 0 or more, not {nodes}")
@@ -101,6 +104,8 @@ class LocalCluster:
         self.host = "127.0.0.1"
         self.port = 0
         self.startup_timeout = startup_timeout
+        # TLS: the server listens with cert+key; nodes and callers verify it against the CA.
+        self.tls_cert, self.tls_key, self.tls_ca = tls_cert, tls_key, tls_ca
         self.server: subprocess.Popen[str] | None = None
         self.nodes: list[subprocess.Popen[str]] = []
 
@@ -117,6 +122,7 @@ class LocalCluster:
             port=self.port,
             username=self.username,
             secret_key=self.secret_key,
+            tls_ca=self.tls_ca,
             host_configured=True,
         )
 
@@ -137,6 +143,8 @@ class LocalCluster:
             return self
         try:
             extra = ["--username", self.username] if self.username else []
+            if self.tls_cert:
+                extra += ["--tls-cert", self.tls_cert, "--tls-key", self.tls_key]
             self.server = self._spawn("server", "--host", self.host, "--port", "0", *extra)
             match = _read_ready(self.server, _READY_SERVER, self.startup_timeout)
             self.port = int(match.group(2))
@@ -152,6 +160,8 @@ class LocalCluster:
         args = ["node", "--host", self.host, "--port", str(self.port)]
         if processes:
             args += ["--processes", str(processes)]
+        if self.tls_ca:
+            args += ["--tls-ca", self.tls_ca]
         node = self._spawn(*args)
         self.nodes.append(node)
         _read_ready(node, _READY_NODE, self.startup_timeout)

@@ -45,6 +45,7 @@ from achilles_like.errors import AuthenticationError, ProtocolError, ProtocolVio
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder, encode_frame, encode_header
 from achilles_like.protocol.handshake import NONCE_BYTES
 from achilles_like.serialization import RemoteFailure, dumps
+from achilles_like.tls import client_creator
 from achilles_like.workers import Outcome, WorkerPool, WorkItem
 
 log = logging.getLogger("achilles_like.node")
@@ -270,9 +271,13 @@ class NodeFactory(ReconnectingClientFactory):
 
 def start_node(settings: Settings, reactor: Any, processes: int | None = None) -> NodeFactory:
     """Start a node without blocking: it connects and keeps reconnecting."""
+    creator = client_creator(settings)  # checked first: a TLS mistake fails before any fork
     agent = NodeAgent(settings, reactor, processes)
     factory = NodeFactory(agent)
-    reactor.connectTCP(settings.host, settings.port, factory)
+    if creator is not None:
+        reactor.connectSSL(settings.host, settings.port, factory, creator)
+    else:
+        reactor.connectTCP(settings.host, settings.port, factory)
     reactor.addSystemEventTrigger("before", "shutdown", agent.close)
     return factory
 

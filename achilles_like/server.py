@@ -55,6 +55,7 @@ from achilles_like.protocol import Frame, FrameDecoder, ServerHandshake, encode_
 from achilles_like.protocol.handshake import NONCE_BYTES
 from achilles_like.scheduling import actions as act
 from achilles_like.scheduling.scheduler import Scheduler
+from achilles_like.tls import server_context
 
 log = logging.getLogger("achilles_like.server")
 
@@ -415,12 +416,14 @@ def _job_options(frame: Frame) -> dict[str, str]:
 
 
 def check_bind_allowed(settings: Settings) -> None:
-    """Refuse to listen beyond loopback without a secret: anyone could run code."""
-    if settings.host not in LOOPBACK_HOSTS and not settings.secret_key:
+    """Refuse to listen beyond loopback with neither a secret nor mutual TLS: anyone could run code."""
+    mutual_tls = bool(settings.tls_cert and settings.tls_ca)
+    if settings.host not in LOOPBACK_HOSTS and not settings.secret_key and not mutual_tls:
         raise ConfigurationError(
             f"refusing to listen on {settings.host} without a SECRET_KEY: anyone who can reach"
             " the port could run code on every node. Set SECRET_KEY (achilles genconfig"
-            " writes a strong one), or listen on 127.0.0.1."
+            " writes a strong one), use mutual TLS (TLS_CERT, TLS_KEY and TLS_CA), or listen"
+            " on 127.0.0.1."
         )
 
 
@@ -436,8 +439,12 @@ def start_server(
     if not settings.secret_key:
         log.warning("no SECRET_KEY set: any local user can submit work to this server")
     cluster = ClusterServer(settings, reactor, options)
-    tcp: IReactorTCP = reactor
-    port = tcp.listenTCP(settings.port, cluster, interface=settings.host)
+    context = server_context(settings)
+    if context is not None:
+        port = reactor.listenSSL(settings.port, cluster, context, interface=settings.host)
+    else:
+        tcp: IReactorTCP = reactor
+        port = tcp.listenTCP(settings.port, cluster, interface=settings.host)
     cluster.start_heartbeats()
     cluster.on_stop_requested = reactor.stop
     return cluster, port

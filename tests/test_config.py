@@ -263,7 +263,7 @@ def test_repr_without_secret_shows_empty() -> None:
     """A Settings with no secret shows secret_key='' so a missing secret is visible."""
     assert repr(Settings()) == (
         f"Settings(host='{DEFAULT_HOST}', port={DEFAULT_PORT}, username='', secret_key='',"
-        " processes=None, max_body=" + str(Settings().max_body) + ")"
+        " processes=None, max_body=" + str(Settings().max_body) + ", tls_cert='', tls_ca='')"
     )
 
 

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from twisted.internet import defer, error
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
@@ -26,6 +26,7 @@ from achilles_like.config import Settings
 from achilles_like.errors import AuthenticationError, ClusterConnectionError, ProtocolError
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder, encode_frame
 from achilles_like.protocol.handshake import NONCE_BYTES
+from achilles_like.tls import client_creator
 
 CONNECT_TIMEOUT = 10.0
 # The server pings every peer every 2 s; this long without a byte from it
@@ -99,6 +100,11 @@ class ClientProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         where = f"{self.settings.host}:{self.settings.port}"
         message = self.failure or f"the connection to the server at {where} was lost"
+        if not self.failure and not self.handshake.authenticated and _is_tls_error(reason):
+            message = (
+                f"TLS with the server at {where} failed ({reason.getErrorMessage()}): is TLS_CA the CA"
+                " that signed the server's certificate, and does that certificate name this host?"
+            )
         self._fail_ready(ClusterConnectionError(message))
         self.events.put(Lost(message))
 
@@ -107,7 +113,10 @@ def _open(
     settings: Settings, role: str, events: queue.SimpleQueue[Any] | None
 ) -> defer.Deferred[ClientProtocol]:
     the_reactor = reactor_thread.reactor()
-    endpoint = HostnameEndpoint(the_reactor, settings.host, settings.port, timeout=CONNECT_TIMEOUT)
+    endpoint: Any = HostnameEndpoint(the_reactor, settings.host, settings.port, timeout=CONNECT_TIMEOUT)
+    creator = client_creator(settings)
+    if creator is not None:
+        endpoint = wrapClientTLS(creator, endpoint)
     protocol = ClientProtocol(settings, role, events)
     connecting = connectProtocol(endpoint, protocol)  # type: ignore[no-untyped-call]
 
@@ -123,6 +132,16 @@ def _open(
     connecting.addCallback(lambda _: protocol.ready)
     result: defer.Deferred[ClientProtocol] = connecting
     return result
+
+
+def _is_tls_error(reason: Failure) -> bool:
+    """Whether a connection ended because TLS failed (bad chain, or a certificate for another host)."""
+    try:
+        from OpenSSL.SSL import Error as TlsError
+        from service_identity.exceptions import VerificationError
+    except ImportError:
+        return False
+    return reason.check(TlsError, VerificationError) is not None  # type: ignore[no-untyped-call]
 
 
 class Connection:
