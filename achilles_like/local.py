@@ -94,6 +94,7 @@ class LocalCluster:
         tls_cert: str = "",
         tls_key: str = "",
         tls_ca: str = "",
+        server_args: tuple[str, ...] = (),
     ) -> None:
         if nodes < 0:
             raise ValueError(f"nodes must be 0 or more, not {nodes}")
@@ -106,6 +107,8 @@ class LocalCluster:
         self.startup_timeout = startup_timeout
         # TLS: the server listens with cert+key; nodes and callers verify it against the CA.
         self.tls_cert, self.tls_key, self.tls_ca = tls_cert, tls_key, tls_ca
+        # Extra `achilles server` options, e.g. ("--heartbeat-timeout", "3").
+        self.server_args = tuple(server_args)
         self.server: subprocess.Popen[str] | None = None
         self.nodes: list[subprocess.Popen[str]] = []
 
@@ -142,12 +145,7 @@ class LocalCluster:
         if self.server is not None:
             return self
         try:
-            extra = ["--username", self.username] if self.username else []
-            if self.tls_cert:
-                extra += ["--tls-cert", self.tls_cert, "--tls-key", self.tls_key]
-            self.server = self._spawn("server", "--host", self.host, "--port", "0", *extra)
-            match = _read_ready(self.server, _READY_SERVER, self.startup_timeout)
-            self.port = int(match.group(2))
+            self._start_server()
             for _ in range(self.node_count):
                 self.add_node(self.processes)
         except BaseException:
@@ -166,6 +164,21 @@ class LocalCluster:
         self.nodes.append(node)
         _read_ready(node, _READY_NODE, self.startup_timeout)
         return node
+
+    def restart_server(self) -> None:
+        """Start the server again on the same port after it was stopped (tests use this)."""
+        if self.server is not None and self.server.poll() is None:
+            raise RuntimeError("the server is still running")
+        self._start_server()
+
+    def _start_server(self) -> None:
+        extra = ["--username", self.username] if self.username else []
+        if self.tls_cert:
+            extra += ["--tls-cert", self.tls_cert, "--tls-key", self.tls_key]
+        port = str(self.port)  # 0 the first time: any free port; then the same one again
+        self.server = self._spawn("server", "--host", self.host, "--port", port, *extra, *self.server_args)
+        match = _read_ready(self.server, _READY_SERVER, self.startup_timeout)
+        self.port = int(match.group(2))
 
     def kill_node(self, index: int, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to node ``index`` and everything it started (tests use this)."""
