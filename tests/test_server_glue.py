@@ -1,0 +1,130 @@
+"""The server's Twisted glue with a fake clock and in-memory transports: no sockets, no real time.
+
+Twisted's ``StringTransport`` and ``task.Clock`` stand in for the network and
+the reactor's time, so an hour of heartbeats takes a millisecond.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from achilles_like.config import Settings
+from achilles_like.protocol import ClientHandshake, FrameDecoder, encode_frame
+from achilles_like.server import ClusterServer, ServerOptions, ServerProtocol
+
+SECRET = "glue-test-secret"
+
+
+def make_server(**options: float) -> tuple[ClusterServer, Clock]:
+    """A server on a fake clock."""
+    clock = Clock()
+    return ClusterServer(Settings(secret_key=SECRET), clock, ServerOptions(**options)), clock
+
+
+def connect(server: ClusterServer, host: str = "10.0.0.1") -> tuple[ServerProtocol, StringTransport]:
+    """A new connection from ``host`` on an in-memory transport."""
+    protocol = server.buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def authenticate(protocol: ServerProtocol, transport: StringTransport, secret: str, role: str) -> bytes:
+    """Answer the server's HELLO as ``role`` with ``secret``; return what the server said back."""
+    hello = FrameDecoder().feed(transport.value())[0]
+    transport.clear()
+    client = ClientHandshake(secret.encode(), secrets.token_bytes(32), role)
+    protocol.dataReceived(client.receive(hello))
+    return transport.value()
+
+
+def test_hello_is_sent_at_once_to_a_new_address() -> None:
+    """A connection from an address with no failed handshakes gets HELLO immediately."""
+    server, _ = make_server()
+    _, transport = connect(server)
+    assert transport.value().startswith(b"HELLO proto=1 nonce=")
+
+
+def test_repeated_failed_handshakes_slow_down_that_address_only() -> None:
+    """After three failed handshakes an address waits for HELLO, longer each time; others do not."""
+    server, clock = make_server()
+    for _ in range(3):
+        protocol, transport = connect(server)
+        assert b"ERROR code=auth msg=authentication%20failed" in authenticate(
+            protocol, transport, "wrong", "controller"
+        )
+    _, slowed = connect(server)
+    assert slowed.value() == b""
+    clock.advance(0.099)
+    assert slowed.value() == b""
+    clock.advance(0.002)
+    assert slowed.value().startswith(b"HELLO")
+    _, other = connect(server, host="10.0.0.2")
+    assert other.value().startswith(b"HELLO")
+
+
+def test_a_good_handshake_clears_the_slowdown() -> None:
+    """A successful handshake from a slowed address resets its record."""
+    server, clock = make_server()
+    for _ in range(4):
+        protocol, transport = connect(server)
+        clock.advance(server.auth_delay("10.0.0.1"))  # let a delayed HELLO out
+        authenticate(protocol, transport, "wrong", "admin")
+    protocol, transport = connect(server)
+    clock.advance(server.auth_delay("10.0.0.1"))
+    assert authenticate(protocol, transport, SECRET, "admin").startswith(b"WELCOME")
+    assert server.auth_delay("10.0.0.1") == 0.0
+
+
+def test_slowdown_is_capped() -> None:
+    """However many failures, the wait never exceeds max_auth_delay."""
+    server, _ = make_server(max_auth_delay=5.0)
+    for _ in range(100):
+        server.auth_failed("10.0.0.9")
+    assert server.auth_delay("10.0.0.9") == 5.0
+
+
+def test_unauthenticated_connection_is_dropped_at_the_auth_timeout() -> None:
+    """A peer that never answers HELLO is disconnected after auth_timeout seconds, not before."""
+    server, clock = make_server(auth_timeout=10.0)
+    _, transport = connect(server)
+    clock.advance(9.9)
+    assert not transport.disconnecting
+    clock.advance(0.2)
+    assert transport.disconnecting
+
+
+def test_silent_node_is_dropped_by_heartbeats_and_its_slot_leaves() -> None:
+    """A registered node that stops answering PINGs is aborted after heartbeat_timeout."""
+    server, clock = make_server(heartbeat_interval=1.0, heartbeat_timeout=3.0)
+    server.start_heartbeats()
+    protocol, transport = connect(server)
+    assert authenticate(protocol, transport, SECRET, "node").startswith(b"WELCOME")
+    protocol.dataReceived(encode_frame("REGISTER", slots=2, processes=1, name="n", pid=1))
+    assert len(server.status()["nodes"]) == 1
+    clock.advance(1.0)
+    assert b"PING" in transport.value()
+    for _ in range(3):
+        clock.advance(1.0)
+    assert transport.disconnected  # aborted, not politely closed
+    protocol.connectionLost()
+    assert server.status()["nodes"] == []
+    server.stop_heartbeats()
+
+
+def test_answering_node_is_kept() -> None:
+    """A node that answers every PING stays registered however long it runs."""
+    server, clock = make_server(heartbeat_interval=1.0, heartbeat_timeout=3.0)
+    server.start_heartbeats()
+    protocol, transport = connect(server)
+    authenticate(protocol, transport, SECRET, "node")
+    protocol.dataReceived(encode_frame("REGISTER", slots=2, processes=1, name="n", pid=1))
+    for _ in range(100):
+        clock.advance(1.0)
+        protocol.dataReceived(encode_frame("PONG"))
+    assert not transport.disconnecting
+    server.stop_heartbeats()
