@@ -23,6 +23,7 @@ from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from achilles_like.client.job import check_timeout
 from achilles_like.client.session import Batch, Outcome, Session
 from achilles_like.client.sources import ApplySource
 from achilles_like.local import LocalCluster
@@ -74,13 +75,17 @@ class ProcessPoolExecutor(Executor):
         port: int | None = None,
         username: str | None = None,
         secret_key: str | None = None,
+        timeout: float | None = None,
     ) -> None:
+        """``timeout`` (beyond the stdlib) limits each task, in seconds: an over-time task has
+        only its worker stopped, and its future fails with :class:`TaskTimeoutError`."""
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if max_tasks_per_child is not None and max_tasks_per_child <= 0:
             raise ValueError("max_tasks_per_child must be >= 1")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
+        check_timeout(timeout)
         del mp_context  # workers are the cluster's processes; kept for signature compatibility
         settings, self._cluster = cluster_for(max_workers, host, port, username, secret_key)
         self._max_workers = max_workers or os.cpu_count() or 1
@@ -92,6 +97,7 @@ class ProcessPoolExecutor(Executor):
             "ProcessPoolExecutor",
             BrokenProcessPool,
             True,
+            timeout=timeout,
         )
         self._lock = threading.Lock()
         self._shutdown = False

@@ -34,6 +34,7 @@ import secrets
 import socket
 import sys
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import multiprocess
@@ -67,7 +68,7 @@ class NodeAgent:
         self.reactor = reactor
         self.processes = processes or settings.processes or multiprocess.cpu_count()
         self.workers = WorkerPool(self.processes, self._deliver_from_thread)
-        self.functions: dict[int, tuple[bytes, float | None, int | None]] = {}
+        self.functions: dict[int, tuple[bytes, JobOptions]] = {}
         self.cancelled: deque[int] = deque(maxlen=_REMEMBERED_JOBS)
         self.protocol: NodeProtocol | None = None
         self.generation = 0
@@ -97,9 +98,9 @@ class NodeAgent:
         stale = job_key(self.generation + 1, 0)
         self.workers.cancel(lambda item: item.job_key < stale)
 
-    def add_function(self, job_id: int, blob: bytes, timeout: float | None, max_tasks: int | None) -> None:
+    def add_function(self, job_id: int, blob: bytes, options: JobOptions) -> None:
         """Remember a job's function and options; forget those of older jobs."""
-        self.functions[job_id] = (blob, timeout, max_tasks)
+        self.functions[job_id] = (blob, options)
         for old in sorted(self.functions)[:-_REMEMBERED_JOBS]:
             del self.functions[old]
 
@@ -107,9 +108,11 @@ class NodeAgent:
         """Hand a task to the workers."""
         if job_id not in self.functions:
             raise ProtocolViolationError(f"TASK for job {job_id} arrived before its FUNC")
-        func_blob, timeout, max_tasks = self.functions[job_id]
+        func_blob, options = self.functions[job_id]
         key = job_key(self.generation, job_id)
-        self.workers.submit(WorkItem(key, job_id, task_id, attempt, func_blob, blob, timeout, max_tasks))
+        item = WorkItem(key, job_id, task_id, attempt, func_blob, blob, options.timeout, options.max_tasks)
+        item.calls = options.calls
+        self.workers.submit(item)
 
     def cancel(self, job_id: int) -> None:
         """Drop a job's queued tasks and stop its running ones."""
@@ -130,9 +133,11 @@ class NodeAgent:
         if outcome is Outcome.LOST:
             self.protocol.send(encode_frame("LOST", reason=detail, **fields))
             return
-        if outcome is Outcome.TIMEOUT:
-            blob = _timeout_failure(item, detail)
         ok = outcome is Outcome.OK
+        if outcome is Outcome.TIMEOUT:
+            failure = _timeout_failure(item, detail)
+            # In a call job the timeout is that task's calls' outcome, and the job goes on.
+            ok, blob = (True, dumps([(False, failure)])) if item.calls else (False, dumps(failure))
         self.protocol.send_parts(encode_header("RESULT", len(blob), ok=ok, **fields), blob)
 
     def close(self) -> None:
@@ -142,12 +147,31 @@ class NodeAgent:
             self.workers.close()
 
 
-def _timeout_failure(item: WorkItem, detail: str) -> bytes:
-    """A pickled failure for a task that ran over its time limit."""
+@dataclass(frozen=True)
+class JobOptions:
+    """What a FUNC frame says about its job besides the function."""
+
+    timeout: float | None = None
+    max_tasks: int | None = None
+    calls: bool = False
+
+    @classmethod
+    def from_frame(cls, frame: Frame) -> JobOptions:
+        """Read ``timeout``, ``maxtasks`` and ``calls`` from a FUNC frame."""
+        try:
+            timeout = float(frame.fields["timeout"]) if "timeout" in frame.fields else None
+        except ValueError:
+            raise ProtocolViolationError("FUNC timeout is not a number") from None
+        max_tasks = frame.integer("maxtasks") if "maxtasks" in frame.fields else None
+        return cls(timeout, max_tasks, frame.flag("calls"))
+
+
+def _timeout_failure(item: WorkItem, detail: str) -> RemoteFailure:
+    """The failure record of a task that ran over its time limit."""
     try:
         raise TaskTimeoutError(f"a task of job {item.job_id} was stopped: {detail}")
     except TaskTimeoutError as error:
-        return dumps(RemoteFailure.capture(error, None))
+        return RemoteFailure.capture(error, None)
 
 
 class NodeProtocol(Protocol):
@@ -186,9 +210,7 @@ class NodeProtocol(Protocol):
             job, task, attempt = frame.integer("job"), frame.integer("task"), frame.integer("attempt")
             self.agent.add_task(job, task, attempt, frame.body)
         elif verb == "FUNC":
-            timeout = float(frame.fields["timeout"]) if "timeout" in frame.fields else None
-            max_tasks = frame.integer("maxtasks") if "maxtasks" in frame.fields else None
-            self.agent.add_function(frame.integer("job"), frame.body, timeout, max_tasks)
+            self.agent.add_function(frame.integer("job"), frame.body, JobOptions.from_frame(frame))
         elif verb == "PING":
             self.send(encode_frame("PONG"))
         elif verb == "CANCEL":

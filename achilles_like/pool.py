@@ -25,7 +25,7 @@ from enum import Enum
 from typing import Any
 
 from achilles_like.client.api import resolve_settings
-from achilles_like.client.job import check_chunksize
+from achilles_like.client.job import check_chunksize, check_timeout
 from achilles_like.client.results import AsyncResult, IMapIterator, MapResult
 from achilles_like.client.session import Session
 from achilles_like.client.sources import ApplySource, IMapSource, MapSource
@@ -75,6 +75,7 @@ def start_session(
     label: str,
     broken_type: type[Exception],
     job_failure_breaks: bool = False,
+    timeout: float | None = None,
 ) -> Session:
     """A session whose call jobs run ``initializer(*initargs)`` in each worker first."""
     if initializer is not None and not callable(initializer):
@@ -86,6 +87,7 @@ def start_session(
         job_blob,
         label=label,
         max_tasks=max_tasks,
+        timeout=timeout,
         broken_type=broken_type,
         job_failure_breaks=job_failure_breaks,
     )
@@ -116,19 +118,29 @@ class Pool:
         port: int | None = None,
         username: str | None = None,
         secret_key: str | None = None,
+        timeout: float | None = None,
     ) -> None:
+        """``timeout`` (beyond the stdlib) limits each task, in seconds: an over-time task has
+        only its worker stopped, and its calls fail with :class:`TaskTimeoutError`."""
         if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0):
             raise ValueError("maxtasksperchild must be a positive int or None")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
+        check_timeout(timeout)
         self._state = PoolState.RUN
         settings, self._cluster = cluster_for(processes, host, port, username, secret_key)
         self._processes = processes or os.cpu_count() or 1
         try:
             self._session = start_session(
-                settings, initializer, initargs, maxtasksperchild, "Pool", ClusterConnectionError
+                settings,
+                initializer,
+                initargs,
+                maxtasksperchild,
+                "Pool",
+                ClusterConnectionError,
+                timeout=timeout,
             )
         except BaseException:
             if self._cluster is not None:

@@ -400,7 +400,7 @@ class ClusterServer(ServerFactory):
 
 
 def _job_options(frame: Frame) -> dict[str, str]:
-    """The SUBMIT fields a node needs, checked: ``timeout`` (seconds) and ``maxtasks``."""
+    """The SUBMIT fields a node needs, checked: ``timeout`` (seconds), ``maxtasks``, ``calls``."""
     options: dict[str, str] = {}
     if "timeout" in frame.fields:
         try:
@@ -412,6 +412,8 @@ def _job_options(frame: Frame) -> dict[str, str]:
         options["timeout"] = repr(timeout)
     if "maxtasks" in frame.fields:
         options["maxtasks"] = str(max(1, frame.integer("maxtasks")))
+    if frame.flag("calls"):
+        options["calls"] = "1"  # a Pool/executor job: one outcome per call, not one per job
     return options
 
 

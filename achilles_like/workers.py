@@ -69,6 +69,7 @@ class WorkItem:
     chunk_blob: bytes = field(repr=False)
     timeout: float | None = None
     max_tasks: int | None = None  # replace a worker once it has run this many tasks
+    calls: bool = False  # a call job's task: a timeout fails its calls, not the job
 
 
 @dataclass

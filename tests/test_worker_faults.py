@@ -93,3 +93,23 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_pool_timeout_fails_only_the_over_time_call(cluster: LocalCluster) -> None:
+    """Pool(timeout=) stops an over-time call with TaskTimeoutError; the pool's other calls succeed."""
+    with al.Pool(2, timeout=1.0, **target(cluster)) as pool:
+        stuck = pool.apply_async(tasks.hang_on_three, (3,))
+        fine = [pool.apply_async(tasks.square, (x,)) for x in range(8)]
+        with pytest.raises(TaskTimeoutError, match="time limit"):
+            stuck.get(timeout=60)
+        assert [result.get(timeout=60) for result in fine] == SQUARES
+        assert pool.map(tasks.square, range(8)) == SQUARES
+
+
+def test_executor_timeout_fails_only_that_future(cluster: LocalCluster) -> None:
+    """ProcessPoolExecutor(timeout=) fails the over-time future; later submits still run."""
+    with al.ProcessPoolExecutor(2, timeout=1.0, **target(cluster)) as executor:
+        stuck = executor.submit(tasks.hang_on_three, 3)
+        with pytest.raises(TaskTimeoutError):
+            stuck.result(timeout=60)
+        assert executor.submit(tasks.square, 4).result(timeout=60) == 16

@@ -17,7 +17,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from achilles_like.client.connection import Connection
-from achilles_like.client.job import JobRunner, check_chunksize, pickle_function, prepare_input
+from achilles_like.client.job import (
+    JobRunner,
+    check_chunksize,
+    check_timeout,
+    pickle_function,
+    prepare_input,
+)
 from achilles_like.config import Settings, load_settings
 from achilles_like.errors import ProtocolViolationError
 from achilles_like.local import active_cluster, default_cluster, running_default_cluster
@@ -69,8 +75,7 @@ def _run(
     timeout: float | None = None,
 ) -> Iterator[Any]:
     chunksize = check_chunksize(chunksize)
-    if timeout is not None and not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds per task, not {timeout!r}")
+    check_timeout(timeout)
     items = prepare_input(args)
     func_blob = pickle_function(func, callback)
     settings = resolve_settings(**target)

@@ -59,6 +59,12 @@ def check_chunksize(chunksize: object) -> int:
     return chunksize
 
 
+def check_timeout(timeout: float | None) -> None:
+    """A per-task time limit must be a positive number of seconds (or None)."""
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds per task, not {timeout!r}")
+
+
 def pickle_function(
     func: Callable[..., Any],
     callback: Callable[..., Any] | None,

@@ -97,14 +97,17 @@ class Session:
         *,
         label: str,
         max_tasks: int | None = None,
+        timeout: float | None = None,
         broken_type: type[Exception] = ClusterConnectionError,
         job_failure_breaks: bool = False,
     ) -> None:
         self.settings = settings
         self.job_blob = job_blob
-        self.options: dict[str, object] = {"label": label}
+        self.options: dict[str, object] = {"label": label, "calls": True}
         if max_tasks is not None:
             self.options["maxtasks"] = max_tasks
+        if timeout is not None:
+            self.options["timeout"] = timeout
         self.broken_type = broken_type  # what callers get once the session cannot run work
         # An executor is broken by a job-level failure (its initializer raised), as the
         # stdlib's is; a Pool hands that error to each call and carries on.
