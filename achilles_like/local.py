@@ -160,6 +160,8 @@ class LocalCluster:
             args += ["--processes", str(processes)]
         if self.tls_ca:
             args += ["--tls-ca", self.tls_ca]
+        for dead in (n for n in self.nodes if n.poll() is not None):
+            _close_pipes(dead)  # keep the Popen (indices stay stable) but not its pipes
         node = self._spawn(*args)
         self.nodes.append(node)
         _read_ready(node, _READY_NODE, self.startup_timeout)
@@ -205,6 +207,15 @@ class LocalCluster:
         if self in _active:
             _active.remove(self)
         self.shutdown()
+
+
+def _close_pipes(child: subprocess.Popen[str]) -> None:
+    for stream in (child.stdin, child.stdout):
+        try:
+            if stream is not None:
+                stream.close()
+        except OSError:
+            pass
 
 
 def _close_stdin(child: subprocess.Popen[str]) -> None:

@@ -210,6 +210,7 @@ class WorkerPool:
             self._finish(worker, Outcome.OK if ok else Outcome.ERROR, blob, "")
             return
         item, worker.item = worker.item, None
+        worker.process.join(1)  # reap it, so its exit code is known
         code = worker.process.exitcode
         if item is not None:
             detail = f"its worker process died (exit code {code})"
