@@ -6,6 +6,7 @@ test did: LocalCluster kills whole process groups.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -45,6 +46,16 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str =
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
+
+
+def recv_line(sock: socket.socket) -> bytes:
+    """Read one header line from a raw socket, byte by byte (never past it)."""
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = sock.recv(1)
+        assert byte, f"the server closed before a full line: {line!r}"
+        line += byte
+    return line
 
 
 def status_of(cluster: LocalCluster) -> dict[str, Any]:

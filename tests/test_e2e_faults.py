@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 import pytest
 import tasks
-from conftest import status_of, target, wait_until
+from conftest import recv_line, status_of, target, wait_until
 
 import achilles_like as al
 from achilles_like import AuthenticationError, LocalCluster
@@ -146,14 +146,7 @@ def send_quietly(sock: socket.socket, data: bytes) -> None:
         pass
 
 
-def read_line(sock: socket.socket) -> bytes:
-    """Read one header line byte by byte (the server's HELLO)."""
-    line = b""
-    while not line.endswith(b"\n"):
-        byte = sock.recv(1)
-        assert byte, f"the server closed before a full line: {line!r}"
-        line += byte
-    return line
+read_line = recv_line  # the server's HELLO
 
 
 def read_until_closed(sock: socket.socket) -> bytes:

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 import tasks
-from conftest import status_of, target, wait_until
+from conftest import recv_line, status_of, target, wait_until
 from faultproxy import ProxyFactory
 
 import achilles_like as al
@@ -189,12 +189,7 @@ def test_node_handshake_reset_mid_auth_is_retried(server: LocalCluster, spawn: C
 
 def read_frame(sock: socket.socket) -> Frame:
     """Read one body-less frame (a handshake frame) from ``sock``, byte by byte."""
-    line = b""
-    while not line.endswith(b"\n"):
-        byte = sock.recv(1)
-        assert byte, f"the server closed before a full line: {line!r}"
-        line += byte
-    (frame,) = FrameDecoder().feed(line)
+    (frame,) = FrameDecoder().feed(recv_line(sock))
     return frame
 
 
