@@ -150,6 +150,8 @@ class Session:
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the session thread to end (after close or terminate)."""
+        if threading.current_thread() is self._thread:
+            return  # a pool's finalizer may run in this very thread (garbage collection)
         self._thread.join(timeout)
 
     # -- the session thread ---------------------------------------------------------
