@@ -125,6 +125,11 @@ class NodeAgent:
         self.reactor.callFromThread(self._finished, item, outcome, blob, detail)
 
     def _finished(self, item: WorkItem, outcome: Outcome, blob: bytes, detail: str) -> None:
+        if self.workers.dead is not None and not self.closed:
+            # The manager thread failed (its tasks come back LOST): start a fresh pool.
+            log.error("restarting the worker processes after: %r", self.workers.dead)
+            failed, self.workers = self.workers, WorkerPool(self.processes, self._deliver_from_thread)
+            failed.close()
         self.tasks_done += 1
         stale = item.job_key >> 32 != self.generation or item.job_id in self.cancelled
         if stale or self.protocol is None:

@@ -189,6 +189,7 @@ class Pool:
         """Call ``func(*args, **kwds)`` on the cluster; return an AsyncResult at once."""
         self._check_running()
         result = AsyncResult(callback, error_callback)
+        result._owner = self
         self._session.add(ApplySource(self._blob(func), tuple(args), dict(kwds or {}), result._sink))
         return result
 
@@ -244,6 +245,7 @@ class Pool:
         chunksize = check_chunksize(max(chunksize, 1) if items else 1)
         chunks = (len(items) + chunksize - 1) // chunksize
         result = MapResult(chunks, callback, error_callback)
+        result._owner = self if chunks else None
         if chunks:
             self._session.add(MapSource(self._blob(func), mode, items, chunksize, result))
         return result
@@ -264,7 +266,9 @@ class Pool:
         self._check_running()
         chunksize = check_chunksize(chunksize)
         iterator = IMapIterator(ordered, on_consumed=self._session.wake)
-        self._session.add(IMapSource(self._blob(func), "map", iterable, chunksize, iterator))
+        iterator._owner = self
+        source = IMapSource(self._blob(func), "map", iterable, chunksize, iterator, wake=self._session.wake)
+        self._session.add(source)
         return iterator
 
     # -- lifecycle ----------------------------------------------------------------

@@ -33,6 +33,7 @@ from typing import Any
 from achilles_like.serialization import RemoteFailure, dumps, loads
 
 _CACHE_SIZE = 4
+JOB_CACHE_SIZE = _CACHE_SIZE  # the manager tracks which jobs a worker has by the same bound
 _FUNCTION_CACHE = 64
 
 

@@ -42,7 +42,7 @@ from typing import Any
 
 import multiprocess
 
-from achilles_like.worker import worker_main
+from achilles_like.worker import JOB_CACHE_SIZE, worker_main
 
 log = logging.getLogger("achilles_like.workers")
 _context = multiprocess.get_context("fork")
@@ -78,7 +78,8 @@ class _Worker:
     conn: Any
     item: WorkItem | None = None
     deadline: float | None = None
-    jobs_seen: set[int] = field(default_factory=set)
+    # Jobs whose function this worker has: the same last few the worker caches.
+    jobs_seen: deque[int] = field(default_factory=lambda: deque(maxlen=JOB_CACHE_SIZE))
     tasks_run: int = 0  # since this process started, for max_tasks (maxtasksperchild)
 
 
@@ -93,16 +94,23 @@ class WorkerPool:
         self._deliver = deliver
         self._requests: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)  # a wake-up must never block the reactor
         self._pending: deque[WorkItem] = deque()
         self._workers: list[_Worker] = [self._spawn() for _ in range(processes)]
         self._closed = False
+        self._fd_lock = threading.Lock()  # the wake pipe is written by callers, closed by close()
+        self._fds_open = True
+        self.dead: BaseException | None = None  # set if the manager thread failed
         self._thread = threading.Thread(target=self._run, name="achilles-workers", daemon=True)
         self._thread.start()
 
     # -- called from other threads ----------------------------------------------
 
     def submit(self, item: WorkItem) -> None:
-        """Queue a task; it starts as soon as a worker is idle."""
+        """Queue a task; it starts as soon as a worker is idle (reported LOST if the pool is dead)."""
+        if self.dead is not None:
+            self._deliver(item, Outcome.LOST, b"", f"the node's worker manager failed: {self.dead}")
+            return
         self._request("submit", item)
 
     def cancel(self, should_drop: Callable[[WorkItem], bool]) -> None:
@@ -115,6 +123,10 @@ class WorkerPool:
             self._closed = True
             self._request("close", None)
             self._thread.join(timeout=10)
+            with self._fd_lock:
+                self._fds_open = False
+                for fd in (self._wake_read, self._wake_write):
+                    os.close(fd)
 
     def pids(self) -> list[int]:
         """Process ids of the current workers (tests use them)."""
@@ -122,10 +134,12 @@ class WorkerPool:
 
     def _request(self, verb: str, argument: Any) -> None:
         self._requests.put((verb, argument))
-        try:
-            os.write(self._wake_write, b"x")
-        except OSError:
-            pass  # closed: the manager is gone
+        with self._fd_lock:
+            if self._fds_open:  # never write to a closed descriptor: its number may be reused
+                try:
+                    os.write(self._wake_write, b"x")
+                except BlockingIOError:
+                    pass  # the pipe is full of wake-ups already
 
     # -- the manager thread ---------------------------------------------------
 
@@ -133,19 +147,34 @@ class WorkerPool:
         try:
             while self._serve_once():
                 pass
+        except BaseException as error:
+            log.exception("the node's worker manager failed")
+            self.dead = error
+            held = [w.item for w in self._workers if w.item is not None] + list(self._pending)
+            for item in held:  # handed back to the server, which runs them elsewhere
+                self._deliver(item, Outcome.LOST, b"", f"the node's worker manager failed: {error}")
         finally:
             self._shutdown()
 
     def _serve_once(self) -> bool:
         self._assign()
+        owners = {
+            id(handle): worker
+            for worker in self._workers
+            for handle in (worker.conn, worker.process.sentinel)
+        }
         ready = wait(self._waitables(), timeout=self._next_timeout())
         for handle in ready:
             if handle == self._wake_read:
                 os.read(self._wake_read, 65536)
                 if not self._handle_requests():
                     return False
-            else:
-                self._handle_worker(handle)
+                continue
+            # Match by the worker this round waited on: a replacement made earlier in the
+            # round may have been given the same descriptor number.
+            worker = owners.get(id(handle))
+            if worker is not None and worker in self._workers:
+                self._handle_worker(worker, handle)
         self._expire(time.monotonic())
         return True
 
@@ -189,7 +218,8 @@ class WorkerPool:
 
     def _start(self, worker: _Worker, item: WorkItem) -> None:
         first = item.job_key not in worker.jobs_seen
-        worker.jobs_seen.add(item.job_key)
+        if first:
+            worker.jobs_seen.append(item.job_key)
         message = (item.job_key, item.func_blob if first else None, item.chunk_blob)
         worker.item = item
         worker.deadline = None if item.timeout is None else time.monotonic() + item.timeout
@@ -198,10 +228,7 @@ class WorkerPool:
         except OSError:
             pass  # it died: its sentinel fires and the task is reported LOST
 
-    def _handle_worker(self, handle: Any) -> None:
-        worker = next((w for w in self._workers if handle in (w.conn, w.process.sentinel)), None)
-        if worker is None:
-            return  # that worker was already replaced in this round
+    def _handle_worker(self, worker: _Worker, handle: Any) -> None:
         if handle is worker.conn:
             try:
                 ok, blob = pickle.loads(worker.conn.recv_bytes())
@@ -248,12 +275,7 @@ class WorkerPool:
 
     def _shutdown(self) -> None:
         for worker in self._workers:
-            _kill(worker)
-        for fd in (self._wake_read, self._wake_write):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            _kill(worker)  # the wake pipe stays open until close(): callers may still write
 
 
 def _kill(worker: _Worker) -> None:

@@ -195,3 +195,21 @@ def log_init(path: str, value: Any = None) -> None:
 def failing_init() -> None:
     """Initializer that always raises: the worker can never run a task."""
     raise RuntimeError("initializer failed on purpose")
+
+
+def _refuse_here() -> None:
+    """Unpickling hook: fails in a process where REFUSE_RESULTS is set (the caller's, in a test)."""
+    if os.environ.get("ACHILLES_TEST_REFUSE_RESULTS") == "1":
+        raise ValueError("cannot rebuild this result here")
+
+
+class RefusedInCaller:
+    """Pickles anywhere; unpickling raises only in a process with the refusing flag set."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (_refuse_here, ())
+
+
+def make_refused(_: object = None) -> RefusedInCaller:
+    """Return an object the caller will fail to unpickle."""
+    return RefusedInCaller()

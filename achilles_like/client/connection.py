@@ -130,6 +130,14 @@ def _open(
 
     connecting.addErrback(refused)
     connecting.addCallback(lambda _: protocol.ready)
+
+    def cancelled(failure: Failure) -> Failure:
+        # Given up by the caller: close what may already be open, so nothing lingers.
+        if failure.check(defer.CancelledError) and protocol.transport is not None:  # type: ignore[no-untyped-call]
+            protocol.transport.loseConnection()
+        return failure
+
+    connecting.addErrback(cancelled)
     result: defer.Deferred[ClientProtocol] = connecting
     return result
 
@@ -157,7 +165,21 @@ class Connection:
         cls, settings: Settings, role: str = "controller", events: queue.SimpleQueue[Any] | None = None
     ) -> Connection:
         """Connect and authenticate, or raise ClusterConnectionError/AuthenticationError."""
-        protocol = reactor_thread.call(_open, settings, role, events, timeout=CONNECT_TIMEOUT * 3)
+        opening: list[defer.Deferred[ClientProtocol]] = []
+
+        def start() -> defer.Deferred[ClientProtocol]:
+            opening.append(_open(settings, role, events))
+            return opening[0]
+
+        try:
+            protocol = reactor_thread.call(start, timeout=CONNECT_TIMEOUT * 3)
+        except TimeoutError:
+            if opening:  # give up on it, so a late success leaves no stray connection
+                reactor_thread.call_soon(opening[0].cancel)
+            raise ClusterConnectionError(
+                f"no authenticated connection to the server at {settings.host}:{settings.port}"
+                f" within {CONNECT_TIMEOUT * 3:.0f}s; is it overloaded or behind a firewall?"
+            ) from None
         return cls(protocol)
 
     def send(self, *parts: bytes) -> None:

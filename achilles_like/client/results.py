@@ -32,6 +32,9 @@ class AsyncResult:
         self._error_callback = error_callback
         self._success = False
         self._value: Any = None
+        # The pool this result belongs to, kept alive until the result is ready
+        # (as in the stdlib: ``Pool(2).map_async(f, xs).get()`` must work).
+        self._owner: object = None
 
     def ready(self) -> bool:
         """Whether the call has completed."""
@@ -60,6 +63,7 @@ class AsyncResult:
         if self.ready():
             return
         self._success, self._value = success, value
+        self._owner = None
         callback = self._callback if success else self._error_callback
         if callback is not None:
             try:
@@ -79,6 +83,7 @@ class MapResult(AsyncResult):
         super().__init__(callback, error_callback)
         self._chunks: list[list[Any] | None] = [None] * chunks
         self._missing = chunks
+        self._failure: BaseException | None = None
         if chunks == 0:
             self._set(True, [])
 
@@ -87,15 +92,18 @@ class MapResult(AsyncResult):
         return lambda outcomes: self._set_chunk(index, outcomes)
 
     def _set_chunk(self, index: int, outcomes: list[Outcome]) -> None:
-        for ok, value in outcomes:
-            if not ok:
-                self._set(False, value)  # the first failure is the map's result, as in the stdlib
-                return
-        if self._chunks[index] is None:
-            self._chunks[index] = [value for _, value in outcomes]
-            self._missing -= 1
-        if self._missing == 0:
-            self._set(True, [value for chunk in self._chunks for value in chunk or ()])
+        if self._chunks[index] is not None or self.ready():
+            return
+        self._chunks[index] = [value for _, value in outcomes]
+        self._missing -= 1
+        failed = next((value for ok, value in outcomes if not ok), None)
+        if failed is not None and self._failure is None:
+            self._failure = failed  # the first failure is the map's result, as in the stdlib...
+        if self._missing == 0:  # ...reported once every chunk is done, as the stdlib does
+            if self._failure is not None:
+                self._set(False, self._failure)
+            else:
+                self._set(True, [value for chunk in self._chunks for value in chunk or ()])
 
 
 class IMapIterator:
@@ -111,6 +119,7 @@ class IMapIterator:
         self._total_chunks: int | None = None
         self._chunks_in = 0
         self.yielded = 0
+        self._owner: object = None  # the pool, kept alive while results are still coming
 
     def __iter__(self) -> Iterator[Any]:
         return self
@@ -135,7 +144,10 @@ class IMapIterator:
         raise value
 
     def _finished(self) -> bool:
-        return self._total_chunks is not None and self._chunks_in == self._total_chunks and not self._held
+        done = self._total_chunks is not None and self._chunks_in >= self._total_chunks and not self._held
+        if done:
+            self._owner = None
+        return done
 
     def sink_for(self, index: int) -> Callable[[list[Outcome]], None]:
         """The sink that receives chunk ``index``'s outcomes."""

@@ -79,6 +79,9 @@ class Source(Protocol):
     def fail(self, error: BaseException) -> None:
         """The session can run nothing more: fail everything not yet delivered."""
 
+    def unthrottle(self) -> None:
+        """Stop holding back: the pool is closing and what was submitted must run."""
+
 
 class _Wake:
     """Put on the inbox to make the session thread look at its sources again."""
@@ -131,6 +134,8 @@ class Session:
         with self._lock:
             if self.broken is not None:
                 raise self.broken_type(f"the pool can no longer run work: {self.broken}")
+            if self._closing:
+                raise ValueError("Pool not running")
             self._sources.append(source)
         self.inbox.put(_WAKE)
 
@@ -139,8 +144,16 @@ class Session:
         self.inbox.put(_WAKE)
 
     def close(self) -> None:
-        """Finish what was added, then stop (the thread ends when all is done)."""
-        self._closing = True
+        """Finish what was added, then stop (the thread ends when all is done).
+
+        A lazy ``imap`` source stops being throttled: as with the stdlib, what
+        was submitted runs to the end, whether or not its results are read.
+        """
+        with self._lock:
+            self._closing = True
+            sources = list(self._sources)
+        for source in sources:
+            source.unthrottle()
         self.inbox.put(_WAKE)
 
     def terminate(self) -> None:
@@ -174,15 +187,16 @@ class Session:
 
     def _step(self) -> bool:
         if self._terminating:
-            self._break(self.broken_type("the pool was terminated"))
+            self._break(self.broken or self.broken_type("the pool was terminated"))
             return False
         self._drop_exhausted()
         if self._job is None and self._has_work():
             self._open_job()
         if self._job is not None:
             self._job.feed(self._snapshot())
-        if self._job is None and self._closing and not self._sources:
-            return False
+        with self._lock:  # add() checks _closing under the same lock
+            if self._job is None and self._closing and not self._sources:
+                return False
         connection = self._connection
         self._handle(self.inbox.get() if connection is None else connection.next_event())
         return True
@@ -226,7 +240,10 @@ class Session:
             self.broken = error
             sources, self._sources = list(self._sources), deque()
         for source in sources:
-            source.fail(error)
+            try:
+                source.fail(error)
+            except Exception:
+                log.exception("failing a source raised")
 
 
 class _JobState:
@@ -249,23 +266,30 @@ class _JobState:
         """Send batches while there is credit; END the job when it has nothing to do."""
         if not self.started or self.end_sent:
             return
-        parts: list[bytes] = []
+        sent = False
         for source in sources:
+            parts: list[bytes] = []
             while self.credit > 0 and not source.throttled:
                 batch = source.next_batch()
                 if batch is None:
                     break
-                body = dumps((batch.func_blob, batch.mode, batch.payloads))
+                try:
+                    body = dumps((batch.func_blob, batch.mode, batch.payloads))
+                except Exception as error:  # noqa: BLE001 - an argument that cannot travel
+                    _deliver(batch, [(False, _unpicklable(error))] * len(batch.payloads))
+                    continue
                 parts += [encode_header("TASK", len(body), job=self.job_id, task=self.next_task), body]
                 self.inflight[self.next_task] = batch
                 self.next_task += 1
                 self.credit -= 1
-        if not self.inflight and not parts and not any(s.has_batch for s in sources):
+            if parts:
+                # Sent before the next source's iterable is pulled, which may block.
+                self.connection.send(*parts)
+                sent = True
+        if not self.inflight and not sent and not any(s.has_batch for s in sources):
             # Idle: end this job so other controllers' jobs can run.
-            parts.append(encode_frame("END", job=self.job_id, tasks=self.next_task))
+            self.connection.send(encode_frame("END", job=self.job_id, tasks=self.next_task))
             self.end_sent = True
-        if parts:
-            self.connection.send(*parts)
 
     def handle(self, frame: Frame) -> bool:
         """Apply one frame; return True when the job has ended."""
@@ -290,20 +314,40 @@ class _JobState:
         batch = self.inflight.pop(frame.integer("task"), None)
         if batch is None:
             return
-        if not frame.flag("ok"):
-            # A job-level failure (the initializer raised): every call of the job gets it.
-            self.failure = loads(frame.body).to_exception()
-            if self.on_failure is not None:
-                self.failure = self.on_failure(self.failure)
-            batch.sink([(False, self.failure)] * len(batch.payloads))
-            return
-        outcomes = [(ok, value.to_exception() if not ok else value) for ok, value in loads(frame.body)]
-        if len(outcomes) < len(batch.payloads):  # the task failed to load: one outcome for all
+        try:
+            if not frame.flag("ok"):
+                # A job-level failure (the initializer raised): every call of the job gets it.
+                self.failure = loads(frame.body).to_exception()
+                if self.on_failure is not None:
+                    self.failure = self.on_failure(self.failure)
+                outcomes: list[Outcome] = [(False, self.failure)]
+            else:
+                outcomes = [
+                    (ok, value.to_exception() if not ok else value) for ok, value in loads(frame.body)
+                ]
+        except Exception as error:  # noqa: BLE001 - a result this process cannot unpickle
+            outcomes = [(False, error)]
+        if len(outcomes) < len(batch.payloads):  # one outcome for the whole task
             outcomes = outcomes[:1] * len(batch.payloads)
-        batch.sink(outcomes)
+        _deliver(batch, outcomes)
 
     def fail_all(self, error: BaseException) -> None:
         """Every batch in flight fails with ``error``."""
         inflight, self.inflight = self.inflight, {}
         for batch in inflight.values():
-            batch.sink([(False, error)] * len(batch.payloads))
+            _deliver(batch, [(False, error)] * len(batch.payloads))
+
+
+def _deliver(batch: Batch, outcomes: list[Outcome]) -> None:
+    """Hand outcomes to a batch's sink; a sink that raises must not stop the session."""
+    try:
+        batch.sink(outcomes)
+    except Exception:
+        log.exception("delivering a result raised")
+
+
+def _unpicklable(error: Exception) -> Exception:
+    """The error a call gets when its arguments cannot be pickled."""
+    failure = TypeError(f"the call's arguments cannot be pickled ({type(error).__name__}: {error})")
+    failure.__cause__ = error
+    return failure

@@ -2,14 +2,17 @@
 
 A source hands the session thread one batch (one task on the wire) at a time
 and routes each batch's outcomes to the result object the caller holds.
-``IMapSource`` pulls the caller's iterable lazily and stops (``throttled``)
-when the caller has ``max_ahead`` items it has not consumed yet, so an
-endless input runs in bounded memory.
+``IMapSource`` pulls the caller's iterable lazily, in a feeder thread, and
+stops (``throttled``) when the caller has ``max_ahead`` items it has not
+consumed yet, so an endless input runs in bounded memory.
 """
 
 from __future__ import annotations
 
 import itertools
+import queue
+import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -63,6 +66,9 @@ class ApplySource:
         if batch is not None:
             batch.sink([(False, error)] * len(batch.payloads))
 
+    def unthrottle(self) -> None:
+        pass  # never throttled
+
 
 class MapSource:
     """A whole ``map_async``/``starmap_async``: chunks of a list, results into one MapResult."""
@@ -102,9 +108,27 @@ class MapSource:
         self._left = 0
         self._result._set(False, error)
 
+    def unthrottle(self) -> None:
+        pass  # never throttled
+
+
+class _End:
+    """Queued by an imap feeder when the caller's iterable is exhausted."""
+
+
+_END = _End()
+
 
 class IMapSource:
-    """A lazy ``imap``/``imap_unordered``: pulls the iterable only as results are consumed."""
+    """A lazy ``imap``/``imap_unordered``: pulls the iterable only as results are consumed.
+
+    The caller's iterable is pulled in a feeder thread of its own (as the
+    stdlib's task handler does), never in the session thread: an input that
+    blocks, say until another call's callback has run, must not stop the
+    session delivering that result. The feeder keeps at most two chunks
+    ready, and the session takes them only while the caller has fewer than
+    ``max_ahead`` items unconsumed, so an endless input stays bounded.
+    """
 
     def __init__(
         self,
@@ -114,33 +138,62 @@ class IMapSource:
         chunksize: int,
         iterator: IMapIterator,
         max_ahead: int = DEFAULT_MAX_AHEAD,
+        wake: Callable[[], None] = lambda: None,
     ) -> None:
-        self._items: Iterator[Any] = iter(iterable)
         self._func_blob = func_blob
         self._mode = mode
-        self._chunksize = chunksize
         self._iterator = iterator
         self._max_ahead = max(max_ahead, chunksize)
         self._sent_items = 0
         self._index = 0
         self._done = False
+        self._ready: queue.Queue[list[Any] | _End | Exception] = queue.Queue(maxsize=2)
+        self._wake = wake
+        feeder = threading.Thread(
+            target=self._feed, args=(iter(iterable), chunksize), name="achilles-imap-feeder", daemon=True
+        )
+        feeder.start()
+
+    def _feed(self, items: Iterator[Any], chunksize: int) -> None:
+        while not self._done:
+            try:
+                chunk: list[Any] | _End | Exception = list(itertools.islice(items, chunksize)) or _END
+            except Exception as error:  # noqa: BLE001 - the caller's iterable raised
+                chunk = error
+            while not self._done:  # a dropped or failed source must not keep this thread
+                try:
+                    self._ready.put(chunk, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            self._wake()
+            if not isinstance(chunk, list):
+                return
 
     def next_batch(self) -> Batch | None:
         if self._done or self.throttled:
             return None
         try:
-            chunk = list(itertools.islice(self._items, self._chunksize))
-        except Exception as error:  # noqa: BLE001 - the caller's iterable raised
-            self.fail(error)
+            chunk = self._ready.get_nowait()
+        except queue.Empty:
             return None
-        if not chunk:
-            self._done = True
-            self._iterator._set_length(self._index)
+        if isinstance(chunk, _End):
+            self._finish()
+            return None
+        if isinstance(chunk, Exception):
+            # As in the stdlib: the results before it come first, then this error, then the end.
+            self._iterator.sink_for(self._index)([(False, chunk)])
+            self._index += 1
+            self._finish()
             return None
         sink = self._iterator.sink_for(self._index)
         self._index += 1
         self._sent_items += len(chunk)
         return Batch(self._func_blob, self._mode, chunk, sink)
+
+    def _finish(self) -> None:
+        self._done = True
+        self._iterator._set_length(self._index)
 
     @property
     def exhausted(self) -> bool:
@@ -152,8 +205,11 @@ class IMapSource:
 
     @property
     def has_batch(self) -> bool:
-        return not self._done and not self.throttled
+        return not self._done and not self.throttled and not self._ready.empty()
 
     def fail(self, error: BaseException) -> None:
         self._done = True
         self._iterator._fail(error)
+
+    def unthrottle(self) -> None:
+        self._max_ahead = sys.maxsize
