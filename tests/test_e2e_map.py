@@ -347,3 +347,20 @@ def test_second_job_waits_then_runs(fresh_cluster: LocalCluster) -> None:
         assert second.result(timeout=60) == [x * x for x in range(30)]
     wait_until(lambda: status_of(fresh_cluster)["job"] is None, what="both jobs to end")
     assert status_of(fresh_cluster)["queue"] == []
+
+
+def test_a_node_joining_mid_job_gets_work_at_once(tmp_path: Any) -> None:
+    """A node started while a job runs takes some of its tasks; the results stay exact."""
+    with LocalCluster(nodes=1, processes=1) as own:
+        gate = tmp_path / "joined"
+        # Item 0 returns at once; the rest wait until the second node has joined.
+        items = [("plain", str(gate), 0)] + [("wait", str(gate), v) for v in range(1, 12)]
+        results = []
+        for value in al.imap(tasks.gated, items, **target(own)):
+            results.append(value)
+            if not gate.exists():
+                own.add_node(processes=1)  # returns once the server has registered it
+                gate.touch()
+        assert results == list(range(12))
+        done = {node["node_id"]: node["tasks_done"] for node in status_of(own)["nodes"]}
+        assert len(done) == 2 and all(count > 0 for count in done.values()), done
