@@ -4,7 +4,7 @@
 
     reactor thread                manager thread ("achilles-workers")         worker processes
     ──────────────                ───────────────────────────────────         ────────────────
-    submit(item) ──queue+wake──▶  assign to an idle worker ──send_bytes──▶    run_task(...)
+    submit(item) ──queue+wake──▶  assign to an idle worker ──send_bytes──▶    run_chunk(...)
     cancel(job)  ──queue+wake──▶  drop queued, kill running ones              │
     deliver(item, outcome) ◀───── recv_bytes ◀──────────────────────────────── result
                                   sentinel fired: worker died → LOST, respawn

@@ -16,10 +16,9 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from achilles_like.client.job import DEFAULT_MAX_AHEAD
 from achilles_like.client.results import IMapIterator, MapResult
 from achilles_like.client.session import Batch, Outcome
-
-DEFAULT_MAX_AHEAD = 1024
 
 
 class ApplySource:
