@@ -13,7 +13,6 @@ as the stdlib's do when a worker dies.
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import time
 import weakref
@@ -23,11 +22,11 @@ from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from achilles_like.client.job import check_timeout
+from achilles_like.client.job import check_timeout, pickle_callable
 from achilles_like.client.session import Batch, Outcome, Session
 from achilles_like.client.sources import ApplySource
 from achilles_like.local import LocalCluster
-from achilles_like.pool import _shutdown, cluster_for, pickle_callable, start_session
+from achilles_like.pool import _shutdown, cluster_for, start_session
 
 
 def _future_sink(future: Future[Any]) -> Callable[[list[Outcome]], None]:
@@ -88,7 +87,6 @@ class ProcessPoolExecutor(Executor):
         check_timeout(timeout)
         del mp_context  # workers are the cluster's processes; kept for signature compatibility
         settings, self._cluster = cluster_for(max_workers, host, port, username, secret_key)
-        self._max_workers = max_workers or os.cpu_count() or 1
         self._session = start_session(
             settings,
             initializer,

@@ -72,7 +72,6 @@ class NodeAgent:
         self.cancelled: deque[int] = deque(maxlen=_REMEMBERED_JOBS)
         self.protocol: NodeProtocol | None = None
         self.generation = 0
-        self.tasks_done = 0
         self.closed = False
 
     @property
@@ -130,7 +129,6 @@ class NodeAgent:
             log.error("restarting the worker processes after: %r", self.workers.dead)
             failed, self.workers = self.workers, WorkerPool(self.processes, self._deliver_from_thread)
             failed.close()
-        self.tasks_done += 1
         stale = item.job_key >> 32 != self.generation or item.job_id in self.cancelled
         if stale or self.protocol is None:
             return

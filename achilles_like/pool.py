@@ -25,7 +25,7 @@ from enum import Enum
 from typing import Any
 
 from achilles_like.client.api import resolve_settings
-from achilles_like.client.job import check_chunksize, check_timeout
+from achilles_like.client.job import check_chunksize, check_timeout, pickle_callable
 from achilles_like.client.results import AsyncResult, IMapIterator, MapResult
 from achilles_like.client.session import Session
 from achilles_like.client.sources import ApplySource, IMapSource, MapSource
@@ -52,19 +52,6 @@ def cluster_for(
         return settings, None
     cluster = LocalCluster(nodes=1, processes=processes or os.cpu_count() or 1).start()
     return cluster.settings, cluster
-
-
-def pickle_callable(func: Callable[..., Any], what: str = "func") -> bytes:
-    """Serialize a function for a call job, or explain why it cannot travel."""
-    if not callable(func):
-        raise TypeError(f"{what} must be callable, not {type(func).__name__}")
-    try:
-        return dumps_function(func)
-    except Exception as error:
-        raise TypeError(
-            f"cannot send {getattr(func, '__qualname__', func)!r} to the cluster: it does not pickle"
-            f" ({type(error).__name__}: {error}); the function and the globals it uses must pickle with dill"
-        ) from error
 
 
 def start_session(

@@ -128,10 +128,6 @@ class WorkerPool:
                 for fd in (self._wake_read, self._wake_write):
                     os.close(fd)
 
-    def pids(self) -> list[int]:
-        """Process ids of the current workers (tests use them)."""
-        return [worker.process.pid for worker in self._workers]
-
     def _request(self, verb: str, argument: Any) -> None:
         self._requests.put((verb, argument))
         with self._fd_lock:

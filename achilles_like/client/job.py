@@ -72,12 +72,17 @@ def pickle_function(
     initargs: tuple[Any, ...] = (),
 ) -> bytes:
     """Serialize the job's function, callback and initializer, or say clearly why not."""
-    if not callable(func):
-        raise TypeError(f"func must be callable, not {type(func).__name__}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, not {type(callback).__name__}")
+    return pickle_callable(func, payload=(func, callback, initializer, tuple(initargs)))
+
+
+def pickle_callable(func: Callable[..., Any], what: str = "func", payload: object = None) -> bytes:
+    """Serialize ``func`` (or a ``payload`` built around it) with dill, or explain why it cannot travel."""
+    if not callable(func):
+        raise TypeError(f"{what} must be callable, not {type(func).__name__}")
     try:
-        return dumps_function((func, callback, initializer, tuple(initargs)))
+        return dumps_function(func if payload is None else payload)
     except Exception as error:
         raise TypeError(
             f"cannot send {getattr(func, '__qualname__', func)!r} to the cluster: it does not"

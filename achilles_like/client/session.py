@@ -123,7 +123,6 @@ class Session:
         self.broken: BaseException | None = None
         self._connection: Connection | None = None
         self._job: _JobState | None = None
-        self._idle = threading.Condition(self._lock)
         self._thread = threading.Thread(target=self._run, name="achilles-session", daemon=True)
         self._thread.start()
 
