@@ -13,6 +13,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from achilles_like.client.api import getClusterStatus, imap, imap_unordered, killCluster, map
+from achilles_like.client.executor import ProcessPoolExecutor
+from achilles_like.client.pool import Pool
 from achilles_like.config import Settings, genConfig, load_settings
 from achilles_like.errors import (
     AchillesError,
@@ -23,11 +25,9 @@ from achilles_like.errors import (
     ProtocolError,
     TaskTimeoutError,
 )
-from achilles_like.executor import ProcessPoolExecutor
 from achilles_like.local import LocalCluster
-from achilles_like.node import runAchillesNode
-from achilles_like.pool import Pool
-from achilles_like.server import runAchillesServer
+from achilles_like.node.agent import runAchillesNode
+from achilles_like.server.cluster import runAchillesServer
 
 #: ``concurrent.futures`` users write ``Executor``; it is the same class.
 Executor = ProcessPoolExecutor

@@ -86,7 +86,7 @@ def _server(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
 
     from achilles_like.config import load_settings
-    from achilles_like.server import ServerOptions, start_server
+    from achilles_like.server.cluster import ServerOptions, start_server
 
     settings = load_settings(args.host, args.port, args.username, args.secret_key, **_tls(args))
     options = ServerOptions(
@@ -108,7 +108,7 @@ def _node(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
 
     from achilles_like.config import load_settings
-    from achilles_like.node import start_node
+    from achilles_like.node.agent import start_node
 
     settings = load_settings(
         args.host, args.port, None, args.secret_key, processes=args.processes, **_tls(args)

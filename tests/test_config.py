@@ -20,7 +20,7 @@ import pytest
 import achilles_like
 from achilles_like.config import DEFAULT_HOST, DEFAULT_PORT, Settings, genConfig, load_settings
 from achilles_like.errors import ConfigurationError
-from achilles_like.server import check_bind_allowed
+from achilles_like.server.cluster import check_bind_allowed
 
 KEYS = ("HOST", "PORT", "USERNAME", "SECRET_KEY")
 # key -> (keyword argument, explicit value, environment value, .env value, expected default)

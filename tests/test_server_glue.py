@@ -14,7 +14,7 @@ from twisted.internet.testing import StringTransport
 
 from achilles_like.config import Settings
 from achilles_like.protocol import ClientHandshake, FrameDecoder, encode_frame
-from achilles_like.server import ClusterServer, ServerOptions, ServerProtocol
+from achilles_like.server.cluster import ClusterServer, ServerOptions, ServerProtocol
 
 SECRET = "glue-test-secret"
 

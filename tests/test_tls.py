@@ -13,7 +13,7 @@ import achilles_like as al
 from achilles_like import ClusterConnectionError, ConfigurationError, LocalCluster
 from achilles_like.client.connection import Connection
 from achilles_like.config import Settings
-from achilles_like.server import check_bind_allowed
+from achilles_like.server.cluster import check_bind_allowed
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """What the scheduler asks its shell to do: one small frozen dataclass per action.
 
 The scheduler is sans-I/O. Every call on it returns a list of these actions in
-the order they must be carried out; the Twisted glue in ``server.py`` turns
+the order they must be carried out; the Twisted glue in ``server/cluster.py`` turns
 each one into a wire message on the right connection. Nothing here touches a
 socket, so a test can assert the exact list.
 """

@@ -8,7 +8,7 @@
                                                   └──error, or lost max_attempts times──▶ FAILED
 
 The scheduler is a plain object with no I/O and no clock: the Twisted glue in
-``server.py`` calls one method per event it sees (a node joined, a frame
+``server/cluster.py`` calls one method per event it sees (a node joined, a frame
 arrived, a connection dropped) and carries out the returned actions in order.
 ``now`` is passed in where time is recorded, so tests run without waiting.
 

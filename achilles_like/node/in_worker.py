@@ -1,7 +1,7 @@
 """What runs inside a node's worker processes: one task, from blobs to blobs.
 
 A worker receives ``(job key, function blob or None, chunk blob)`` messages
-on its own pipe (see ``workers.py``). The function blob comes with the first
+on its own pipe (see ``worker_pool.py``). The function blob comes with the first
 task of a job the worker sees: ``(func, callback, initializer, initargs)``.
 The worker unpickles it once, makes the job's by-value functions share one
 globals dict (so globals set by the initializer are visible to the tasks:

@@ -42,9 +42,9 @@ from typing import Any
 
 import multiprocess
 
-from achilles_like.worker import JOB_CACHE_SIZE, worker_main
+from achilles_like.node.in_worker import JOB_CACHE_SIZE, worker_main
 
-log = logging.getLogger("achilles_like.workers")
+log = logging.getLogger("achilles_like.node.worker_pool")
 _context = multiprocess.get_context("fork")
 
 

@@ -7,8 +7,8 @@
                                                            └── callFromThread ◀── deliver
 
 The reactor thread only moves bytes. User code runs in worker processes
-(``achilles_like.worker``), never on the reactor thread, so the node answers
-heartbeats however long a task runs. ``WorkerPool`` (``workers.py``) knows
+(``achilles_like.node.in_worker``), never on the reactor thread, so the node answers
+heartbeats however long a task runs. ``WorkerPool`` (``worker_pool.py``) knows
 which worker holds which task: a worker that dies costs that one task,
 reported to the server as LOST so it is retried (within the job's attempt
 budget), and a task over its job's time limit has only its own worker
@@ -43,11 +43,11 @@ from twisted.python.failure import Failure
 
 from achilles_like.config import Settings, load_settings
 from achilles_like.errors import AuthenticationError, ProtocolError, ProtocolViolationError, TaskTimeoutError
+from achilles_like.node.worker_pool import Outcome, WorkerPool, WorkItem
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder, encode_frame, encode_header
 from achilles_like.protocol.handshake import NONCE_BYTES
 from achilles_like.serialization import RemoteFailure, dumps
 from achilles_like.tls import client_creator
-from achilles_like.workers import Outcome, WorkerPool, WorkItem
 
 log = logging.getLogger("achilles_like.node")
 

@@ -23,10 +23,10 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from achilles_like.client.job import check_timeout, pickle_callable
+from achilles_like.client.pool import _shutdown, cluster_for, start_session
 from achilles_like.client.session import Batch, Outcome, Session
 from achilles_like.client.sources import ApplySource
 from achilles_like.local import LocalCluster
-from achilles_like.pool import _shutdown, cluster_for, start_session
 
 
 def _future_sink(future: Future[Any]) -> Callable[[list[Outcome]], None]:
