@@ -79,9 +79,12 @@ class RemoteFailure:
     traceback_text: str
     item_index: int | None
     exception_blob: bytes | None  # the pickled exception, when it pickles
+    whole_job: bool = False  # the job's setup failed (its initializer raised): nothing of it can run
 
     @classmethod
-    def capture(cls, error: BaseException, item_index: int | None) -> RemoteFailure:
+    def capture(
+        cls, error: BaseException, item_index: int | None, *, whole_job: bool = False
+    ) -> RemoteFailure:
         """Record ``error`` (being handled now) with its formatted traceback."""
         text = "".join(traceback.format_exception(error))
         blob: bytes | None
@@ -91,7 +94,7 @@ class RemoteFailure:
         except Exception:
             blob = None
         name = f"{type(error).__module__}.{type(error).__qualname__}"
-        return cls(name, str(error), text, item_index, blob)
+        return cls(name, str(error), text, item_index, blob, whole_job)
 
     def to_exception(self) -> BaseException:
         """Rebuild the user's exception, with the remote traceback as its cause."""

@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 import achilles_like as al
 from achilles_like import LocalCluster
-from achilles_like.client.job import pickle_function
+from achilles_like.client.calls import pickle_function
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder, encode_frame, encode_header
 from achilles_like.serialization import dumps, loads
 
@@ -124,13 +124,13 @@ class Peer:
 
     def submit(self) -> int:
         """Submit a job of ``tasks.square`` as a controller; return its id once it has started."""
-        blob = pickle_function(tasks.square, None)
-        self.send(encode_header("SUBMIT", len(blob), label="attack") + blob)
+        self.send(encode_frame("SUBMIT", label="attack"))
         started = self.next_frame()
         assert started.verb == "STARTED", started
         job_id = started.integer("job")
         credit = self.next_frame()
         assert (credit.verb, credit.integer("job")) == ("CREDIT", job_id)
+        self.send(encode_frame("FUNC", pickle_function(tasks.square), job=job_id, fn=0))
         return job_id
 
 
@@ -276,17 +276,18 @@ def break_protocol(cluster: LocalCluster, case: str) -> tuple[str, str]:
     with Peer(cluster.port) as peer:
         peer.authenticate(cluster.settings.secret_bytes, "controller")
         if case == "task-for-unknown-job":
-            peer.send(encode_frame("TASK", TASK_BODY, job=987654321, task=0))
+            peer.send(encode_frame("TASK", TASK_BODY, job=987654321, task=0, fn=0))
             expected = "task 0 for job 987654321, which was never submitted"
         elif case == "task-before-submit":
             blob = pickle_function(tasks.square, None)
-            task = encode_frame("TASK", TASK_BODY, job=next_job, task=0)
+            task = encode_frame("TASK", TASK_BODY, job=next_job, task=0, fn=0)
             peer.send(task + encode_header("SUBMIT", len(blob), label="attack") + blob)
             expected = f"task 0 for job {next_job}, which was never submitted"
         elif case == "end-with-wrong-count":
             job_id = peer.submit()
             peer.send(
-                encode_frame("TASK", TASK_BODY, job=job_id, task=0) + encode_frame("END", job=job_id, tasks=3)
+                encode_frame("TASK", TASK_BODY, job=job_id, task=0, fn=0)
+                + encode_frame("END", job=job_id, tasks=3)
             )
             expected = f"job {job_id} ended its input at 3 tasks, but 1 were received"
         elif case == "result-from-a-controller":
@@ -322,12 +323,12 @@ def test_controller_cannot_touch_another_controllers_job(cluster: LocalCluster, 
         job_id = owner.submit()
         intruder.authenticate(cluster.settings.secret_bytes, "controller")
         if verb == "TASK":
-            intruder.send(encode_frame("TASK", dumps([666]), job=job_id, task=0))
+            intruder.send(encode_frame("TASK", dumps([666]), job=job_id, task=0, fn=0))
         else:
             intruder.send(encode_frame("CANCEL", job=job_id))
         refusal = error_of(intruder.frames_until_closed())
         assert refusal == ("protocol", f"job {job_id} belongs to another controller")
-        task = encode_frame("TASK", TASK_BODY, job=job_id, task=0)
+        task = encode_frame("TASK", TASK_BODY, job=job_id, task=0, fn=0)
         owner.send(task + encode_frame("END", job=job_id, tasks=1))
         frames = [owner.next_frame(), owner.next_frame()]
         while frames[-1].verb == "CREDIT":

@@ -33,7 +33,7 @@ from faultproxy import ProxyFactory
 
 import achilles_like as al
 from achilles_like import LocalCluster
-from achilles_like.client import reactor_thread
+from achilles_like.client import reactor_thread, shared
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder, ServerHandshake
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -239,12 +239,14 @@ def test_controller_cut_at_every_upstream_offset(server: LocalCluster) -> None:
     caller = concurrent.futures.ThreadPoolExecutor(1)
     try:
         job = [3, 1, 4, 1, 5]
+        shared.close_all()  # each map below opens its own connection through the proxy
         assert al.map(tasks.square, job, **via(server, port)) == [9, 1, 16, 1, 25]
         total = factory.links[-1].passed  # the whole upstream conversation, uncut
         assert total > 300, total
         outcomes: dict[int, str] = {}
         for offset in range(1, total):
             factory.cut_after = offset
+            shared.close_all()
             call = caller.submit(al.map, tasks.square, job, **via(server, port))
             try:
                 call.result(timeout=20)

@@ -21,7 +21,7 @@ from achilles_like.scheduling import (
     JobQueued,
     JobStarted,
     Scheduler,
-    SendFunction,
+    SendJob,
 )
 
 FUNC = b"func"
@@ -138,16 +138,16 @@ def test_job_ends_when_last_result_arrives_after_input_ended() -> None:
 
 
 def test_next_job_sends_the_function_again() -> None:
-    """SendFunction goes once per node per job, so a node sees each job's function once."""
+    """SendJob goes once per node per job, so a node sees each job's function once."""
     s = Scheduler()
     s.node_joined("n1", 2)
     s.submit_job("a", FUNC)
     s.submit_job("b", b"g")
     actions = send_tasks(s, 1, [0, 1])
-    assert actions == [SendFunction("n1", 1, FUNC), at("n1", 0), at("n1", 1)]
+    assert actions == [SendJob("n1", 1, FUNC), at("n1", 0), at("n1", 1)]
     run_to_completion(s, actions)
     s.input_ended(1, 2)
-    assert send_tasks(s, 2, [0]) == [SendFunction("n1", 2, b"g"), at("n1", 0, job_id=2)]
+    assert send_tasks(s, 2, [0]) == [SendJob("n1", 2, b"g"), at("n1", 0, job_id=2)]
 
 
 # -- credit window -------------------------------------------------------------
@@ -175,7 +175,7 @@ def test_each_finished_task_is_granted_back() -> None:
     s.node_joined("n1", 1)
     s.submit_job("c", FUNC)
     actions = send_tasks(s, 1, [0, 1, 2])
-    assert actions == [SendFunction("n1", 1, FUNC), at("n1", 0)]
+    assert actions == [SendJob("n1", 1, FUNC), at("n1", 0)]
     assert succeed(s, assigns(actions)[0]) == [fa(0), at("n1", 1), GrantCredit("c", 1, 1)]
 
 
@@ -248,6 +248,7 @@ def test_dispatch_spreads_tasks_across_nodes() -> None:
         "label": "",
         "tasks_received": 6,
         "tasks_done": 0,
+        "tasks_failed": 0,
         "tasks_pending": 1,
         "tasks_assigned": 5,
         "input_ended": False,
@@ -263,8 +264,8 @@ def test_send_function_once_per_node_per_job() -> None:
     s.submit_job("c", FUNC)
     actions = send_tasks(s, 1, range(4))
     actions += run_to_completion(s, actions)
-    sends = [a for a in actions if isinstance(a, SendFunction)]
-    assert sends == [SendFunction("n1", 1, FUNC), SendFunction("n2", 1, FUNC)]
+    sends = [a for a in actions if isinstance(a, SendJob)]
+    assert sends == [SendJob("n1", 1, FUNC), SendJob("n2", 1, FUNC)]
     assert actions.index(sends[1]) < actions.index(at("n2", 1))
 
 
@@ -275,7 +276,7 @@ def test_node_joining_mid_job_gets_work_at_once() -> None:
     s.submit_job("c", FUNC)
     send_tasks(s, 1, range(4))
     assert s.node_joined("n2", 2) == [
-        SendFunction("n2", 1, FUNC),
+        SendJob("n2", 1, FUNC),
         at("n2", 1),
         at("n2", 2),
     ]
@@ -287,7 +288,7 @@ def test_tasks_wait_for_a_node() -> None:
     s.submit_job("c", FUNC)
     assert send_tasks(s, 1, [0, 1]) == []
     assert s.node_joined("n1", 8) == [
-        SendFunction("n1", 1, FUNC),
+        SendJob("n1", 1, FUNC),
         at("n1", 0),
         at("n1", 1),
     ]
@@ -310,7 +311,7 @@ def test_node_loss_requeues_to_the_front_with_the_next_attempt() -> None:
     ]
     assert s.node_lost("n1") == []  # n2 is busy; tasks 0 and 1 wait in front of 3 and 4
     assert s.node_joined("n3", 3) == [
-        SendFunction("n3", 1, FUNC),
+        SendJob("n3", 1, FUNC),
         at("n3", 0, attempt=2),
         at("n3", 1, attempt=2),
         at("n3", 3),
@@ -343,7 +344,7 @@ def test_late_result_from_a_lost_node_is_stale() -> None:
     s.node_joined("n2", 1)
     s.submit_job("c", FUNC)
     send_tasks(s, 1, [0])
-    assert s.node_lost("n1") == [SendFunction("n2", 1, FUNC), at("n2", 0, attempt=2)]
+    assert s.node_lost("n1") == [SendJob("n2", 1, FUNC), at("n2", 0, attempt=2)]
     assert s.result_received("n1", 1, 0, 1, True, b"late") == []
     assert s.result_received("n2", 1, 0, 1, True, b"wrong attempt") == []
     assert s.result_received("n2", 1, 0, 2, True, result_blob(0)) == [fa(0), GrantCredit("c", 1, 1)]
@@ -423,7 +424,7 @@ def test_a_lost_node_may_join_again_and_gets_the_function_again() -> None:
     s.submit_job("c", FUNC)
     send_tasks(s, 1, [0])
     s.node_lost("n1")
-    assert s.node_joined("n1", 1) == [SendFunction("n1", 1, FUNC), at("n1", 0, attempt=2)]
+    assert s.node_joined("n1", 1) == [SendJob("n1", 1, FUNC), at("n1", 0, attempt=2)]
 
 
 # -- errors and cancellation ---------------------------------------------------
@@ -561,8 +562,8 @@ def _scenario() -> Scheduler:
     s.node_joined("n1", 1)
     s.submit_job("a", FUNC)
     s.submit_job("b", FUNC)
-    run_to_completion(s, send_tasks(s, 1, [0]))  # task 0 done and its credit granted back
-    send_tasks(s, 1, [1])
+    # Task 0 done and its credit granted back; task 1 on n1 keeps job 1 busy, so job 2 waits.
+    succeed(s, assigns(send_tasks(s, 1, [0, 1]))[0])
     return s
 
 
@@ -648,19 +649,22 @@ def test_status_is_json_serialisable() -> None:
     succeed(s, assigns(actions)[0])
     status = s.status()
     assert json.loads(json.dumps(status)) == status
+    running = {
+        "job_id": 1,
+        "controller_id": "a",
+        "label": "squares",
+        "tasks_received": 3,
+        "tasks_done": 1,
+        "tasks_failed": 0,
+        "tasks_pending": 0,
+        "tasks_assigned": 2,
+        "input_ended": False,
+        "submitted_at": 100.5,
+    }
     assert status == {
         "nodes": [{"node_id": "n1", "slots": 2, "busy": 2, "tasks_done": 1}],
-        "job": {
-            "job_id": 1,
-            "controller_id": "a",
-            "label": "squares",
-            "tasks_received": 3,
-            "tasks_done": 1,
-            "tasks_pending": 0,
-            "tasks_assigned": 2,
-            "input_ended": False,
-            "submitted_at": 100.5,
-        },
+        "job": running,
+        "jobs": [running],
         "queue": [{"job_id": 2, "controller_id": "b", "label": "cubes", "submitted_at": 101.0}],
         "stale_results": 0,
         "jobs_done": 0,
@@ -699,6 +703,7 @@ def test_a_job_without_nodes_fails_after_the_no_node_timeout() -> None:
     s = Scheduler()
     s.submit_job("c", FUNC)
     s.submit_job("d", b"g")
+    send_tasks(s, 1, [0])
     assert s.tick(100.0, 60.0) == []
     assert s.tick(150.0, 60.0) == []
     ended = s.tick(160.0, 60.0)
@@ -711,6 +716,7 @@ def test_a_node_joining_in_time_resets_the_no_node_wait() -> None:
     """A node that joins before the timeout keeps the job alive, and its wait starts over when it leaves."""
     s = Scheduler()
     s.submit_job("c", FUNC)
+    send_tasks(s, 1, [0])
     s.tick(0.0, 60.0)
     s.node_joined("n1", 1)
     assert s.tick(59.0, 60.0) == []
@@ -723,3 +729,11 @@ def test_a_node_joining_in_time_resets_the_no_node_wait() -> None:
 def test_tick_without_a_running_job_does_nothing() -> None:
     """With no job running, tick never acts, however long there are no nodes."""
     assert Scheduler().tick(1e9, 1.0) == []
+
+
+def test_tick_leaves_an_idle_job_alone() -> None:
+    """A started job with nothing pending (an idle Pool) does not fail for want of nodes."""
+    s = Scheduler()
+    s.submit_job("c", FUNC)
+    assert s.tick(0.0, 1.0) == []
+    assert s.tick(1e9, 1.0) == []

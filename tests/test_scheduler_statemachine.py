@@ -29,7 +29,7 @@ from achilles_like.scheduling import (
     JobQueued,
     JobStarted,
     Scheduler,
-    SendFunction,
+    SendJob,
 )
 
 MAX_ATTEMPTS = 3
@@ -57,6 +57,9 @@ class JobModel:
     outcome: JobOutcome | None = None
     forwarded: Counter[int] = field(default_factory=Counter)
     attempts: dict[int, int] = field(default_factory=dict)
+    open: set[int] = field(default_factory=set)  # received and not finished
+    fresh: bool = True  # started, and nothing sent since
+    stop_on_failure: bool = True
 
 
 class SchedulerMachine(RuleBasedStateMachine):
@@ -67,7 +70,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.s = Scheduler(max_attempts=MAX_ATTEMPTS, min_window=3, window_per_slot=1)
         self.nodes: dict[str, int] = {}  # node id -> slots, in join order
         self.jobs: dict[int, JobModel] = {}
-        self.running: int | None = None
+        self.started: list[int] = []  # in submission order
         self.queued: list[int] = []
         self.current: dict[tuple[int, int], tuple[str, int]] = {}  # (job, task) -> (node, attempt)
         self.history: list[AssignTask] = []
@@ -84,7 +87,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 self.on_queued(action)
             elif isinstance(action, GrantCredit):
                 self.on_credit(action)
-            elif isinstance(action, SendFunction):
+            elif isinstance(action, SendJob):
                 self.on_function(action)
             elif isinstance(action, AssignTask):
                 self.on_assign(action)
@@ -96,24 +99,25 @@ class SchedulerMachine(RuleBasedStateMachine):
                 self.on_cancel_on_node(action)
 
     def on_started(self, action: JobStarted) -> None:
-        assert self.running is None, "a job started while another was running"
+        busy = [j for j in self.started if self.jobs[j].open or self.jobs[j].fresh]
+        assert busy == [], "a job started while another had work (or had just started)"
         assert self.queued == [] or self.queued[0] == action.job_id, "jobs must start in FIFO order"
         if self.queued:
             self.queued.pop(0)
         assert self.jobs[action.job_id].controller_id == action.controller_id
-        self.running = action.job_id
+        self.started.append(action.job_id)
 
     def on_queued(self, action: JobQueued) -> None:
-        assert action.position == len(self.queued) + 1  # the running job counts
+        assert action.position == len(self.queued) + len(self.started)  # started jobs count
         self.queued.append(action.job_id)
 
     def on_credit(self, action: GrantCredit) -> None:
         job = self.jobs[action.job_id]
-        assert action.job_id == self.running and action.count > 0 and not job.input_ended
+        assert action.job_id in self.started and action.count > 0 and not job.input_ended
         job.credit += action.count
 
-    def on_function(self, action: SendFunction) -> None:
-        assert action.node_id in self.nodes and action.job_id == self.running
+    def on_function(self, action: SendJob) -> None:
+        assert action.node_id in self.nodes and action.job_id in self.started
         assert (action.node_id, action.job_id) not in self.has_function, "function sent twice"
         self.has_function.add((action.node_id, action.job_id))
 
@@ -122,7 +126,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         job = self.jobs[action.job_id]
         assert action.node_id in self.nodes, "task assigned to a node that is gone"
         assert (action.node_id, action.job_id) in self.has_function, "task before its function"
-        assert action.job_id == self.running and key not in self.current
+        assert action.job_id in self.started and key not in self.current
+        older = self.started[: self.started.index(action.job_id)]
+        assert not any(self.waiting(j) for j in older), "an older job's pending task must go first"
         assert action.attempt == job.attempts.get(action.task_id, 0) + 1 <= MAX_ATTEMPTS
         assert action.blob == task_blob(*key) and job.forwarded[action.task_id] == 0
         if action.attempt == 1:
@@ -142,6 +148,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert action.blob == result_blob(*key, attempt)
         assert action.controller_id == job.controller_id
         job.forwarded[action.task_id] += 1
+        job.open.discard(action.task_id)
 
     def on_ended(self, action: JobEnded) -> None:
         job = self.jobs[action.job_id]
@@ -150,8 +157,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         if action.outcome is JobOutcome.DONE:
             assert job.input_ended
             assert job.forwarded == Counter(range(job.total)), "DONE without every result once"
-        if action.job_id == self.running:
-            self.running = None
+        job.open.clear()
+        if action.job_id in self.started:
+            self.started.remove(action.job_id)
         else:
             assert action.outcome is JobOutcome.CANCELLED
             self.queued.remove(action.job_id)
@@ -171,11 +179,15 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.submit(total, "a")
 
     @precondition(lambda self: len(self.jobs) < 5)
-    @rule(total=st.integers(min_value=0, max_value=12), controller=st.sampled_from("ab"))
-    def submit(self, total: int, controller: str) -> None:
-        job_id, actions = self.s.submit_job(controller, b"func")
+    @rule(
+        total=st.integers(min_value=0, max_value=12),
+        controller=st.sampled_from("ab"),
+        stop=st.booleans(),
+    )
+    def submit(self, total: int, controller: str, stop: bool = True) -> None:
+        job_id, actions = self.s.submit_job(controller, b"func", stop_on_failure=stop)
         assert job_id == len(self.jobs) + 1
-        self.jobs[job_id] = JobModel(controller, total, list(range(total)))
+        self.jobs[job_id] = JobModel(controller, total, list(range(total)), stop_on_failure=stop)
         self.apply(actions)
 
     @precondition(lambda self: len(self.nodes) < len(NODE_IDS))
@@ -203,45 +215,55 @@ class SchedulerMachine(RuleBasedStateMachine):
         """The scheduler's status, typed loosely for reading in assertions."""
         return self.s.status()
 
-    def running_job(self) -> JobModel | None:
-        return None if self.running is None else self.jobs[self.running]
+    def waiting(self, job_id: int) -> bool:
+        """Whether a started job has a task received but not on a node."""
+        job = self.jobs[job_id]
+        return any((job_id, t) not in self.current for t in job.open)
 
-    def can_send(self) -> bool:
-        job = self.running_job()
-        return job is not None and job.credit > 0 and bool(job.unsent)
+    def owner(self) -> int | None:
+        """The job that owns the cluster: the oldest started one with work, else the oldest."""
+        busy = [j for j in self.started if self.jobs[j].open]
+        return (busy or self.started or [None])[0]
 
-    @precondition(can_send)
-    @rule(pick=PICK)
-    def send_task(self, pick: int) -> None:
-        assert self.running is not None
-        job = self.jobs[self.running]
+    def senders(self) -> list[int]:
+        return [j for j in self.started if self.jobs[j].credit > 0 and self.jobs[j].unsent]
+
+    @precondition(lambda self: self.senders())
+    @rule(pick=PICK, which=PICK)
+    def send_task(self, pick: int, which: int) -> None:
+        senders = self.senders()
+        job_id = senders[which % len(senders)]
+        job = self.jobs[job_id]
         task_id = job.unsent.pop(pick % len(job.unsent))
         job.credit -= 1
-        self.apply(self.s.task_received(self.running, task_id, task_blob(self.running, task_id)))
+        job.fresh = False
+        job.open.add(task_id)
+        self.apply(self.s.task_received(job_id, task_id, task_blob(job_id, task_id)))
 
-    @precondition(lambda self: self.running is not None)
-    @rule(pick=PICK)
-    def send_bad_task(self, pick: int) -> None:
+    @precondition(lambda self: self.started)
+    @rule(pick=PICK, which=PICK)
+    def send_bad_task(self, pick: int, which: int) -> None:
         """A duplicate or negative task id is a violation that changes nothing."""
-        assert self.running is not None
-        job = self.jobs[self.running]
+        job_id = self.started[which % len(self.started)]
+        job = self.jobs[job_id]
         candidates = [*sorted(set(range(job.total)) - set(job.unsent)), -1]
         before = self.s.status()
         with pytest.raises(ProtocolViolationError):
-            self.s.task_received(self.running, candidates[pick % len(candidates)], b"")
+            self.s.task_received(job_id, candidates[pick % len(candidates)], b"")
         assert self.s.status() == before
 
-    def can_end_input(self) -> bool:
-        job = self.running_job()
-        return job is not None and not job.unsent and not job.input_ended
+    def enders(self) -> list[int]:
+        return [j for j in self.started if not self.jobs[j].unsent and not self.jobs[j].input_ended]
 
-    @precondition(can_end_input)
-    @rule()
-    def end_input(self) -> None:
-        assert self.running is not None
-        job = self.jobs[self.running]
+    @precondition(lambda self: self.enders())
+    @rule(which=PICK)
+    def end_input(self, which: int) -> None:
+        enders = self.enders()
+        job_id = enders[which % len(enders)]
+        job = self.jobs[job_id]
         job.input_ended = True
-        self.apply(self.s.input_ended(self.running, job.total))
+        job.fresh = False
+        self.apply(self.s.input_ended(job_id, job.total))
 
     @precondition(lambda self: self.current)
     @rule(pick=PICK, ok=st.sampled_from([True, True, True, False]))
@@ -251,8 +273,13 @@ class SchedulerMachine(RuleBasedStateMachine):
         actions = self.s.result_received(node_id, job_id, task_id, attempt, ok, blob)
         controller_id = self.jobs[job_id].controller_id
         assert actions[0] == ForwardResult(controller_id, job_id, task_id, ok, blob)
-        if not ok:
+        if not ok and self.jobs[job_id].stop_on_failure:
             assert isinstance(actions[1], JobEnded) and actions[1].outcome is JobOutcome.FAILED
+        elif not ok:
+            assert not any(
+                isinstance(a, JobEnded) and a.job_id == job_id and a.outcome is not JobOutcome.DONE
+                for a in actions
+            ), "a failure ended a job that goes on after failures"
         self.apply(actions)
 
     @precondition(lambda self: self.history)
@@ -305,14 +332,13 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert [n["node_id"] for n in nodes] == list(self.nodes)
         assert sum(n["busy"] for n in nodes) == len(self.current)
         assert all(0 <= n["busy"] <= n["slots"] for n in nodes)
-        assert self.s.running_job_id == self.running
+        assert self.s.running_job_id == self.owner()
         assert [q["job_id"] for q in status["queue"]] == self.queued
 
     @invariant()
     def no_slot_idles_while_work_waits(self) -> None:
-        job = self.status()["job"]
-        if job is not None and job["tasks_pending"]:
-            assert sum(self.nodes.values()) == job["tasks_assigned"]
+        if any(self.waiting(job_id) for job_id in self.started):
+            assert sum(self.nodes.values()) == len(self.current)
 
 
 SchedulerMachine.TestCase.settings = settings(

@@ -1,64 +1,40 @@
 """The original achilles controller API: ``map``, ``imap``, ``imap_unordered``,
 ``killCluster`` and ``getClusterStatus``.
 
-Which cluster a call reaches: an explicit ``host`` argument first; else the
-innermost ``with LocalCluster()`` block; else ``ACHILLES_HOST`` or ``HOST`` in
-``.env``; else an embedded local cluster started on first use and reused.
-Arguments are checked (callable, picklable, iterable, ``chunksize``) before
-anything is sent, and before any cluster is started.
+Which cluster a call reaches is decided in ``target.py``. Arguments are
+checked (callable, picklable, iterable, ``chunksize``) before anything is
+sent, and before any cluster is started. Each call is one job on the
+process-wide connection to its cluster (``shared.py``), driven from the
+caller's own thread by a :class:`JobDriver`: the input is pulled lazily as
+the server grants credit, results are reordered for ``map``/``imap``, and
+the job stops at its first failing item, which is raised at once. Leaving
+early for any reason (an exception, Ctrl-C, an abandoned ``imap`` generator)
+cancels the job on the cluster.
 """
 
 from __future__ import annotations
 
 import builtins
 import json
+import queue
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from achilles_like.client.connection import Connection
-from achilles_like.client.job import (
-    JobRunner,
+from achilles_like.client.calls import (
+    DEFAULT_MAX_AHEAD,
     check_chunksize,
     check_timeout,
     pickle_function,
     prepare_input,
 )
-from achilles_like.config import Settings, load_settings
-from achilles_like.errors import ProtocolViolationError
-from achilles_like.local import active_cluster, default_cluster, running_default_cluster
-
-
-def resolve_settings(
-    host: str | None = None,
-    port: int | None = None,
-    username: str | None = None,
-    secret_key: str | None = None,
-    *,
-    start_local: bool = True,
-) -> Settings:
-    """Settings for the cluster a call should reach (see the module docstring).
-
-    With ``start_local`` false, an unconfigured call gets the default
-    address (127.0.0.1:9999) instead of a new embedded cluster.
-    """
-    cluster = active_cluster()
-    if host is None and cluster is not None:
-        return cluster.settings.with_overrides(username=username, secret_key=secret_key)
-    settings = load_settings(host, port, username, secret_key)
-    if settings.host_configured or not start_local:
-        return settings
-    return default_cluster().settings
-
-
-def _admin_settings(
-    host: str | None, port: int | None, username: str | None, secret_key: str | None
-) -> Settings:
-    """Like :func:`resolve_settings`, but never starts a cluster just to query it."""
-    cluster = running_default_cluster()
-    if host is None and port is None and active_cluster() is None and cluster is not None:
-        return cluster.settings.with_overrides(username=username, secret_key=secret_key)
-    return resolve_settings(host, port, username, secret_key, start_local=False)
+from achilles_like.client.connection import Connection
+from achilles_like.client.driver import JobDriver
+from achilles_like.client.results import IMapIterator
+from achilles_like.client.shared import shared_connection
+from achilles_like.client.sources import IterSource
+from achilles_like.client.target import admin_settings, resolve_settings
+from achilles_like.errors import JobFailedError, ProtocolViolationError
 
 
 def _label(func: Callable[..., Any]) -> str:
@@ -78,11 +54,38 @@ def _run(
     check_timeout(timeout)
     items = prepare_input(args)
     func_blob = pickle_function(func, callback)
-    settings = resolve_settings(**target)
-    runner = JobRunner(
-        settings, func_blob, items, chunksize, ordered=ordered, label=_label(func), timeout=timeout
-    )
-    return runner.results()
+    connection = shared_connection(resolve_settings(**target))
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    driver = JobDriver(connection, inbox, label=_label(func), stop_on_failure=True, timeout=timeout)
+    results = IMapIterator(ordered)
+    results.stop_at_failure = True
+    source = IterSource(func_blob, items, chunksize, results, DEFAULT_MAX_AHEAD)
+    driver.submit()
+    return _drive(driver, source, results)
+
+
+def _drive(driver: JobDriver, source: IterSource, results: IMapIterator) -> Iterator[Any]:
+    """Run the job from the caller's thread, yielding each result as it becomes ready."""
+    try:
+        while True:
+            while (outcome := results.pop_ready()) is not None:
+                ok, value = outcome
+                if not ok:
+                    raise value
+                yield value
+            if results.finished:
+                return
+            if driver.ended is not None:  # ended with nothing left to hand out: say why
+                raise JobFailedError(driver.ended_message())
+            driver.feed([source])
+            if source.exhausted and not driver.end_sent:
+                driver.end()
+            driver.handle(driver.next_event())
+    finally:
+        if driver.ended is None:
+            driver.cancel()
+        else:
+            driver.release()
 
 
 def map(  # noqa: A001 - the achilles / multiprocessing name
@@ -149,7 +152,7 @@ def getClusterStatus(  # noqa: N802 - achilles' public name style
     secret_key: str | None = None,
 ) -> dict[str, Any]:
     """Return the server's view: ``nodes``, the running ``job`` and the ``queue``."""
-    settings = _admin_settings(host, port, username, secret_key)
+    settings = admin_settings(host, port, username, secret_key)
     with Connection.open(settings, role="admin") as connection:
         reply = connection.request("STATUS")
     if reply.verb != "STATUS":
@@ -172,7 +175,7 @@ def killCluster(  # noqa: N802 - achilles' public name
     Asks for confirmation on the terminal unless ``command_verified`` is true.
     Returns how many nodes were told to stop (0 when the user declined).
     """
-    settings = _admin_settings(host, port, username, secret_key)
+    settings = admin_settings(host, port, username, secret_key)
     if not command_verified:
         where = f"{settings.host}:{settings.port}"
         if not sys.stdin or not sys.stdin.isatty():

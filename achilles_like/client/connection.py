@@ -1,10 +1,14 @@
-"""An authenticated connection to the server, used from the caller's thread.
+"""An authenticated connection to the server, shared by every job of a session.
 
 The protocol object lives in the reactor thread: it decodes frames, runs the
-client side of the handshake, and after it puts every batch of frames on a
-``queue.SimpleQueue`` that the caller's thread reads. The caller writes
-through :meth:`Connection.send`, which hops to the reactor thread with
-``callFromThread``. Nothing a peer sends is unpickled here: the caller's
+client side of the handshake, answers PINGs, and after the handshake routes
+each frame to the inbox (a ``queue.SimpleQueue``) of the job it belongs to:
+by the ``ref`` the controller put in its SUBMIT (echoed in QUEUED/STARTED),
+then by job id. Frames that name no job (admin replies, ERROR) go to the
+default inbox. Frames for one inbox that arrive together are put as one list,
+so a burst of results wakes its reader once. The reader writes through
+:meth:`Connection.send`, which hops to the reactor thread with
+``callFromThread``. Nothing a peer sends is unpickled here: the reading
 thread unpickles result bodies, and only after the server has proved it
 knows the secret.
 """
@@ -45,7 +49,7 @@ Event = list[Frame] | Lost
 
 
 class ClientProtocol(Protocol):
-    """Reactor-side half: handshake, then hand frames to the caller's queue."""
+    """Reactor-side half: handshake, then route frames to their job's inbox."""
 
     def __init__(self, settings: Settings, role: str, events: queue.SimpleQueue[Any] | None = None) -> None:
         self.settings = settings
@@ -53,11 +57,14 @@ class ClientProtocol(Protocol):
         self.handshake = ClientHandshake(
             settings.secret_bytes, secrets.token_bytes(NONCE_BYTES), role, settings.username
         )
-        # The caller's queue; a Pool session also puts its own wake-ups on it.
+        # The default inbox; each job's inbox is found by its ref, then by its job id.
         self.events: queue.SimpleQueue[Any] = queue.SimpleQueue() if events is None else events
+        self.by_ref: dict[int, queue.SimpleQueue[Any]] = {}
+        self.by_job: dict[int, queue.SimpleQueue[Any]] = {}
         self.ready: defer.Deferred[ClientProtocol] = defer.Deferred()
         self.failure: str = ""
         self.last_seen = time.monotonic()
+        self.lost = False
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
         self.last_seen = time.monotonic()
@@ -66,8 +73,7 @@ class ClientProtocol(Protocol):
             if not self.handshake.authenticated:
                 frames = self._handshake(frames)
             if self.decoder.error is not None:
-                if frames:
-                    self.events.put(frames)  # what came before the bad frame still counts
+                self._route(frames)  # what came before the bad frame still counts
                 raise self.decoder.error
         except (AuthenticationError, ProtocolError) as problem:
             self.failure = str(problem)
@@ -75,13 +81,35 @@ class ClientProtocol(Protocol):
             if self.transport is not None:
                 self.transport.loseConnection()
             return
-        if any(frame.verb == "PING" for frame in frames):
-            # Answered here, in the reactor thread, so a busy caller still looks alive.
-            if self.transport is not None:
-                self.transport.write(encode_frame("PONG"))
-            frames = [frame for frame in frames if frame.verb != "PING"]
-        if frames:
-            self.events.put(frames)
+        self._route(frames)
+
+    def _route(self, frames: list[Frame]) -> None:
+        batches: dict[int, tuple[queue.SimpleQueue[Any], list[Frame]]] = {}
+        for frame in frames:
+            if frame.verb == "PING":
+                # Answered here, in the reactor thread, so a busy caller still looks alive.
+                if self.transport is not None:
+                    self.transport.write(encode_frame("PONG"))
+                continue
+            inbox = self._inbox(frame)
+            batches.setdefault(id(inbox), (inbox, []))[1].append(frame)
+        for inbox, batch in batches.values():
+            inbox.put(batch)
+
+    def _inbox(self, frame: Frame) -> queue.SimpleQueue[Any]:
+        fields = frame.fields
+        job = fields.get("job")
+        if "ref" in fields:
+            inbox = self.by_ref.get(int(fields["ref"]) if fields["ref"].isdigit() else -1)
+            if inbox is not None and job is not None and job.isdigit():
+                self.by_job[int(job)] = inbox
+                return inbox
+        inbox = self.by_job.get(int(job)) if job is not None and job.isdigit() else None
+        if inbox is None:
+            return self.events
+        if frame.verb == "ENDED":
+            del self.by_job[int(job or 0)]
+        return inbox
 
     def _handshake(self, frames: list[Frame]) -> list[Frame]:
         while frames and not self.handshake.authenticated:
@@ -98,6 +126,7 @@ class ClientProtocol(Protocol):
             self.ready.errback(problem)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        self.lost = True
         where = f"{self.settings.host}:{self.settings.port}"
         message = self.failure or f"the connection to the server at {where} was lost"
         if not self.failure and not self.handshake.authenticated and _is_tls_error(reason):
@@ -106,7 +135,9 @@ class ClientProtocol(Protocol):
                 " that signed the server's certificate, and does that certificate name this host?"
             )
         self._fail_ready(ClusterConnectionError(message))
-        self.events.put(Lost(message))
+        lost = Lost(message)
+        for inbox in {id(q): q for q in [self.events, *self.by_ref.values(), *self.by_job.values()]}.values():
+            inbox.put(lost)
 
 
 def _open(
@@ -159,6 +190,24 @@ class Connection:
         self._protocol = protocol
         self.events = protocol.events
         self.closed = False
+        self.settings = protocol.settings
+
+    @property
+    def alive(self) -> bool:
+        """Open, and not lost."""
+        return not self.closed and self._protocol.transport is not None and not self._protocol.lost
+
+    def route(self, ref: int, inbox: queue.SimpleQueue[Any]) -> None:
+        """Deliver the frames of the job submitted with ``ref`` to ``inbox`` (from any thread)."""
+        self._protocol.by_ref[ref] = inbox
+        if self._protocol.lost:
+            inbox.put(Lost(self._protocol.failure or "the connection to the server was lost"))
+
+    def unroute(self, ref: int, job_id: int | None) -> None:
+        """Stop routing a job's frames (it ended, or its caller gave it up)."""
+        self._protocol.by_ref.pop(ref, None)
+        if job_id is not None:
+            self._protocol.by_job.pop(job_id, None)
 
     @classmethod
     def open(
@@ -191,11 +240,12 @@ class Connection:
         if self._protocol.transport is not None:
             self._protocol.transport.writeSequence(parts)
 
-    def next_event(self) -> Any:
-        """The next event from the server; ClusterConnectionError if it has gone silent."""
+    def next_event(self, inbox: queue.SimpleQueue[Any] | None = None) -> Any:
+        """The next event of ``inbox`` (default: the connection's own); an error if the server is silent."""
+        events = self.events if inbox is None else inbox
         while True:
             try:
-                return self.events.get(timeout=1.0)
+                return events.get(timeout=1.0)
             except queue.Empty:
                 silent = time.monotonic() - self._protocol.last_seen
                 if silent > SERVER_SILENCE_TIMEOUT:

@@ -22,16 +22,18 @@ from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from achilles_like.client.job import check_timeout, pickle_callable
-from achilles_like.client.pool import _shutdown, cluster_for, start_session
-from achilles_like.client.session import Batch, Outcome, Session
+from achilles_like.client.calls import FunctionBlobs, check_timeout
+from achilles_like.client.driver import Batch, Outcomes, Sink
+from achilles_like.client.pool import _shutdown, start_session
+from achilles_like.client.session import Session
 from achilles_like.client.sources import ApplySource
+from achilles_like.client.target import pool_cluster
 from achilles_like.local import LocalCluster
 
 
-def _future_sink(future: Future[Any]) -> Callable[[list[Outcome]], None]:
-    def sink(outcomes: list[Outcome]) -> None:
-        ok, value = outcomes[0]
+def _future_sink(future: Future[Any]) -> Sink:
+    def sink(outcomes: Outcomes) -> None:
+        ok, value = outcomes.pairs()[0]
         if future.done():
             return
         if ok:
@@ -47,14 +49,13 @@ def _shutdown_in_background(session: Session, cluster: LocalCluster | None) -> N
     threading.Thread(target=_shutdown, args=(session, cluster, False), daemon=True).start()
 
 
-def _chunk_sink(future: Future[Any]) -> Callable[[list[Outcome]], None]:
+def _chunk_sink(future: Future[Any]) -> Sink:
     """A map chunk's outcomes become one future: the list of values, or the first error."""
 
-    def sink(outcomes: list[Outcome]) -> None:
-        failed = next((value for ok, value in outcomes if not ok), None)
-        _future_sink(future)(
-            [(True, [value for _, value in outcomes])] if failed is None else [(False, failed)]
-        )
+    def sink(outcomes: Outcomes) -> None:
+        failed = outcomes.first_failure()
+        whole = Outcomes(True, [outcomes.items]) if failed is None else Outcomes(False, [(False, failed)])
+        _future_sink(future)(whole)
 
     return sink
 
@@ -86,7 +87,7 @@ class ProcessPoolExecutor(Executor):
             raise TypeError("initializer must be a callable")
         check_timeout(timeout)
         del mp_context  # workers are the cluster's processes; kept for signature compatibility
-        settings, self._cluster = cluster_for(max_workers, host, port, username, secret_key)
+        settings, self._cluster = pool_cluster(max_workers, host, port, username, secret_key)
         self._session = start_session(
             settings,
             initializer,
@@ -100,20 +101,16 @@ class ProcessPoolExecutor(Executor):
         self._lock = threading.Lock()
         self._shutdown = False
         self._pending: set[Future[Any]] = set()
+        self._blobs = FunctionBlobs()
         # Dropped without shutdown(): finish the submitted work in the background, then stop.
         self._finalizer = weakref.finalize(self, _shutdown_in_background, self._session, self._cluster)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Schedule ``fn(*args, **kwargs)``; return its Future."""
         future = self._new_future()
+        blob = self._blobs.blob(fn, "apply", "fn")
         self._session.add(
-            ApplySource(
-                pickle_callable(fn, "fn"),
-                args,
-                kwargs,
-                _future_sink(future),
-                future.set_running_or_notify_cancel,
-            )
+            ApplySource.call(blob, args, kwargs, _future_sink(future), future.set_running_or_notify_cancel)
         )
         return future
 
@@ -131,8 +128,8 @@ class ProcessPoolExecutor(Executor):
     def _submit_chunk(self, fn_blob: bytes, chunk: list[tuple[Any, ...]]) -> Future[Any]:
         """One task of ``map``: ``fn(*args)`` for every argument tuple of the chunk."""
         future = self._new_future()
-        batch = Batch(fn_blob, "star", chunk, _chunk_sink(future))
-        self._session.add(ApplySource.of(batch, future.set_running_or_notify_cancel))
+        batch = Batch(fn_blob, chunk, _chunk_sink(future))
+        self._session.add(ApplySource(batch, future.set_running_or_notify_cancel))
         return future
 
     def _forget(self, future: Future[Any]) -> None:
@@ -157,7 +154,7 @@ class ProcessPoolExecutor(Executor):
         args = zip(*iterables, strict=False)
         chunks = iter(lambda: list(itertools.islice(args, chunksize)), [])
         deadline = None if timeout is None else time.monotonic() + timeout
-        fn_blob = pickle_callable(fn, "fn")
+        fn_blob = self._blobs.blob(fn, "star", "fn")
         ahead = chunks if buffersize is None else itertools.islice(chunks, buffersize)
         futures = deque(self._submit_chunk(fn_blob, chunk) for chunk in ahead)
         return self._results(futures, chunks if buffersize is not None else iter(()), fn_blob, deadline)

@@ -10,9 +10,10 @@ Change the import and the code runs on the cluster::
 With no cluster configured, ``Pool(n)`` starts a private local cluster with
 ``n`` worker processes (as ``multiprocessing.Pool(n)`` starts ``n`` workers)
 and stops it with the pool; with ``host=`` (or ``ACHILLES_HOST``/``.env``, or
-inside ``with LocalCluster()``) it submits to that cluster. Every method is a
-source of work for the pool's :class:`Session`; results are the stdlib's
-kinds of objects (see ``client/results.py``).
+inside ``with LocalCluster()``) it submits to that cluster (see
+``target.py``). Every method is a source of work for the pool's
+:class:`Session`, which keeps one job on the cluster for the pool's life;
+results are the stdlib's kinds of objects (see ``client/results.py``).
 """
 
 from __future__ import annotations
@@ -24,15 +25,14 @@ from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Any
 
-from achilles_like.client.api import resolve_settings
-from achilles_like.client.job import check_chunksize, check_timeout, pickle_callable
+from achilles_like.client.calls import FunctionBlobs, check_chunksize, check_timeout, pickle_setup
 from achilles_like.client.results import AsyncResult, IMapIterator, MapResult
 from achilles_like.client.session import Session
 from achilles_like.client.sources import ApplySource, IMapSource, MapSource
+from achilles_like.client.target import pool_cluster
 from achilles_like.config import Settings
 from achilles_like.errors import ClusterConnectionError
-from achilles_like.local import LocalCluster, active_cluster
-from achilles_like.serialization import dumps_function
+from achilles_like.local import LocalCluster
 
 
 class PoolState(Enum):
@@ -41,17 +41,6 @@ class PoolState(Enum):
     RUN = "RUN"
     CLOSE = "CLOSE"
     TERMINATE = "TERMINATE"
-
-
-def cluster_for(
-    processes: int | None, host: str | None, port: int | None, username: str | None, secret_key: str | None
-) -> tuple[Settings, LocalCluster | None]:
-    """Settings of the cluster to use, and the private cluster started for it if none is configured."""
-    settings = resolve_settings(host, port, username, secret_key, start_local=False)
-    if settings.host_configured or (host is None and active_cluster() is not None):
-        return settings, None
-    cluster = LocalCluster(nodes=1, processes=processes or os.cpu_count() or 1).start()
-    return cluster.settings, cluster
 
 
 def start_session(
@@ -64,14 +53,14 @@ def start_session(
     job_failure_breaks: bool = False,
     timeout: float | None = None,
 ) -> Session:
-    """A session whose call jobs run ``initializer(*initargs)`` in each worker first."""
+    """A session whose job runs ``initializer(*initargs)`` once in each worker first."""
     if initializer is not None and not callable(initializer):
         raise TypeError("initializer must be a callable")
     # The token lets a worker run the initializer once for all of this session's jobs.
-    job_blob = dumps_function((None, None, initializer, tuple(initargs), secrets.token_hex(8)))
+    setup_blob = pickle_setup(initializer, tuple(initargs), secrets.token_hex(8))
     return Session(
         settings,
-        job_blob,
+        setup_blob,
         label=label,
         max_tasks=max_tasks,
         timeout=timeout,
@@ -117,7 +106,7 @@ class Pool:
             raise TypeError("initializer must be a callable")
         check_timeout(timeout)
         self._state = PoolState.RUN
-        settings, self._cluster = cluster_for(processes, host, port, username, secret_key)
+        settings, self._cluster = pool_cluster(processes, host, port, username, secret_key)
         self._processes = processes or os.cpu_count() or 1
         try:
             self._session = start_session(
@@ -133,7 +122,7 @@ class Pool:
             if self._cluster is not None:
                 self._cluster.shutdown()
             raise
-        self._blobs: dict[int, tuple[Callable[..., Any], bytes]] = {}
+        self._blobs = FunctionBlobs()
         # Garbage-collected without close(): stop it, as the stdlib does, without hanging exit.
         self._finalizer = weakref.finalize(self, _shutdown, self._session, self._cluster, True)
 
@@ -148,16 +137,6 @@ class Pool:
     def _check_running(self) -> None:
         if self._state is not PoolState.RUN:
             raise ValueError("Pool not running")
-
-    def _blob(self, func: Callable[..., Any]) -> bytes:
-        cached = self._blobs.get(id(func))
-        if cached is not None and cached[0] is func:
-            return cached[1]
-        blob = pickle_callable(func)
-        if len(self._blobs) > 256:
-            self._blobs.clear()
-        self._blobs[id(func)] = (func, blob)  # holding func keeps its id from being reused
-        return blob
 
     def apply(
         self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None
@@ -177,7 +156,8 @@ class Pool:
         self._check_running()
         result = AsyncResult(callback, error_callback)
         result._owner = self
-        self._session.add(ApplySource(self._blob(func), tuple(args), dict(kwds or {}), result._sink))
+        blob = self._blobs.blob(func, "apply")
+        self._session.add(ApplySource.call(blob, tuple(args), dict(kwds or {}), result._sink))
         return result
 
     def map(
@@ -234,7 +214,7 @@ class Pool:
         result = MapResult(chunks, callback, error_callback)
         result._owner = self if chunks else None
         if chunks:
-            self._session.add(MapSource(self._blob(func), mode, items, chunksize, result))
+            self._session.add(MapSource(self._blobs.blob(func, mode), items, chunksize, result))
         return result
 
     def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> IMapIterator:
@@ -254,7 +234,8 @@ class Pool:
         chunksize = check_chunksize(chunksize)
         iterator = IMapIterator(ordered, on_consumed=self._session.wake)
         iterator._owner = self
-        source = IMapSource(self._blob(func), "map", iterable, chunksize, iterator, wake=self._session.wake)
+        blob = self._blobs.blob(func, "map")
+        source = IMapSource(blob, iterable, chunksize, iterator, wake=self._session.wake)
         self._session.add(source)
         return iterator
 

@@ -17,9 +17,11 @@ from collections.abc import Callable, Iterator
 from multiprocessing import TimeoutError as MpTimeoutError
 from typing import Any
 
+from achilles_like.client.driver import Outcomes, Sink
+from achilles_like.scheduling.reorder import ReorderBuffer
+
 log = logging.getLogger("achilles_like.results")
 
-Outcome = tuple[bool, Any]
 Callback = Callable[[Any], object] | None
 
 
@@ -72,8 +74,8 @@ class AsyncResult:
                 log.exception("a result callback raised")
         self._event.set()
 
-    def _sink(self, outcomes: list[Outcome]) -> None:
-        self._set(*outcomes[0])
+    def _sink(self, outcomes: Outcomes) -> None:
+        self._set(*outcomes.pairs()[0])
 
 
 class MapResult(AsyncResult):
@@ -87,38 +89,52 @@ class MapResult(AsyncResult):
         if chunks == 0:
             self._set(True, [])
 
-    def sink_for(self, index: int) -> Callable[[list[Outcome]], None]:
+    def sink_for(self, index: int) -> Sink:
         """The sink that receives chunk ``index``'s outcomes."""
         return lambda outcomes: self._set_chunk(index, outcomes)
 
-    def _set_chunk(self, index: int, outcomes: list[Outcome]) -> None:
+    def _set_chunk(self, index: int, outcomes: Outcomes) -> None:
         if self._chunks[index] is not None or self.ready():
             return
-        self._chunks[index] = [value for _, value in outcomes]
+        self._chunks[index] = outcomes.items
         self._missing -= 1
-        failed = next((value for ok, value in outcomes if not ok), None)
+        failed = outcomes.first_failure()
         if failed is not None and self._failure is None:
             self._failure = failed  # the first failure is the map's result, as in the stdlib...
         if self._missing == 0:  # ...reported once every chunk is done, as the stdlib does
             if self._failure is not None:
                 self._set(False, self._failure)
             else:
-                self._set(True, [value for chunk in self._chunks for value in chunk or ()])
+                values: list[Any] = []
+                for chunk in self._chunks:
+                    values += chunk or ()
+                self._set(True, values)
 
 
 class IMapIterator:
-    """The iterator ``imap``/``imap_unordered`` return; ``next(timeout)`` as in the stdlib."""
+    """The iterator ``imap``/``imap_unordered`` return; ``next(timeout)`` as in the stdlib.
+
+    Chunks arrive whole; ordered results go through one :class:`ReorderBuffer`
+    and are handed out from a queue of ready chunks, so placing a chunk costs
+    one step, not one per item. ``stop_at_failure`` (the module functions)
+    raises a failure as soon as it arrives instead of after the items before
+    it: the job has ended, and those items will not come.
+    """
 
     def __init__(self, ordered: bool, on_consumed: Callable[[], None] = lambda: None) -> None:
         self._ordered = ordered
         self._on_consumed = on_consumed
         self._cond = threading.Condition()
-        self._ready: deque[Outcome] = deque()
-        self._held: dict[int, list[Outcome]] = {}  # ordered: chunks ahead of the next one
-        self._next_chunk = 0
+        self._reorder: ReorderBuffer[Outcomes] = ReorderBuffer()
+        self._chunks: deque[Outcomes] = deque()  # ready, in the order they are handed out
+        self._offset = 0  # into the first ready chunk
         self._total_chunks: int | None = None
         self._chunks_in = 0
+        self._failed = False
+        self.stop_at_failure = False
         self.yielded = 0
+        # Set by a throttled source: called with nothing held, true when it wants a wake-up.
+        self.wake_when: Callable[[], bool] | None = None
         self._owner: object = None  # the pool, kept alive while results are still coming
 
     def __iter__(self) -> Iterator[Any]:
@@ -130,40 +146,75 @@ class IMapIterator:
     def next(self, timeout: float | None = None) -> Any:
         """The next result; ``StopIteration`` at the end; ``multiprocessing.TimeoutError`` on timeout."""
         with self._cond:
-            if not self._ready and not self._finished():
-                self._cond.wait_for(lambda: bool(self._ready) or self._finished(), timeout)
-            if not self._ready:
+            if not self._chunks and not self._finished():
+                self._cond.wait_for(lambda: bool(self._chunks) or self._finished(), timeout)
+            if not self._chunks:
                 if self._finished():
                     raise StopIteration
                 raise MpTimeoutError
-            ok, value = self._ready.popleft()
-            self.yielded += 1
-        self._on_consumed()
+            ok, value = self._pop()
+        wake_when = self.wake_when
+        if wake_when is not None and wake_when():
+            self.wake_when = None
+            self._on_consumed()
         if ok:
             return value
         raise value
 
+    def pop_ready(self) -> tuple[bool, Any] | None:
+        """The next outcome if one is ready, else None (never blocks); for the module functions."""
+        with self._cond:
+            return self._pop() if self._chunks else None
+
+    @property
+    def finished(self) -> bool:
+        """Every result has been handed out."""
+        with self._cond:
+            return not self._chunks and self._finished()
+
+    def _pop(self) -> tuple[bool, Any]:
+        chunk = self._chunks[0]
+        item = chunk.items[self._offset]
+        self._offset += 1
+        if self._offset == len(chunk.items):
+            self._chunks.popleft()
+            self._offset = 0
+        self.yielded += 1
+        return (True, item) if chunk.ok else item
+
     def _finished(self) -> bool:
-        done = self._total_chunks is not None and self._chunks_in >= self._total_chunks and not self._held
+        done = (
+            self._total_chunks is not None
+            and self._chunks_in >= self._total_chunks
+            and not len(self._reorder)
+        )
         if done:
             self._owner = None
         return done
 
-    def sink_for(self, index: int) -> Callable[[list[Outcome]], None]:
+    def sink_for(self, index: int) -> Sink:
         """The sink that receives chunk ``index``'s outcomes."""
         return lambda outcomes: self._add_chunk(index, outcomes)
 
-    def _add_chunk(self, index: int, outcomes: list[Outcome]) -> None:
+    def _add_chunk(self, index: int, outcomes: Outcomes) -> None:
+        if self.stop_at_failure and not outcomes.ok:
+            self._fail(outcomes.first_failure() or RuntimeError("a task failed"))
+            return
         with self._cond:
+            if self._failed:
+                return
             self._chunks_in += 1
             if not self._ordered:
-                self._ready.extend(outcomes)
+                self._append(outcomes)
             else:
-                self._held[index] = outcomes
-                while self._next_chunk in self._held:
-                    self._ready.extend(self._held.pop(self._next_chunk))
-                    self._next_chunk += 1
+                self._reorder.add(index, outcomes)
+                for ready in self._reorder.pop_ready():
+                    self._append(ready)
             self._cond.notify_all()
+
+    def _append(self, outcomes: Outcomes) -> None:
+        if outcomes.items:
+            self._chunks.append(outcomes)
 
     def _set_length(self, chunks: int) -> None:
         with self._cond:
@@ -172,7 +223,13 @@ class IMapIterator:
 
     def _fail(self, error: BaseException) -> None:
         with self._cond:
-            self._held.clear()
-            self._ready.append((False, error))
+            if self._failed:
+                return
+            self._failed = True
+            self._reorder = ReorderBuffer()
+            if self.stop_at_failure:
+                self._chunks.clear()
+                self._offset = 0
+            self._chunks.append(Outcomes(False, [(False, error)]))
             self._total_chunks = self._chunks_in
             self._cond.notify_all()

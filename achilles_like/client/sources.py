@@ -1,10 +1,17 @@
-"""Sources of batches for a session: one call, a whole map, a lazy imap.
+"""Sources of batches for a job driver: one call, a whole map, a lazy imap.
 
-A source hands the session thread one batch (one task on the wire) at a time
-and routes each batch's outcomes to the result object the caller holds.
-``IMapSource`` pulls the caller's iterable lazily, in a feeder thread, and
-stops (``throttled``) when the caller has ``max_ahead`` items it has not
-consumed yet, so an endless input runs in bounded memory.
+A source hands the driver one batch (one task on the wire) at a time and
+routes each batch's outcomes to the result object the caller holds. Lazy
+sources stop handing out batches (*throttled*) while their caller holds
+``max_ahead`` items it has not consumed yet, so an endless input runs in
+bounded memory; that one bound, counted in items, serves every lazy path.
+
+- :class:`ApplySource`: one call, for ``apply_async`` and ``submit``.
+- :class:`MapSource`: a whole ``map_async``/``starmap_async`` list.
+- :class:`IterSource`: an iterable pulled in the driving thread itself (the
+  module functions, whose caller is the driving thread).
+- :class:`IMapSource`: an iterable pulled in a feeder thread of its own
+  (``Pool.imap``), as the stdlib's task handler does.
 """
 
 from __future__ import annotations
@@ -16,31 +23,29 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from achilles_like.client.job import DEFAULT_MAX_AHEAD
+from achilles_like.client.calls import DEFAULT_MAX_AHEAD
+from achilles_like.client.driver import Batch, Outcomes, Sink
 from achilles_like.client.results import IMapIterator, MapResult
-from achilles_like.client.session import Batch, Outcome
 
 
 class ApplySource:
     """One call: ``func(*args, **kwargs)``, for ``apply_async`` and ``submit``."""
 
-    def __init__(
-        self,
+    def __init__(self, batch: Batch, start: Callable[[], bool] = lambda: True) -> None:
+        self._batch: Batch | None = batch
+        self._start = start  # False: the call was cancelled before it was sent
+
+    @classmethod
+    def call(
+        cls,
         func_blob: bytes,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        sink: Callable[[list[Outcome]], None],
+        sink: Sink,
         start: Callable[[], bool] = lambda: True,
-    ) -> None:
-        self._batch: Batch | None = Batch(func_blob, "apply", [(args, kwargs)], sink)
-        self._start = start  # False: the call was cancelled before it started
-
-    @classmethod
-    def of(cls, batch: Batch, start: Callable[[], bool] = lambda: True) -> ApplySource:
-        """A source of one ready-made batch."""
-        source = cls(batch.func_blob, (), {}, batch.sink, start)
-        source._batch = batch
-        return source
+    ) -> ApplySource:
+        """A source of one ``apply``-mode call."""
+        return cls(Batch(func_blob, [(args, kwargs)], sink), start)
 
     def next_batch(self) -> Batch | None:
         batch, self._batch = self._batch, None
@@ -53,17 +58,13 @@ class ApplySource:
         return self._batch is None
 
     @property
-    def throttled(self) -> bool:
-        return False
-
-    @property
     def has_batch(self) -> bool:
         return self._batch is not None
 
     def fail(self, error: BaseException) -> None:
         batch, self._batch = self._batch, None
         if batch is not None:
-            batch.sink([(False, error)] * len(batch.payloads))
+            batch.sink(Outcomes.failed(error, len(batch.items)))
 
     def unthrottle(self) -> None:
         pass  # never throttled
@@ -72,32 +73,26 @@ class ApplySource:
 class MapSource:
     """A whole ``map_async``/``starmap_async``: chunks of a list, results into one MapResult."""
 
-    def __init__(
-        self, func_blob: bytes, mode: str, items: list[Any], chunksize: int, result: MapResult
-    ) -> None:
-        self._chunks = iter([items[i : i + chunksize] for i in range(0, len(items), chunksize)])
+    def __init__(self, func_blob: bytes, items: list[Any], chunksize: int, result: MapResult) -> None:
+        self._items = items
+        self._chunksize = chunksize
         self._func_blob = func_blob
-        self._mode = mode
         self._result = result
         self._index = 0
         self._left = (len(items) + chunksize - 1) // chunksize
 
     def next_batch(self) -> Batch | None:
-        chunk = next(self._chunks, None)
-        if chunk is None:
+        if self._left == 0:
             return None
+        first = self._index * self._chunksize
         sink = self._result.sink_for(self._index)
         self._index += 1
         self._left -= 1
-        return Batch(self._func_blob, self._mode, chunk, sink)
+        return Batch(self._func_blob, self._items[first : first + self._chunksize], sink, first)
 
     @property
     def exhausted(self) -> bool:
         return self._left == 0
-
-    @property
-    def throttled(self) -> bool:
-        return False
 
     @property
     def has_batch(self) -> bool:
@@ -111,6 +106,69 @@ class MapSource:
         pass  # never throttled
 
 
+class _Throttle:
+    """The one memory bound of lazy sources: at most ``max_ahead`` items sent and not consumed."""
+
+    def __init__(self, iterator: IMapIterator, max_ahead: int) -> None:
+        self.iterator = iterator
+        self.max_ahead = max_ahead
+        self.sent_items = 0
+
+    @property
+    def throttled(self) -> bool:
+        if self.sent_items - self.iterator.yielded < self.max_ahead:
+            return False
+        # Ask the consumer to wake the driver once it has drained half the bound.
+        self.iterator.wake_when = lambda: self.sent_items - self.iterator.yielded <= self.max_ahead // 2
+        return True
+
+
+class IterSource:
+    """An iterable pulled lazily in the driving thread (the module functions' own caller)."""
+
+    def __init__(
+        self,
+        func_blob: bytes,
+        items: Iterator[Any],
+        chunksize: int,
+        iterator: IMapIterator,
+        max_ahead: int = DEFAULT_MAX_AHEAD,
+    ) -> None:
+        self._func_blob = func_blob
+        self._items = items
+        self._chunksize = chunksize
+        self._iterator = iterator
+        self._throttle = _Throttle(iterator, max(max_ahead, chunksize))
+        self._index = 0
+        self._done = False
+
+    def next_batch(self) -> Batch | None:
+        if self._done or self._throttle.throttled:
+            return None
+        chunk = list(itertools.islice(self._items, self._chunksize))
+        if not chunk:
+            self._done = True
+            self._iterator._set_length(self._index)
+            return None
+        first = self._throttle.sent_items
+        batch = Batch(self._func_blob, chunk, self._iterator.sink_for(self._index), first)
+        self._index += 1
+        self._throttle.sent_items += len(chunk)
+        return batch
+
+    @property
+    def exhausted(self) -> bool:
+        return self._done
+
+    @property
+    def has_batch(self) -> bool:
+        return not self._done and not self._throttle.throttled
+
+    def fail(self, error: BaseException) -> None:
+        self._done = True
+        self._iterator._fail(error)
+
+
 class _End:
     """Queued by an imap feeder when the caller's iterable is exhausted."""
 
@@ -119,20 +177,19 @@ _END = _End()
 
 
 class IMapSource:
-    """A lazy ``imap``/``imap_unordered``: pulls the iterable only as results are consumed.
+    """A lazy ``Pool.imap``/``imap_unordered``: pulls the iterable only as results are consumed.
 
     The caller's iterable is pulled in a feeder thread of its own (as the
     stdlib's task handler does), never in the session thread: an input that
     blocks, say until another call's callback has run, must not stop the
     session delivering that result. The feeder keeps at most two chunks
     ready, and the session takes them only while the caller has fewer than
-    ``max_ahead`` items unconsumed, so an endless input stays bounded.
+    ``max_ahead`` items unconsumed.
     """
 
     def __init__(
         self,
         func_blob: bytes,
-        mode: str,
         iterable: Iterable[Any],
         chunksize: int,
         iterator: IMapIterator,
@@ -140,10 +197,8 @@ class IMapSource:
         wake: Callable[[], None] = lambda: None,
     ) -> None:
         self._func_blob = func_blob
-        self._mode = mode
         self._iterator = iterator
-        self._max_ahead = max(max_ahead, chunksize)
-        self._sent_items = 0
+        self._throttle = _Throttle(iterator, max(max_ahead, chunksize))
         self._index = 0
         self._done = False
         self._ready: queue.Queue[list[Any] | _End | Exception] = queue.Queue(maxsize=2)
@@ -170,7 +225,7 @@ class IMapSource:
                 return
 
     def next_batch(self) -> Batch | None:
-        if self._done or self.throttled:
+        if self._done or self._throttle.throttled:
             return None
         try:
             chunk = self._ready.get_nowait()
@@ -181,14 +236,15 @@ class IMapSource:
             return None
         if isinstance(chunk, Exception):
             # As in the stdlib: the results before it come first, then this error, then the end.
-            self._iterator.sink_for(self._index)([(False, chunk)])
+            self._iterator.sink_for(self._index)(Outcomes(False, [(False, chunk)]))
             self._index += 1
             self._finish()
             return None
-        sink = self._iterator.sink_for(self._index)
+        first = self._throttle.sent_items
+        batch = Batch(self._func_blob, chunk, self._iterator.sink_for(self._index), first)
         self._index += 1
-        self._sent_items += len(chunk)
-        return Batch(self._func_blob, self._mode, chunk, sink)
+        self._throttle.sent_items += len(chunk)
+        return batch
 
     def _finish(self) -> None:
         self._done = True
@@ -199,16 +255,12 @@ class IMapSource:
         return self._done
 
     @property
-    def throttled(self) -> bool:
-        return self._sent_items - self._iterator.yielded >= self._max_ahead
-
-    @property
     def has_batch(self) -> bool:
-        return not self._done and not self.throttled and not self._ready.empty()
+        return not self._done and not self._throttle.throttled and not self._ready.empty()
 
     def fail(self, error: BaseException) -> None:
         self._done = True
         self._iterator._fail(error)
 
     def unthrottle(self) -> None:
-        self._max_ahead = sys.maxsize
+        self._throttle.max_ahead = sys.maxsize

@@ -2,7 +2,7 @@
 
 ::
 
-    server ──FUNC/TASK/CANCEL/PING──▶ NodeProtocol ──▶ NodeAgent ──submit──▶ WorkerPool ──▶ worker processes
+    server ──JOB/FUNC/TASK/CANCEL──▶ NodeProtocol ──▶ NodeAgent ──submit──▶ WorkerPool ──▶ worker processes
            ◀──RESULT/LOST/PONG─────── (reactor thread)     ▲                  (manager thread)
                                                            └── callFromThread ◀── deliver
 
@@ -44,7 +44,8 @@ from twisted.python.failure import Failure
 from achilles_like.config import Settings, load_settings
 from achilles_like.errors import AuthenticationError, ProtocolError, ProtocolViolationError, TaskTimeoutError
 from achilles_like.node.worker_pool import Outcome, WorkerPool, WorkItem
-from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder, encode_frame, encode_header
+from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder
+from achilles_like.protocol import messages as msg
 from achilles_like.protocol.handshake import NONCE_BYTES
 from achilles_like.serialization import RemoteFailure, dumps
 from achilles_like.tls import client_creator
@@ -68,7 +69,8 @@ class NodeAgent:
         self.reactor = reactor
         self.processes = processes or settings.processes or multiprocess.cpu_count()
         self.workers = WorkerPool(self.processes, self._deliver_from_thread)
-        self.functions: dict[int, tuple[bytes, JobOptions]] = {}
+        self.jobs: dict[int, tuple[bytes, JobOptions]] = {}  # job id -> setup blob, options
+        self.functions: dict[tuple[int, int], bytes] = {}  # (job id, fn) -> function blob
         self.cancelled: deque[int] = deque(maxlen=_REMEMBERED_JOBS)
         self.protocol: NodeProtocol | None = None
         self.generation = 0
@@ -92,33 +94,47 @@ class NodeAgent:
             self._drop_connection_state()
 
     def _drop_connection_state(self) -> None:
+        self.jobs.clear()
         self.functions.clear()
         self.cancelled.clear()
         stale = job_key(self.generation + 1, 0)
         self.workers.cancel(lambda item: item.job_key < stale)
 
-    def add_function(self, job_id: int, blob: bytes, options: JobOptions) -> None:
-        """Remember a job's function and options; forget those of older jobs."""
-        self.functions[job_id] = (blob, options)
-        for old in sorted(self.functions)[:-_REMEMBERED_JOBS]:
-            del self.functions[old]
+    def add_job(self, job_id: int, setup_blob: bytes, options: JobOptions) -> None:
+        """Remember a job's setup and options; forget those of older jobs."""
+        self.jobs[job_id] = (setup_blob, options)
+        for old in sorted(self.jobs)[:-_REMEMBERED_JOBS]:
+            self._forget(old)
 
-    def add_task(self, job_id: int, task_id: int, attempt: int, blob: bytes) -> None:
+    def add_function(self, job_id: int, fn: int, blob: bytes) -> None:
+        """Remember one of a job's functions."""
+        if job_id not in self.jobs:
+            raise ProtocolViolationError(f"FUNC for job {job_id} arrived before its JOB")
+        self.functions[(job_id, fn)] = blob
+
+    def add_task(self, job_id: int, task_id: int, attempt: int, fn: int, blob: bytes) -> None:
         """Hand a task to the workers."""
-        if job_id not in self.functions:
-            raise ProtocolViolationError(f"TASK for job {job_id} arrived before its FUNC")
-        func_blob, options = self.functions[job_id]
+        if job_id not in self.jobs or (job_id, fn) not in self.functions:
+            raise ProtocolViolationError(f"TASK for job {job_id} arrived before its JOB or FUNC {fn}")
+        setup_blob, options = self.jobs[job_id]
         key = job_key(self.generation, job_id)
-        item = WorkItem(key, job_id, task_id, attempt, func_blob, blob, options.timeout, options.max_tasks)
-        item.calls = options.calls
+        func_blob = self.functions[(job_id, fn)]
+        item = WorkItem(
+            key, job_id, task_id, attempt, setup_blob, fn, func_blob, blob, options.timeout, options.max_tasks
+        )
         self.workers.submit(item)
 
     def cancel(self, job_id: int) -> None:
         """Drop a job's queued tasks and stop its running ones."""
         self.cancelled.append(job_id)
-        self.functions.pop(job_id, None)
+        self._forget(job_id)
         key = job_key(self.generation, job_id)
         self.workers.cancel(lambda item: item.job_key == key)
+
+    def _forget(self, job_id: int) -> None:
+        self.jobs.pop(job_id, None)
+        for key in [key for key in self.functions if key[0] == job_id]:
+            del self.functions[key]
 
     def _deliver_from_thread(self, item: WorkItem, outcome: Outcome, blob: bytes, detail: str) -> None:
         self.reactor.callFromThread(self._finished, item, outcome, blob, detail)
@@ -132,16 +148,14 @@ class NodeAgent:
         stale = item.job_key >> 32 != self.generation or item.job_id in self.cancelled
         if stale or self.protocol is None:
             return
-        fields = {"job": item.job_id, "task": item.task_id, "attempt": item.attempt}
+        job, task, attempt = item.job_id, item.task_id, item.attempt
         if outcome is Outcome.LOST:
-            self.protocol.send(encode_frame("LOST", reason=detail, **fields))
+            self.protocol.send(msg.Lost(job=job, task=task, attempt=attempt, reason=detail).to_bytes())
             return
-        ok = outcome is Outcome.OK
         if outcome is Outcome.TIMEOUT:
-            failure = _timeout_failure(item, detail)
-            # In a call job the timeout is that task's calls' outcome, and the job goes on.
-            ok, blob = (True, dumps([(False, failure)])) if item.calls else (False, dumps(failure))
-        self.protocol.send_parts(encode_header("RESULT", len(blob), ok=ok, **fields), blob)
+            blob = dumps(_timeout_failure(item, detail))  # a failure of the whole task
+        ok = outcome is Outcome.OK
+        self.protocol.send_message(msg.Result(job=job, task=task, ok=ok, attempt=attempt, body=blob))
 
     def close(self) -> None:
         """Stop the workers (node shutdown)."""
@@ -152,21 +166,10 @@ class NodeAgent:
 
 @dataclass(frozen=True)
 class JobOptions:
-    """What a FUNC frame says about its job besides the function."""
+    """What a JOB message says about its job besides its setup."""
 
     timeout: float | None = None
     max_tasks: int | None = None
-    calls: bool = False
-
-    @classmethod
-    def from_frame(cls, frame: Frame) -> JobOptions:
-        """Read ``timeout``, ``maxtasks`` and ``calls`` from a FUNC frame."""
-        try:
-            timeout = float(frame.fields["timeout"]) if "timeout" in frame.fields else None
-        except ValueError:
-            raise ProtocolViolationError("FUNC timeout is not a number") from None
-        max_tasks = frame.integer("maxtasks") if "maxtasks" in frame.fields else None
-        return cls(timeout, max_tasks, frame.flag("calls"))
 
 
 def _timeout_failure(item: WorkItem, detail: str) -> RemoteFailure:
@@ -197,7 +200,7 @@ class NodeProtocol(Protocol):
             self.factory.fatal(f"the server refused this node: {error}")
         except ProtocolError as error:
             log.error("protocol error from the server: %s", error)
-            self.send(encode_frame("ERROR", code="protocol", msg=str(error)))
+            self.send(msg.Error(code="protocol", msg=str(error)).to_bytes())
             if self.transport is not None:
                 self.transport.loseConnection()
 
@@ -208,44 +211,48 @@ class NodeProtocol(Protocol):
                 self.decoder.max_body = self.agent.settings.max_body
                 self._register()
             return
-        verb = frame.verb
-        if verb == "TASK":
-            job, task, attempt = frame.integer("job"), frame.integer("task"), frame.integer("attempt")
-            self.agent.add_task(job, task, attempt, frame.body)
-        elif verb == "FUNC":
-            self.agent.add_function(frame.integer("job"), frame.body, JobOptions.from_frame(frame))
-        elif verb == "PING":
-            self.send(encode_frame("PONG"))
-        elif verb == "CANCEL":
-            self.agent.cancel(frame.integer("job"))
-        elif verb == "REGISTERED":
-            self.factory.registered(frame.text("node"))
-        elif verb == "SHUTDOWN":
-            log.warning("the server asked this node to shut down")
-            self.factory.shutdown()
-        elif verb == "ERROR":
-            log.error("the server reported: %s", frame.fields.get("msg", ""))
-        elif verb != "PONG":
-            raise ProtocolViolationError(f"a server may not send {verb} to a node")
+        match msg.decode(frame):
+            case msg.Task(job=job, task=task, fn=fn, attempt=attempt, body=body):
+                if fn is None or attempt is None:
+                    raise ProtocolViolationError("a TASK to a node must name its function and attempt")
+                self.agent.add_task(job, task, attempt, fn, body)
+            case msg.Func(job=job, fn=fn, body=body):
+                self.agent.add_function(job, fn, body)
+            case msg.Job(job=job, timeout=timeout, maxtasks=max_tasks, body=body):
+                self.agent.add_job(job, body, JobOptions(timeout, max_tasks))
+            case msg.Ping():
+                self.send(msg.Pong().to_bytes())
+            case msg.Pong():
+                pass
+            case msg.Cancel(job=job):
+                self.agent.cancel(job)
+            case msg.Registered(node=node):
+                self.factory.registered(node)
+            case msg.Shutdown():
+                log.warning("the server asked this node to shut down")
+                self.factory.shutdown()
+            case msg.Error(msg=text):
+                log.error("the server reported: %s", text)
+            case other:
+                raise ProtocolViolationError(f"a server may not send {other.VERB} to a node")
 
     def _register(self) -> None:
         self.factory.resetDelay()
         self.agent.attach(self)
         agent = self.agent
         name = socket.gethostname()
-        self.send(
-            encode_frame("REGISTER", slots=agent.slots, processes=agent.processes, name=name, pid=os.getpid())
-        )
+        register = msg.Register(slots=agent.slots, processes=agent.processes, name=name, pid=os.getpid())
+        self.send(register.to_bytes())
 
     def send(self, data: bytes) -> None:
         """Write bytes if connected."""
         if data and self.transport is not None:
             self.transport.write(data)
 
-    def send_parts(self, header: bytes, body: bytes) -> None:
-        """Write a header and a body without copying the body."""
+    def send_message(self, message: msg.Message) -> None:
+        """Write a message without copying its body."""
         if self.transport is not None:
-            self.transport.writeSequence([header, body])
+            self.transport.writeSequence(message.encode())
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self.agent.detach(self)

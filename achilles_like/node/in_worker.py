@@ -1,19 +1,31 @@
 """What runs inside a node's worker processes: one task, from blobs to blobs.
 
-A worker receives ``(job key, function blob or None, chunk blob)`` messages
-on its own pipe (see ``worker_pool.py``). The function blob comes with the first
-task of a job the worker sees: ``(func, callback, initializer, initargs)``.
-The worker unpickles it once, makes the job's by-value functions share one
-globals dict (so globals set by the initializer are visible to the tasks:
-dill gives each function sent by value a dict of its own), runs the
-initializer, and caches the result for the job's later tasks.
+A worker receives ``(job key, setup blob or None, fn, function blob or None,
+items blob)`` messages on its own pipe (see ``worker_pool.py``). The setup
+blob, ``(initializer, initargs, session token)``, comes with the first task of
+a job the worker sees; a function blob, ``(func, mode, callback)``, with the
+first task that calls it. The worker unpickles each once, makes the job's
+by-value functions share one globals dict (so globals set by the initializer
+are visible to the tasks: dill gives each function sent by value a dict of its
+own), runs the initializer once per worker and session, and caches all of it
+for the job's later tasks.
 
-For each task it runs the function on every item of the chunk, applies the
-job's callback to each result (the original achilles meaning of
-``callback``), and pickles the list of results. A failure becomes a pickled
-:class:`RemoteFailure` naming the item's offset in the chunk; the controller
-adds the chunk's start to name the input item. Nothing here touches the
-network: the node forwards the returned blob untouched.
+For each task it calls the function on every item (``map``: ``f(x)``,
+``star``: ``f(*x)``, ``apply``: ``f(*args, **kwargs)``), applies the
+function's callback to each value (the original achilles meaning of
+``callback``), and returns one of:
+
+- ``(True, values)``: every item succeeded; the pickled list of values;
+- ``(False, outcomes)``: some item failed; a pickled list with one
+  ``(True, value)`` or ``(False, RemoteFailure)`` per item, so a failure is
+  named by its offset in the task and the others' values still arrive;
+- ``(False, failure)``: the task as a whole failed (its items or function
+  did not load, or the job's initializer raised): one pickled
+  :class:`RemoteFailure` for all of its items.
+
+Whether a failure ends the job is the server's and the controller's business,
+not the worker's. Nothing here touches the network: the node forwards the
+returned blob untouched.
 """
 
 from __future__ import annotations
@@ -34,34 +46,42 @@ from achilles_like.serialization import RemoteFailure, dumps, loads
 
 _CACHE_SIZE = 4
 JOB_CACHE_SIZE = _CACHE_SIZE  # the manager tracks which jobs a worker has by the same bound
-_FUNCTION_CACHE = 64
 
 
 @dataclass
 class JobCode:
-    """A job's functions, ready to run in this worker.
+    """A job's setup and functions, ready to run in this worker."""
 
-    ``func`` is None for a *call job* (``Pool`` and the executor): each task
-    then carries its own function blob, a mode and a list of payloads, and
-    every payload gets its own outcome, so one failing ``apply_async`` fails
-    only its own result, not the job.
-    """
-
-    func: Callable[[Any], Any] | None
-    callback: Callable[[Any], Any] | None
     init_failure: bytes | None = None  # a pickled RemoteFailure if the initializer raised
     shared: dict[str, Any] = field(default_factory=dict)  # globals of by-value functions
-    functions: OrderedDict[bytes, Any] = field(default_factory=OrderedDict)  # call jobs: blob -> function
+    functions: dict[int, Function | bytes] = field(default_factory=dict)  # fn id -> ready, or its failure
 
-    def function(self, blob: bytes) -> Any:
-        """The function a call-job task names, unpickled once and sharing the job's globals."""
-        func = self.functions.get(blob)
-        if func is None:
-            func = share_globals([loads(blob)], self.shared)[0]
-            self.functions[blob] = func
-            while len(self.functions) > _FUNCTION_CACHE:
-                self.functions.popitem(last=False)
-        return func
+    def add_function(self, fn: int, blob: bytes) -> None:
+        """Unpickle one of the job's functions, sharing the job's globals (or keep why it failed)."""
+        try:
+            func, mode, callback = loads(blob)
+            func, callback = share_globals([func, callback], self.shared)
+            self.functions[fn] = Function(func, mode, callback)
+        except BaseException as error:  # noqa: BLE001 - reported with every task that calls it
+            self.functions[fn] = dumps(RemoteFailure.capture(error, None))
+
+
+@dataclass
+class Function:
+    """One job function: what to call, how to pass it each item, and what to apply to each value."""
+
+    func: Callable[..., Any]
+    mode: str  # "map": f(x), "star": f(*x), "apply": f(*args, **kwargs) for x = (args, kwargs)
+    callback: Callable[[Any], Any] | None = None
+
+    def __call__(self, item: Any) -> Any:
+        if self.mode == "map":
+            value = self.func(item)
+        elif self.mode == "star":
+            value = self.func(*item)
+        else:
+            value = self.func(*item[0], **item[1])
+        return value if self.callback is None else self.callback(value)
 
 
 def init_worker() -> None:
@@ -121,94 +141,78 @@ def _rebind(fn: types.FunctionType, shared: dict[str, Any]) -> types.FunctionTyp
 _sessions: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
 
-def load_job(func_blob: bytes) -> JobCode:
-    """Unpickle a job's ``(func, callback, initializer, initargs[, session token])``; initialize once.
+def load_job(setup_blob: bytes) -> JobCode:
+    """Unpickle a job's ``(initializer, initargs, session token)`` and run the initializer once.
 
-    If either step raises (a module missing on this node, an initializer
-    that fails), every task of the job reports that failure.
+    An empty blob is a job with no setup. If either step raises (a module
+    missing on this node, an initializer that fails), every task of the job
+    reports that failure.
     """
+    if not setup_blob:
+        return JobCode()
     try:
-        func, callback, initializer, initargs, *token = loads(func_blob)
-        shared = _sessions.get(token[0]) if token else None
+        initializer, initargs, token = loads(setup_blob)
+        shared = _sessions.get(token)
         first = shared is None
         shared = {} if shared is None else shared
-        func, callback, initializer = share_globals([func, callback, initializer], shared)
+        (initializer,) = share_globals([initializer], shared)
         if initializer is not None and first:
             initializer(*initargs)
-        if token:
-            _sessions[token[0]] = shared
-            while len(_sessions) > _CACHE_SIZE:
-                _sessions.popitem(last=False)
+        _sessions[token] = shared
+        while len(_sessions) > _CACHE_SIZE:
+            _sessions.popitem(last=False)
     except BaseException as error:  # noqa: BLE001 - reported with every task of the job
-        return JobCode(_unavailable, None, dumps(RemoteFailure.capture(error, None)))
-    return JobCode(func, callback, shared=shared)
+        return JobCode(dumps(RemoteFailure.capture(error, None, whole_job=True)))
+    return JobCode(shared=shared)
 
 
-def _unavailable(item: Any) -> Any:
-    raise RuntimeError("the job's function could not be loaded on this node")
-
-
-def run_chunk(code: JobCode, chunk_blob: bytes) -> tuple[bool, bytes]:
-    """Run one chunk; return ``(True, results blob)`` or ``(False, failure blob)``."""
+def run_task(code: JobCode, fn: int, items_blob: bytes) -> tuple[bool, bytes]:
+    """Run one task; see the module docstring for the three shapes of what comes back."""
     if code.init_failure is not None:
         return False, code.init_failure
-    if code.func is None:
-        return True, run_calls(code, chunk_blob)
-    index: int | None = None
+    function = code.functions.get(fn)
+    if function is None:
+        function = _missing(fn)
+    if isinstance(function, bytes):
+        return False, function
     try:
-        items = loads(chunk_blob)
-        results = []
-        func, callback = code.func, code.callback
-        for index, item in enumerate(items):  # noqa: B007 - index names the failing item
-            value = func(item)
-            results.append(value if callback is None else callback(value))
-        index = None
-    except BaseException as error:  # noqa: BLE001 - every failure must reach the caller
-        return False, dumps(RemoteFailure.capture(error, index))
-    try:
-        return True, dumps(results)
-    except Exception as error:  # noqa: BLE001 - a result that cannot travel back
-        wrapped = mp_pool.MaybeEncodingError(error, results)  # type: ignore[attr-defined]
-        return False, dumps(RemoteFailure.capture(wrapped, None))
-
-
-def run_calls(code: JobCode, chunk_blob: bytes) -> bytes:
-    """Run a call-job task ``(function blob, mode, payloads)``; one outcome per payload.
-
-    Modes: ``map`` calls ``f(x)``, ``star`` calls ``f(*x)``, ``apply`` calls
-    ``f(*args, **kwargs)`` for ``x = (args, kwargs)``. An outcome is
-    ``(True, value)`` or ``(False, RemoteFailure)``.
-    """
-    outcomes: list[tuple[bool, Any]] = []
-    try:
-        func_blob, mode, payloads = loads(chunk_blob)
-        func = code.function(func_blob)
-    except BaseException as error:  # noqa: BLE001 - the whole task failed to load
-        return dumps([(False, RemoteFailure.capture(error, None))])
-    for payload in payloads:
+        items = loads(items_blob)
+    except BaseException as error:  # noqa: BLE001 - the task's items did not load here
+        return False, dumps(RemoteFailure.capture(error, None))
+    values: list[Any] = []
+    failed = False
+    for index, item in enumerate(items):
         try:
-            if mode == "map":
-                value = func(payload)
-            elif mode == "star":
-                value = func(*payload)
-            else:
-                value = func(*payload[0], **payload[1])
-            outcomes.append((True, value))
-        except BaseException as error:  # noqa: BLE001 - this payload's caller gets it
-            outcomes.append((False, RemoteFailure.capture(error, None)))
+            values.append(function(item))
+        except BaseException as error:  # noqa: BLE001 - this item's caller gets it
+            if not failed:  # the values so far become outcomes
+                failed = True
+                values = [(True, value) for value in values]
+            values.append((False, RemoteFailure.capture(error, index)))
+            continue
+        if failed:
+            values[-1] = (True, values[-1])
     try:
-        return dumps(outcomes)
-    except Exception:  # noqa: BLE001 - find the results that cannot travel back
-        return dumps([_encodable(outcome) for outcome in outcomes])
+        return not failed, dumps(values)
+    except Exception:  # noqa: BLE001 - find the values that cannot travel back
+        outcomes = values if failed else [(True, value) for value in values]
+        return False, dumps([_encodable(outcome, index) for index, outcome in enumerate(outcomes)])
 
 
-def _encodable(outcome: tuple[bool, Any]) -> tuple[bool, Any]:
+def _missing(fn: int) -> bytes:
+    try:
+        raise RuntimeError(f"function {fn} of the job never reached this worker (a node bug)")
+    except RuntimeError as error:
+        return dumps(RemoteFailure.capture(error, None))
+
+
+def _encodable(outcome: tuple[bool, Any], index: int) -> tuple[bool, Any]:
     try:
         dumps(outcome)
         return outcome
     except Exception as error:  # noqa: BLE001 - MaybeEncodingError, as in multiprocessing
         wrapped = mp_pool.MaybeEncodingError(error, outcome[1])  # type: ignore[attr-defined]
-        return False, RemoteFailure.capture(wrapped, None)
+        return False, RemoteFailure.capture(wrapped, index)
 
 
 def worker_main(conn: Any) -> None:
@@ -220,11 +224,15 @@ def worker_main(conn: Any) -> None:
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return  # the node closed the pipe: it is shutting down
-        key, func_blob, chunk_blob = pickle.loads(data)
-        if func_blob is not None:
-            jobs[key] = load_job(func_blob)
+        key, setup_blob, fn, func_blob, items_blob = pickle.loads(data)
+        if setup_blob is not None:
+            jobs[key] = load_job(setup_blob)
             while len(jobs) > _CACHE_SIZE:
                 jobs.popitem(last=False)
-        code = jobs.get(key) or JobCode(_unavailable, None)  # the pool sends the blob first
-        outcome = run_chunk(code, chunk_blob)
+        code = jobs.get(key)
+        if code is None:  # the pool sends the setup first; this is a node bug
+            code = JobCode(_missing(-1))
+        if func_blob is not None:
+            code.add_function(fn, func_blob)
+        outcome = run_task(code, fn, items_blob)
         conn.send_bytes(pickle.dumps(outcome, pickle.HIGHEST_PROTOCOL))

@@ -4,7 +4,7 @@
 
     reactor thread                manager thread ("achilles-workers")         worker processes
     ──────────────                ───────────────────────────────────         ────────────────
-    submit(item) ──queue+wake──▶  assign to an idle worker ──send_bytes──▶    run_chunk(...)
+    submit(item) ──queue+wake──▶  assign to an idle worker ──send_bytes──▶    run_task(...)
     cancel(job)  ──queue+wake──▶  drop queued, kill running ones              │
     deliver(item, outcome) ◀───── recv_bytes ◀──────────────────────────────── result
                                   sentinel fired: worker died → LOST, respawn
@@ -61,15 +61,16 @@ class Outcome(Enum):
 class WorkItem:
     """One task attempt as the worker pool runs it."""
 
-    job_key: int  # unique per job and connection: workers cache the function by it
+    job_key: int  # unique per job and connection: workers cache the job's code by it
     job_id: int
     task_id: int
     attempt: int
-    func_blob: bytes = field(repr=False)
-    chunk_blob: bytes = field(repr=False)
+    setup_blob: bytes = field(repr=False)  # the job's initializer, sent with a worker's first task of it
+    fn: int
+    func_blob: bytes = field(repr=False)  # the function, sent with a worker's first task calling it
+    items_blob: bytes = field(repr=False)
     timeout: float | None = None
     max_tasks: int | None = None  # replace a worker once it has run this many tasks
-    calls: bool = False  # a call job's task: a timeout fails its calls, not the job
 
 
 @dataclass
@@ -78,8 +79,9 @@ class _Worker:
     conn: Any
     item: WorkItem | None = None
     deadline: float | None = None
-    # Jobs whose function this worker has: the same last few the worker caches.
+    # Jobs whose setup this worker has (the same last few the worker caches), with their functions.
     jobs_seen: deque[int] = field(default_factory=lambda: deque(maxlen=JOB_CACHE_SIZE))
+    functions_seen: dict[int, set[int]] = field(default_factory=dict)
     tasks_run: int = 0  # since this process started, for max_tasks (maxtasksperchild)
 
 
@@ -215,8 +217,20 @@ class WorkerPool:
     def _start(self, worker: _Worker, item: WorkItem) -> None:
         first = item.job_key not in worker.jobs_seen
         if first:
+            if len(worker.jobs_seen) == worker.jobs_seen.maxlen:
+                worker.functions_seen.pop(worker.jobs_seen[0], None)  # the worker forgets it too
             worker.jobs_seen.append(item.job_key)
-        message = (item.job_key, item.func_blob if first else None, item.chunk_blob)
+            worker.functions_seen[item.job_key] = set()
+        functions = worker.functions_seen[item.job_key]
+        new_function = item.fn not in functions
+        functions.add(item.fn)
+        message = (
+            item.job_key,
+            item.setup_blob if first else None,
+            item.fn,
+            item.func_blob if new_function else None,
+            item.items_blob,
+        )
         worker.item = item
         worker.deadline = None if item.timeout is None else time.monotonic() + item.timeout
         try:

@@ -17,6 +17,7 @@ from achilles_like.scheduling.actions import (
     JobQueued,
     JobStarted,
     SendFunction,
+    SendJob,
 )
 from achilles_like.scheduling.reorder import ReorderBuffer
 from achilles_like.scheduling.scheduler import Scheduler, TaskState
@@ -34,5 +35,6 @@ __all__ = [
     "ReorderBuffer",
     "Scheduler",
     "SendFunction",
+    "SendJob",
     "TaskState",
 ]

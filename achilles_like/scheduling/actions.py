@@ -21,11 +21,21 @@ class JobOutcome(Enum):
 
 
 @dataclass(frozen=True)
-class SendFunction:
-    """Send a job's function blob to a node, before its first task of that job."""
+class SendJob:
+    """Send a job's setup blob (initializer, its arguments) to a node, before its first task of that job."""
 
     node_id: str
     job_id: int
+    blob: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SendFunction:
+    """Send one of a job's functions to a node, before the node's first task that calls it."""
+
+    node_id: str
+    job_id: int
+    fn: int
     blob: bytes = field(repr=False)
 
 
@@ -38,6 +48,7 @@ class AssignTask:
     task_id: int
     attempt: int
     blob: bytes = field(repr=False)
+    fn: int | None = None  # the job function the task calls (None: a bare task, in tests)
 
 
 @dataclass(frozen=True)
@@ -97,5 +108,13 @@ class CancelOnNode:
 
 
 Action = (
-    SendFunction | AssignTask | ForwardResult | GrantCredit | JobQueued | JobStarted | JobEnded | CancelOnNode
+    SendJob
+    | SendFunction
+    | AssignTask
+    | ForwardResult
+    | GrantCredit
+    | JobQueued
+    | JobStarted
+    | JobEnded
+    | CancelOnNode
 )

@@ -1,32 +1,41 @@
-"""The server's scheduler: one running job, a FIFO of waiting jobs, and every task's state.
+"""The server's scheduler: jobs in submission order, and every task's state.
 
 ::
 
     controller ──task──▶ PENDING ──dispatch──▶ ASSIGNED(node, attempt) ──ok──▶ DONE ──▶ controller
                             ▲                     │
                             └─────node lost───────┤
-                                                  └──error, or lost max_attempts times──▶ FAILED
+                                                  └──error*, or lost max_attempts times──▶ FAILED
+
+    (* an error fails the job only when the job stops at its first failure)
 
 The scheduler is a plain object with no I/O and no clock: the Twisted glue in
 ``server/cluster.py`` calls one method per event it sees (a node joined, a frame
 arrived, a connection dropped) and carries out the returned actions in order.
 ``now`` is passed in where time is recorded, so tests run without waiting.
 
-Jobs. Job ids are handed out 1, 2, 3, ...; one job runs at a time and the rest
-wait in submission order. Because ids are sequential, a job id below the next
-one that is neither running nor queued has ended: that is all the scheduler
-keeps of an ended job, and it is enough to tell a late frame from an illegal
-one.
+Jobs. Job ids are handed out 1, 2, 3, ...; the oldest job with work owns the
+cluster and the rest wait in submission order. A *started* job that goes idle
+(nothing pending, nothing on a node: an idle ``Pool``, an ``imap`` nobody
+reads) lets the next queued job start; when the idle job sends work again it
+is still older, so its tasks are dispatched first as slots free up. A job is
+started only when every started job is idle and has sent work since it
+started, so a queue of jobs does not all start at once. Because ids are
+sequential, a job id below the next one that is not live has ended: that is
+all the scheduler keeps of an ended job, enough to tell a late frame from an
+illegal one.
 
-Tasks. The controller names its tasks 0..N-1 and sends each once. A task moves
-PENDING → ASSIGNED(node, attempt) → DONE or FAILED, and only the result of the
-matching (node, attempt) may complete it: that one rule makes a late result
-from a node thought dead harmless. A lost node's tasks go back to the front of
-the queue, so the oldest work finishes first and an ordered ``imap`` never
-waits long on a hole; a task lost ``max_attempts`` times fails its job.
+Tasks. The controller names its tasks 0..N-1 and sends each once; a task calls
+one of the job's functions by id (sent once per job by the controller, and to
+a node once, before its first task that calls it). A task moves PENDING →
+ASSIGNED(node, attempt) → DONE or FAILED, and only the result of the matching
+(node, attempt) may complete it: that one rule makes a late result from a node
+thought dead harmless. A lost node's tasks go back to the front of their job's
+queue, so the oldest work finishes first and an ordered ``imap`` never waits
+long on a hole; a task lost ``max_attempts`` times fails its job.
 
 Credit. The controller sends a task only against credit the scheduler granted.
-The running job holds at most ``window`` tasks plus unused credit, where the
+A started job holds at most ``window`` tasks plus unused credit, where the
 window grows with the cluster's slots, so memory stays bounded whatever the
 length of the user's input. A task's blob is dropped once it is DONE.
 """
@@ -49,11 +58,12 @@ from achilles_like.scheduling.actions import (
     JobQueued,
     JobStarted,
     SendFunction,
+    SendJob,
 )
 
 
 class TaskState(Enum):
-    """Where one task of the running job stands."""
+    """Where one task of a started job stands."""
 
     PENDING = "pending"  # received, waiting for a free slot
     ASSIGNED = "assigned"  # on one node as one attempt; only that attempt may complete it
@@ -73,10 +83,11 @@ _NEXT_STATES: dict[TaskState, frozenset[TaskState]] = {
 
 @dataclass(eq=False)
 class _Task:
-    """One received, not yet finished task of the running job."""
+    """One received, not yet finished task of a started job."""
 
     task_id: int
     blob: bytes = field(repr=False)
+    fn: int | None = None  # the job function it calls
     state: TaskState = TaskState.PENDING
     attempt: int = 0  # assignments so far; the next AssignTask carries attempt + 1
     node_id: str | None = None  # the node holding the current attempt
@@ -118,11 +129,11 @@ class _IdSet:
 
 @dataclass(eq=False)
 class _Node:
-    """A connected node and the task ids of the running job it holds."""
+    """A connected node and the (job id, task id) pairs it holds."""
 
     node_id: str
     slots: int
-    inflight: set[int] = field(default_factory=set)
+    inflight: set[tuple[int, int]] = field(default_factory=set)
     tasks_done: int = 0
 
     @property
@@ -132,23 +143,33 @@ class _Node:
 
 @dataclass(eq=False)
 class _Job:
-    """A queued or running job."""
+    """A queued or started job."""
 
     job_id: int
     controller_id: str
-    func_blob: bytes = field(repr=False)
+    setup_blob: bytes = field(repr=False)
     label: str
     submitted_at: float
+    stop_on_failure: bool = True  # False: a failing task fails only its own items
     held: dict[int, _Task] = field(default_factory=dict)  # PENDING and ASSIGNED tasks
     pending: deque[int] = field(default_factory=deque)  # task ids, next to dispatch first
     done: _IdSet = field(default_factory=_IdSet)
     credit: int = 0  # granted to the controller and not used yet
     total_tasks: int | None = None  # known once the input ended
     max_task_id: int = -1
-    function_sent_to: set[str] = field(default_factory=set)
+    functions: dict[int, bytes] = field(default_factory=dict, repr=False)  # fn id -> blob
+    setup_sent_to: set[str] = field(default_factory=set)
+    functions_sent: dict[str, set[int]] = field(default_factory=dict)  # node -> fn ids
+    fresh: bool = True  # started, and no task received since
+    failed_tasks: int = 0  # tasks whose result reported a failure (jobs that go on)
 
     def received(self) -> int:
         return len(self.held) + len(self.done)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing pending and nothing on a node."""
+        return not self.held
 
 
 class Scheduler:
@@ -168,22 +189,23 @@ class Scheduler:
         self._min_window = min_window
         self._window_per_slot = window_per_slot
         self._nodes: dict[str, _Node] = {}  # in join order, which breaks dispatch ties
-        self._running: _Job | None = None
+        self._started: dict[int, _Job] = {}  # in submission order: the oldest has priority
         self._queue: deque[_Job] = deque()
         self._next_job_id = 1
         self._stale_results = 0
         self._jobs_done = 0
-        self._nodeless_since: float | None = None  # when the running job was last seen without nodes
+        self._nodeless_since: float | None = None  # when a job with work was last seen without nodes
 
     # -- read-only helpers -------------------------------------------------
 
     @property
     def running_job_id(self) -> int | None:
-        """The id of the running job, if any."""
-        return None if self._running is None else self._running.job_id
+        """The job that owns the cluster now: the oldest started job with work, else the oldest."""
+        job = self._owner()
+        return None if job is None else job.job_id
 
     def job_controller(self, job_id: int) -> str | None:
-        """The controller of a live (queued or running) job, else None."""
+        """The controller of a live (queued or started) job, else None."""
         job = self._live_job(job_id)
         return None if job is None else job.controller_id
 
@@ -205,18 +227,22 @@ class Scheduler:
         return self._dispatch() + self._top_up()
 
     def node_lost(self, node_id: str) -> list[Action]:
-        """A node is gone: its tasks go back to the front of the queue as a new attempt.
+        """A node is gone: its tasks go back to the front of their queues as a new attempt.
 
         An unknown node is ignored, because the glue may notice one loss twice
         (a missed heartbeat, then the connection closing).
         """
         node = self._nodes.pop(node_id, None)
-        job = self._running
-        if node is None or job is None:
+        if node is None:
             return []
-        job.function_sent_to.discard(node_id)
-        lost = [job.held[task_id] for task_id in sorted(node.inflight)]
-        return self._requeue(job, lost, node_id, "lost with its node")
+        actions: list[Action] = []
+        for job in list(self._started.values()):
+            job.setup_sent_to.discard(node_id)
+            job.functions_sent.pop(node_id, None)
+            lost = [job.held[task_id] for job_id, task_id in sorted(node.inflight) if job_id == job.job_id]
+            if lost and job.job_id in self._started:
+                actions += self._requeue(job, lost, node_id, "lost with its node")
+        return actions + self._dispatch() + self._top_up()
 
     def task_lost(self, node_id: str, job_id: int, task_id: int, attempt: int, reason: str) -> list[Action]:
         """A node's worker process died running a task: retry it, within the attempt budget.
@@ -224,85 +250,109 @@ class Scheduler:
         The node stays; a report that does not match the task's current
         assignment is stale and dropped, like a stale result.
         """
-        job = self._running_or_ended(job_id, f"loss of task {task_id} on node {node_id!r}")
+        job = self._started_or_ended(job_id, f"loss of task {task_id} on node {node_id!r}")
         task = None if job is None else job.held.get(task_id)
         if job is None or task is None or not _is_current(task, node_id, attempt):
             self._stale_results += 1
             return []
-        self._nodes[node_id].inflight.discard(task_id)
-        return self._requeue(job, [task], node_id, f"lost ({reason})")
+        self._nodes[node_id].inflight.discard((job_id, task_id))
+        return self._requeue(job, [task], node_id, f"lost ({reason})") + self._dispatch()
 
     def _requeue(self, job: _Job, lost: list[_Task], node_id: str, how: str) -> list[Action]:
-        """Put lost tasks back at the front of the queue, or fail the job when one is out of attempts."""
+        """Put lost tasks back at the front of their queue, or fail the job when one is out of attempts."""
         for task in lost:
             task.lost_on.append(node_id)
         exhausted = [task for task in lost if task.attempt >= self._max_attempts]
         if exhausted:
             exhausted[0].move_to(TaskState.FAILED)
             reason = _lost_reason(exhausted[0], how)
-            return self._end_running(JobOutcome.FAILED, reason, exhausted[0].task_id)
+            return self._end_job(job, JobOutcome.FAILED, reason, exhausted[0].task_id)
         for task in reversed(lost):
             task.move_to(TaskState.PENDING)
             task.node_id = None
             job.pending.appendleft(task.task_id)
-        return self._dispatch()
+        return []
 
     # -- jobs --------------------------------------------------------------
 
     def submit_job(
-        self, controller_id: str, func_blob: bytes, *, label: str = "", now: float = 0.0
+        self,
+        controller_id: str,
+        setup_blob: bytes,
+        *,
+        label: str = "",
+        now: float = 0.0,
+        stop_on_failure: bool = True,
     ) -> tuple[int, list[Action]]:
         """A controller submits a job; it starts now or waits behind the others."""
-        job = _Job(self._next_job_id, controller_id, func_blob, label, now)
+        job = _Job(self._next_job_id, controller_id, setup_blob, label, now, stop_on_failure)
         self._next_job_id += 1
-        if self._running is None:
-            return job.job_id, self._start(job)
         self._queue.append(job)
-        return job.job_id, [JobQueued(controller_id, job.job_id, len(self._queue))]
+        actions = self._start_waiting()
+        if job.job_id not in self._started:
+            actions.append(JobQueued(controller_id, job.job_id, len(self._queue) + len(self._started) - 1))
+        return job.job_id, actions
 
-    def task_received(self, job_id: int, task_id: int, blob: bytes) -> list[Action]:
-        """The controller sent one task of its running job, against credit."""
-        job = self._running_or_ended(job_id, f"task {task_id}")
+    def function_received(self, job_id: int, fn: int, blob: bytes) -> list[Action]:
+        """The controller sent one of its job's functions (once, before the tasks that call it)."""
+        job = self._live_job(job_id)
+        if job is None:
+            if 1 <= job_id < self._next_job_id:
+                return []  # the job has ended: a late frame
+            raise ProtocolViolationError(f"function {fn} for job {job_id}, which was never submitted")
+        if fn in job.functions:
+            raise ProtocolViolationError(f"function {fn} of job {job_id} was already sent; send each once")
+        job.functions[fn] = blob
+        return []
+
+    def task_received(self, job_id: int, task_id: int, blob: bytes, fn: int | None = None) -> list[Action]:
+        """The controller sent one task of a started job, against credit."""
+        job = self._started_or_ended(job_id, f"task {task_id}")
         if job is None:
             return []
-        self._check_new_task(job, task_id)
+        self._check_new_task(job, task_id, fn)
         job.credit -= 1
-        job.held[task_id] = _Task(task_id, blob)
+        job.fresh = False
+        job.held[task_id] = _Task(task_id, blob, fn)
         job.pending.append(task_id)
         job.max_task_id = max(job.max_task_id, task_id)
         return self._dispatch()
 
     def input_ended(self, job_id: int, total_tasks: int) -> list[Action]:
         """The controller sent its last task; the job has ``total_tasks`` tasks in all."""
-        job = self._running_or_ended(job_id, "end of input")
+        job = self._started_or_ended(job_id, "end of input")
         if job is None:
             return []
         _check_total(job, total_tasks)
         job.total_tasks = total_tasks
+        job.fresh = False
         if len(job.done) == total_tasks:
-            return self._end_running(JobOutcome.DONE)
+            return self._end_job(job, JobOutcome.DONE)
         return []
 
     def result_received(
         self, node_id: str, job_id: int, task_id: int, attempt: int, ok: bool, blob: bytes
     ) -> list[Action]:
-        """A node returned a task's result (``ok``) or its error; stale results are dropped."""
-        job = self._running_or_ended(job_id, f"result of task {task_id} from node {node_id!r}")
+        """A node returned a task's result (``ok``) or its failures; stale results are dropped."""
+        job = self._started_or_ended(job_id, f"result of task {task_id} from node {node_id!r}")
         task = None if job is None else job.held.get(task_id)
         if job is None or task is None or not _is_current(task, node_id, attempt):
             self._stale_results += 1
             return []
         forward: list[Action] = [ForwardResult(job.controller_id, job_id, task_id, ok, blob)]
-        if ok:
+        if ok or not job.stop_on_failure:
+            job.failed_tasks += 0 if ok else 1
             return forward + self._complete(job, task)
         task.move_to(TaskState.FAILED)
+        self._nodes[node_id].inflight.discard((job_id, task_id))
         reason = f"task {task_id} raised an exception on node {node_id}"
-        return forward + self._end_running(JobOutcome.FAILED, reason, task_id)
+        return forward + self._end_job(job, JobOutcome.FAILED, reason, task_id)
 
     def cancel_job(self, job_id: int, reason: str = "cancelled by its controller") -> list[Action]:
-        """End a queued or running job; an unknown or ended job id is ignored."""
-        if self._running is not None and self._running.job_id == job_id:
-            return self._end_running(JobOutcome.CANCELLED, reason)
+        """End a queued or started job; an unknown or ended job id is ignored."""
+        job = self._started.get(job_id)
+        if job is not None:
+            return self._end_job(job, JobOutcome.CANCELLED, reason)
         for job in self._queue:
             if job.job_id == job_id:
                 self._queue.remove(job)
@@ -312,22 +362,22 @@ class Scheduler:
     def controller_lost(self, controller_id: str) -> list[Action]:
         """A controller is gone: every live job of it is cancelled."""
         reason = f"its controller {controller_id} went away"
-        # Queued jobs first, so that ending the running one cannot start one of them.
+        # Queued jobs first, so that ending a started one cannot start one of them.
         doomed = [job.job_id for job in self._queue if job.controller_id == controller_id]
-        if self._running is not None and self._running.controller_id == controller_id:
-            doomed.append(self._running.job_id)
+        doomed += [job.job_id for job in self._started.values() if job.controller_id == controller_id]
         actions: list[Action] = []
         for job_id in doomed:
             actions += self.cancel_job(job_id, reason)
         return actions
 
     def tick(self, now: float, no_node_timeout: float) -> list[Action]:
-        """Called now and then with the time: fail a running job that has had no node for too long.
+        """Called now and then with the time: fail jobs with work that have had no node for too long.
 
         A job whose cluster lost every node would otherwise wait forever; it
         waits ``no_node_timeout`` seconds for a node to join, then fails.
         """
-        if self._running is None or self._nodes:
+        waiting = [job for job in self._started.values() if job.pending]
+        if not waiting or self._nodes:
             self._nodeless_since = None
             return []
         if self._nodeless_since is None:
@@ -338,16 +388,23 @@ class Scheduler:
             return []
         self._nodeless_since = None
         reason = f"no node has been connected for {waited:.0f}s; start a node (achilles node) and resubmit"
-        return self._end_running(JobOutcome.FAILED, reason)
+        actions: list[Action] = []
+        for job in waiting:
+            if job.job_id in self._started:
+                actions += self._end_job(job, JobOutcome.FAILED, reason)
+        return actions
 
     def status(self) -> dict[str, object]:
         """A JSON-serialisable snapshot for the admin ``status`` verb.
 
-        ``busy`` is a node's tasks in flight; ``jobs_done`` counts jobs that ended DONE.
+        ``busy`` is a node's tasks in flight; ``jobs_done`` counts jobs that ended DONE;
+        ``job`` is the job that owns the cluster now, ``jobs`` every started one.
         """
+        owner = self._owner()
         return {
             "nodes": [_node_status(node) for node in self._nodes.values()],
-            "job": None if self._running is None else _running_status(self._running),
+            "job": None if owner is None else _started_status(owner),
+            "jobs": [_started_status(job) for job in self._started.values()],
             "queue": [_queued_status(job) for job in self._queue],
             "stale_results": self._stale_results,
             "jobs_done": self._jobs_done,
@@ -355,17 +412,22 @@ class Scheduler:
 
     # -- internals ---------------------------------------------------------
 
+    def _owner(self) -> _Job | None:
+        busy = next((job for job in self._started.values() if not job.idle), None)
+        return busy or next(iter(self._started.values()), None)
+
     def _live_job(self, job_id: int) -> _Job | None:
-        if self._running is not None and self._running.job_id == job_id:
-            return self._running
+        job = self._started.get(job_id)
+        if job is not None:
+            return job
         return next((job for job in self._queue if job.job_id == job_id), None)
 
-    def _running_or_ended(self, job_id: int, what: str) -> _Job | None:
-        """The running job ``job_id``; None if it ended (a late frame); else a violation."""
-        job = self._live_job(job_id)
-        if job is not None and job is self._running:
-            return job
+    def _started_or_ended(self, job_id: int, what: str) -> _Job | None:
+        """The started job ``job_id``; None if it ended (a late frame); else a violation."""
+        job = self._started.get(job_id)
         if job is not None:
+            return job
+        if any(queued.job_id == job_id for queued in self._queue):
             raise ProtocolViolationError(f"{what} for job {job_id}, which is queued and not started")
         if 1 <= job_id < self._next_job_id:
             return None  # ids are sequential: a past id that is not live has ended
@@ -375,31 +437,37 @@ class Scheduler:
         slots = sum(node.slots for node in self._nodes.values())
         return max(self._min_window, self._window_per_slot * slots)
 
-    def _start(self, job: _Job) -> list[Action]:
-        self._running = job
-        started: list[Action] = [JobStarted(job.controller_id, job.job_id)]
-        return started + self._top_up()
+    def _start_waiting(self) -> list[Action]:
+        """Start the next queued job while every started job is idle and none is fresh."""
+        actions: list[Action] = []
+        while self._queue and all(job.idle and not job.fresh for job in self._started.values()):
+            job = self._queue.popleft()
+            self._started[job.job_id] = job
+            actions.append(JobStarted(job.controller_id, job.job_id))
+        return actions + self._top_up()
 
     def _top_up(self) -> list[Action]:
-        """Grant the running job credit up to the window; never take any back."""
-        job = self._running
-        if job is None or job.total_tasks is not None:
-            return []
-        deficit = self._window() - len(job.held) - job.credit
-        if deficit <= 0:
-            return []
-        job.credit += deficit
-        return [GrantCredit(job.controller_id, job.job_id, deficit)]
+        """Grant every started job credit up to the window; never take any back."""
+        actions: list[Action] = []
+        window = self._window()
+        for job in self._started.values():
+            if job.total_tasks is not None:
+                continue
+            deficit = window - len(job.held) - job.credit
+            if deficit > 0:
+                job.credit += deficit
+                actions.append(GrantCredit(job.controller_id, job.job_id, deficit))
+        return actions
 
     def _dispatch(self) -> list[Action]:
-        """Hand pending tasks to the nodes with the most free slots."""
-        job = self._running
+        """Hand pending tasks, oldest job first, to the nodes with the most free slots."""
         actions: list[Action] = []
-        while job is not None and job.pending:
-            node = self._freest_node()
-            if node is None:
-                break
-            actions += self._assign(job, job.held[job.pending.popleft()], node)
+        for job in self._started.values():
+            while job.pending:
+                node = self._freest_node()
+                if node is None:
+                    return actions
+                actions += self._assign(job, job.held[job.pending.popleft()], node)
         return actions
 
     def _freest_node(self) -> _Node | None:
@@ -411,14 +479,19 @@ class Scheduler:
 
     def _assign(self, job: _Job, task: _Task, node: _Node) -> list[Action]:
         actions: list[Action] = []
-        if node.node_id not in job.function_sent_to:
-            job.function_sent_to.add(node.node_id)
-            actions.append(SendFunction(node.node_id, job.job_id, job.func_blob))
+        if node.node_id not in job.setup_sent_to:
+            job.setup_sent_to.add(node.node_id)
+            actions.append(SendJob(node.node_id, job.job_id, job.setup_blob))
+        if task.fn is not None:
+            sent = job.functions_sent.setdefault(node.node_id, set())
+            if task.fn not in sent:
+                sent.add(task.fn)
+                actions.append(SendFunction(node.node_id, job.job_id, task.fn, job.functions[task.fn]))
         task.move_to(TaskState.ASSIGNED)
         task.attempt += 1
         task.node_id = node.node_id
-        node.inflight.add(task.task_id)
-        actions.append(AssignTask(node.node_id, job.job_id, task.task_id, task.attempt, task.blob))
+        node.inflight.add((job.job_id, task.task_id))
+        actions.append(AssignTask(node.node_id, job.job_id, task.task_id, task.attempt, task.blob, task.fn))
         return actions
 
     def _complete(self, job: _Job, task: _Task) -> list[Action]:
@@ -427,33 +500,32 @@ class Scheduler:
         job.done.add(task.task_id)
         assert task.node_id is not None  # an ASSIGNED task is on a connected node
         node = self._nodes[task.node_id]
-        node.inflight.remove(task.task_id)
+        node.inflight.remove((job.job_id, task.task_id))
         node.tasks_done += 1
         if len(job.done) == job.total_tasks:
-            return self._end_running(JobOutcome.DONE)
-        return self._dispatch() + self._top_up()
+            return self._end_job(job, JobOutcome.DONE)
+        actions = self._dispatch() + self._top_up()
+        return actions + self._start_waiting() if job.idle else actions
 
-    def _end_running(self, outcome: JobOutcome, reason: str = "", task_id: int | None = None) -> list[Action]:
-        """End the running job, tell its nodes to drop it, and start the next job."""
-        job = self._running
-        assert job is not None
+    def _end_job(
+        self, job: _Job, outcome: JobOutcome, reason: str = "", task_id: int | None = None
+    ) -> list[Action]:
+        """End a started job, tell its nodes to drop it, and start a waiting job if the cluster is free."""
         actions: list[Action] = [JobEnded(job.controller_id, job.job_id, outcome, reason, task_id)]
         if outcome is not JobOutcome.DONE:
             actions += [CancelOnNode(node_id, job.job_id) for node_id in self._involved(job)]
         else:
             self._jobs_done += 1
         for node in self._nodes.values():
-            node.inflight.clear()  # only the running job ever has tasks on nodes
-        self._running = None
-        if self._queue:
-            actions += self._start(self._queue.popleft())
-        return actions
+            node.inflight = {pair for pair in node.inflight if pair[0] != job.job_id}
+        del self._started[job.job_id]
+        return actions + self._dispatch() + self._start_waiting()
 
     def _involved(self, job: _Job) -> list[str]:
-        """Connected nodes that got the job's function (so maybe its tasks), in join order."""
-        return [node_id for node_id in self._nodes if node_id in job.function_sent_to]
+        """Connected nodes that got the job's setup (so maybe its tasks), in join order."""
+        return [node_id for node_id in self._nodes if node_id in job.setup_sent_to]
 
-    def _check_new_task(self, job: _Job, task_id: int) -> None:
+    def _check_new_task(self, job: _Job, task_id: int, fn: int | None) -> None:
         where = f"task {task_id} of job {job.job_id}"
         if job.total_tasks is not None:
             raise ProtocolViolationError(f"{where} arrived after the job's input ended")
@@ -463,6 +535,8 @@ class Scheduler:
             raise ProtocolViolationError(f"{where} was already received; send each task id once")
         if job.credit <= 0:
             raise ProtocolViolationError(f"{where} arrived without credit; wait for a credit grant")
+        if fn is not None and fn not in job.functions:
+            raise ProtocolViolationError(f"{where} calls function {fn}, which was not sent; send FUNC first")
 
 
 def _check_total(job: _Job, total_tasks: int) -> None:
@@ -507,13 +581,14 @@ def _node_status(node: _Node) -> dict[str, object]:
     }
 
 
-def _running_status(job: _Job) -> dict[str, object]:
+def _started_status(job: _Job) -> dict[str, object]:
     return {
         "job_id": job.job_id,
         "controller_id": job.controller_id,
         "label": job.label,
         "tasks_received": job.received(),
         "tasks_done": len(job.done),
+        "tasks_failed": job.failed_tasks,
         "tasks_pending": len(job.pending),
         "tasks_assigned": len(job.held) - len(job.pending),
         "input_ended": job.total_tasks is not None,

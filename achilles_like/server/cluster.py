@@ -2,8 +2,9 @@
 
 ::
 
-    controller ──SUBMIT/TASK/END──▶ ┌──────────────────────┐ ──FUNC/TASK──▶ node
-               ◀─CREDIT/RESULT/──── │ ServerProtocol (x N) │ ◀──RESULT───── node
+    controller ──SUBMIT/FUNC/──────▶ ┌──────────────────────┐ ──JOB/FUNC/──▶ node
+                 TASK/END/CANCEL   │ ServerProtocol (x N) │   TASK/CANCEL
+               ◀─STARTED/CREDIT/── │                      │ ◀──RESULT───── node
                  ENDED              │   FrameDecoder       │
     admin ─────STATUS/KILL────────▶ │   ServerHandshake    │
                                     └─────────┬────────────┘
@@ -13,8 +14,9 @@
 Every connection starts with the mutual HMAC handshake; until it succeeds a
 frame is only ever handed to the handshake, so nothing from an
 unauthenticated peer is routed, and the server never unpickles any body at
-all: it routes blobs by their header fields. After the handshake the peer's
-role (node, controller, admin) decides which verbs it may send.
+all: it routes blobs by their header fields. After the handshake every frame
+is decoded into its typed message (``protocol/messages.py``) and the peer's
+role (node, controller, admin) decides which messages it may send.
 
 ``ClusterServer`` owns the scheduler and the registry of live connections.
 It turns the scheduler's actions into frames on the right connection; an
@@ -51,7 +53,8 @@ from achilles_like.errors import (
     ProtocolError,
     ProtocolViolationError,
 )
-from achilles_like.protocol import Frame, FrameDecoder, ServerHandshake, encode_frame, encode_header
+from achilles_like.protocol import Frame, FrameDecoder, ServerHandshake
+from achilles_like.protocol import messages as msg
 from achilles_like.protocol.handshake import NONCE_BYTES
 from achilles_like.scheduling import actions as act
 from achilles_like.scheduling.scheduler import Scheduler
@@ -127,7 +130,7 @@ class ServerProtocol(Protocol):
             self._close(getattr(error, "reply", b""))
         except ProtocolError as error:
             log.warning("protocol error from %s %s: %s", self.role or "peer", self.address, error)
-            self._close(encode_frame("ERROR", code="protocol", msg=str(error)))
+            self._close(msg.Error(code="protocol", msg=str(error)).to_bytes())
 
     def _handle(self, frame: Frame) -> None:
         if not self.handshake.authenticated:
@@ -138,26 +141,27 @@ class ServerProtocol(Protocol):
             self.decoder.max_body = self.cluster.settings.max_body
             self.peer_id = self.cluster.register(self)
             return
-        if frame.verb == "PING":
-            self.send(encode_frame("PONG"))
-        elif frame.verb == "PONG":
+        message = msg.decode(frame)
+        if isinstance(message, msg.Ping):
+            self.send(msg.Pong().to_bytes())
+        elif isinstance(message, msg.Pong):
             pass
         elif self.role == "node":
-            self.cluster.node_frame(self, frame)
+            self.cluster.node_message(self, message)
         elif self.role == "controller":
-            self.cluster.controller_frame(self, frame)
+            self.cluster.controller_message(self, message)
         else:
-            self.cluster.admin_frame(self, frame)
+            self.cluster.admin_message(self, message)
 
     def send(self, data: bytes) -> None:
         """Write bytes unless the connection is closing."""
         if data and not self.closed and self.transport is not None:
             self.transport.write(data)
 
-    def send_parts(self, header: bytes, body: bytes) -> None:
-        """Write a header and a body without copying the body."""
+    def send_message(self, message: msg.Message) -> None:
+        """Write a message; a body is written without being copied."""
         if not self.closed and self.transport is not None:
-            self.transport.writeSequence([header, body])
+            self.transport.writeSequence(message.encode())
 
     def _close(self, last_words: bytes = b"") -> None:
         self.send(last_words)
@@ -198,8 +202,10 @@ class ClusterServer(ServerFactory):
         self.scheduler = scheduler or Scheduler()
         self.peers: dict[str, ServerProtocol] = {}
         self.node_info: dict[str, dict[str, Any]] = {}
-        # Per-job options the nodes need (time limit, tasks per worker), passed on in FUNC.
-        self.job_options: dict[int, dict[str, str]] = {}
+        # Per-job options the nodes need (time limit, tasks per worker), passed on in JOB,
+        # and the controller's reference for each job, echoed in QUEUED and STARTED.
+        self.job_options: dict[int, tuple[float | None, int | None]] = {}
+        self.job_refs: dict[int, int] = {}
         self._counter = 0
         self.on_stop_requested: Any = None  # set by start_server: stops the process
         self._auth_failures: dict[str, int] = {}
@@ -238,42 +244,31 @@ class ClusterServer(ServerFactory):
 
     # -- nodes ---------------------------------------------------------------
 
-    def node_frame(self, peer: ServerProtocol, frame: Frame) -> None:
-        """Handle a frame from an authenticated node."""
-        if frame.verb == "RESULT":
-            if peer.peer_id not in self.node_info:
-                raise ProtocolViolationError("RESULT before REGISTER")
-            self.execute(
-                self.scheduler.result_received(
-                    peer.peer_id,
-                    frame.integer("job"),
-                    frame.integer("task"),
-                    frame.integer("attempt"),
-                    frame.flag("ok"),
-                    frame.body,
-                )
-            )
-        elif frame.verb == "LOST":
-            if peer.peer_id not in self.node_info:
-                raise ProtocolViolationError("LOST before REGISTER")
-            args = (frame.integer("job"), frame.integer("task"), frame.integer("attempt"))
-            self.execute(self.scheduler.task_lost(peer.peer_id, *args, frame.text("reason", "")[:300]))
-        elif frame.verb == "REGISTER" and peer.peer_id not in self.node_info:
-            slots = frame.integer("slots")
-            if not 1 <= slots <= 100_000:
-                raise ProtocolViolationError(f"REGISTER slots={slots} is out of range")
-            self.node_info[peer.peer_id] = {
-                "node_id": peer.peer_id,
-                "address": peer.address,
-                "name": frame.text("name", "")[:200],
-                "pid": frame.integer("pid", 0),
-                "processes": frame.integer("processes", slots),
-            }
-            peer.send(encode_frame("REGISTERED", node=peer.peer_id))
-            log.info("node %s registered from %s with %d slots", peer.peer_id, peer.address, slots)
-            self.execute(self.scheduler.node_joined(peer.peer_id, slots))
-        else:
-            raise ProtocolViolationError(f"a node may not send {frame.verb} now")
+    def node_message(self, peer: ServerProtocol, message: msg.Message) -> None:
+        """Handle a message from an authenticated node."""
+        registered = peer.peer_id in self.node_info
+        match message:
+            case msg.Result(job=job, task=task, ok=ok, attempt=attempt, body=body) if registered:
+                if attempt is None:
+                    raise ProtocolViolationError("a node's RESULT must name its attempt")
+                self.execute(self.scheduler.result_received(peer.peer_id, job, task, attempt, ok, body))
+            case msg.Lost(job=job, task=task, attempt=attempt, reason=reason) if registered:
+                self.execute(self.scheduler.task_lost(peer.peer_id, job, task, attempt, reason[:300]))
+            case msg.Register(slots=slots, processes=processes, name=name, pid=pid) if not registered:
+                if not 1 <= slots <= 100_000:
+                    raise ProtocolViolationError(f"REGISTER slots={slots} is out of range")
+                self.node_info[peer.peer_id] = {
+                    "node_id": peer.peer_id,
+                    "address": peer.address,
+                    "name": name[:200],
+                    "pid": pid or 0,
+                    "processes": processes or slots,
+                }
+                peer.send(msg.Registered(node=peer.peer_id).to_bytes())
+                log.info("node %s registered from %s with %d slots", peer.peer_id, peer.address, slots)
+                self.execute(self.scheduler.node_joined(peer.peer_id, slots))
+            case _:
+                raise ProtocolViolationError(f"a node may not send {message.VERB} now")
 
     def _heartbeat_tick(self) -> None:
         """Ping every peer, drop the silent ones, fail a job left with no node for too long."""
@@ -282,7 +277,7 @@ class ClusterServer(ServerFactory):
             if now - peer.last_seen > self.options.heartbeat_timeout:
                 peer.abort(f"silent for {now - peer.last_seen:.1f}s (heartbeat timeout)")
             else:
-                peer.send(encode_frame("PING"))
+                peer.send(msg.Ping().to_bytes())
         self.execute(self.scheduler.tick(now, self.options.no_node_timeout))
 
     def auth_delay(self, host: str) -> float:
@@ -302,46 +297,57 @@ class ClusterServer(ServerFactory):
 
     # -- controllers ---------------------------------------------------------
 
-    def controller_frame(self, peer: ServerProtocol, frame: Frame) -> None:
-        """Handle a frame from an authenticated controller."""
-        if frame.verb == "SUBMIT":
-            label = frame.text("label", "")[:200]
-            options = _job_options(frame)
-            now = self.clock.seconds()
-            job_id, actions = self.scheduler.submit_job(peer.peer_id, frame.body, label=label, now=now)
-            if options:
-                self.job_options[job_id] = options
+    def controller_message(self, peer: ServerProtocol, message: msg.Message) -> None:
+        """Handle a message from an authenticated controller."""
+        if isinstance(message, msg.Submit):
+            job_id, actions = self.scheduler.submit_job(
+                peer.peer_id,
+                message.body,
+                label=message.label[:200],
+                now=self.clock.seconds(),
+                stop_on_failure=message.stop,
+            )
+            if message.ref is not None:
+                self.job_refs[job_id] = message.ref
+            if message.timeout is not None or message.maxtasks is not None:
+                max_tasks = None if message.maxtasks is None else max(1, message.maxtasks)
+                self.job_options[job_id] = (message.timeout, max_tasks)
             self.execute(actions)
             return
-        if frame.verb not in ("TASK", "END", "CANCEL"):
-            raise ProtocolViolationError(f"a controller may not send {frame.verb}")
-        job_id = frame.integer("job")
-        owner = self.scheduler.job_controller(job_id)
+        if not isinstance(message, msg.Func | msg.Task | msg.End | msg.Cancel):
+            raise ProtocolViolationError(f"a controller may not send {message.VERB}")
+        owner = self.scheduler.job_controller(message.job)
         if owner is not None and owner != peer.peer_id:
-            raise ProtocolViolationError(f"job {job_id} belongs to another controller")
-        if frame.verb == "TASK":
-            self.execute(self.scheduler.task_received(job_id, frame.integer("task"), frame.body))
-        elif frame.verb == "END":
-            self.execute(self.scheduler.input_ended(job_id, frame.integer("tasks")))
-        else:
-            self.execute(self.scheduler.cancel_job(job_id))
+            raise ProtocolViolationError(f"job {message.job} belongs to another controller")
+        match message:
+            case msg.Func(job=job, fn=fn, body=body):
+                self.execute(self.scheduler.function_received(job, fn, body))
+            case msg.Task(job=job, task=task, fn=fn, body=body):
+                if fn is None:
+                    raise ProtocolViolationError(f"task {task} must name the job function it calls (fn=)")
+                self.execute(self.scheduler.task_received(job, task, body, fn))
+            case msg.End(job=job, tasks=tasks):
+                self.execute(self.scheduler.input_ended(job, tasks))
+            case msg.Cancel(job=job):
+                self.execute(self.scheduler.cancel_job(job))
 
     # -- admin ---------------------------------------------------------------
 
-    def admin_frame(self, peer: ServerProtocol, frame: Frame) -> None:
+    def admin_message(self, peer: ServerProtocol, message: msg.Message) -> None:
         """Handle STATUS and KILL from an authenticated admin connection."""
-        if frame.verb == "STATUS":
-            peer.send(encode_frame("STATUS", json.dumps(self.status()).encode("utf-8")))
-        elif frame.verb == "KILL":
-            nodes = [p for pid, p in self.peers.items() if pid in self.node_info]
-            for node in nodes:
-                node.send(encode_frame("SHUTDOWN"))
-            log.warning("KILL from %s: stopping %d node(s)", peer.address, len(nodes))
-            peer.send(encode_frame("KILLED", nodes=len(nodes)))
-            if frame.flag("server") and self.on_stop_requested is not None:
-                self.clock.callLater(0.1, self.on_stop_requested)
-        else:
-            raise ProtocolViolationError(f"an admin connection may not send {frame.verb}")
+        match message:
+            case msg.Status():
+                peer.send_message(msg.Status(body=json.dumps(self.status()).encode("utf-8")))
+            case msg.Kill(server=stop_server):
+                nodes = [p for pid, p in self.peers.items() if pid in self.node_info]
+                for node in nodes:
+                    node.send(msg.Shutdown().to_bytes())
+                log.warning("KILL from %s: stopping %d node(s)", peer.address, len(nodes))
+                peer.send(msg.Killed(nodes=len(nodes)).to_bytes())
+                if stop_server and self.on_stop_requested is not None:
+                    self.clock.callLater(0.1, self.on_stop_requested)
+            case _:
+                raise ProtocolViolationError(f"an admin connection may not send {message.VERB}")
 
     def status(self) -> dict[str, Any]:
         """The scheduler's status with each node's address, name and process count."""
@@ -363,58 +369,36 @@ class ClusterServer(ServerFactory):
 
     def _execute_one(self, action: act.Action) -> None:
         match action:
-            case act.AssignTask(node_id, job_id, task_id, attempt, blob):
-                header = encode_header("TASK", len(blob), job=job_id, task=task_id, attempt=attempt)
-                self._send_parts(node_id, header, blob)
+            case act.AssignTask(node_id, job_id, task_id, attempt, blob, fn):
+                self._send(node_id, msg.Task(job=job_id, task=task_id, fn=fn, attempt=attempt, body=blob))
             case act.ForwardResult(controller_id, job_id, task_id, ok, blob):
-                header = encode_header("RESULT", len(blob), job=job_id, task=task_id, ok=ok)
-                self._send_parts(controller_id, header, blob)
+                self._send(controller_id, msg.Result(job=job_id, task=task_id, ok=ok, body=blob))
             case act.GrantCredit(controller_id, job_id, count):
-                self._send(controller_id, encode_frame("CREDIT", job=job_id, n=count))
-            case act.SendFunction(node_id, job_id, blob):
-                options = self.job_options.get(job_id, {})
-                self._send_parts(node_id, encode_header("FUNC", len(blob), job=job_id, **options), blob)
+                self._send(controller_id, msg.Credit(job=job_id, n=count))
+            case act.SendJob(node_id, job_id, blob):
+                timeout, max_tasks = self.job_options.get(job_id, (None, None))
+                self._send(node_id, msg.Job(job=job_id, timeout=timeout, maxtasks=max_tasks, body=blob))
+            case act.SendFunction(node_id, job_id, fn, blob):
+                self._send(node_id, msg.Func(job=job_id, fn=fn, body=blob))
             case act.JobQueued(controller_id, job_id, position):
-                self._send(controller_id, encode_frame("QUEUED", job=job_id, position=position))
+                ref = self.job_refs.get(job_id)
+                self._send(controller_id, msg.Queued(job=job_id, position=position, ref=ref))
             case act.JobStarted(controller_id, job_id):
                 log.info("job %d of %s started", job_id, controller_id)
-                self._send(controller_id, encode_frame("STARTED", job=job_id))
+                self._send(controller_id, msg.Started(job=job_id, ref=self.job_refs.get(job_id)))
             case act.JobEnded(controller_id, job_id, outcome, reason, task_id):
                 log.info("job %d ended: %s %s", job_id, outcome.value, reason)
                 self.job_options.pop(job_id, None)
-                failed = {} if task_id is None else {"task": task_id}
-                frame = encode_frame("ENDED", job=job_id, outcome=outcome.value, reason=reason, **failed)
-                self._send(controller_id, frame)
+                self.job_refs.pop(job_id, None)
+                ended = msg.Ended(job=job_id, outcome=outcome.value, reason=reason, task=task_id)
+                self._send(controller_id, ended)
             case act.CancelOnNode(node_id, job_id):
-                self._send(node_id, encode_frame("CANCEL", job=job_id))
+                self._send(node_id, msg.Cancel(job=job_id))
 
-    def _send(self, peer_id: str, data: bytes) -> None:
+    def _send(self, peer_id: str, message: msg.Message) -> None:
         peer = self.peers.get(peer_id)
         if peer is not None:
-            peer.send(data)
-
-    def _send_parts(self, peer_id: str, header: bytes, body: bytes) -> None:
-        peer = self.peers.get(peer_id)
-        if peer is not None:
-            peer.send_parts(header, body)
-
-
-def _job_options(frame: Frame) -> dict[str, str]:
-    """The SUBMIT fields a node needs, checked: ``timeout`` (seconds), ``maxtasks``, ``calls``."""
-    options: dict[str, str] = {}
-    if "timeout" in frame.fields:
-        try:
-            timeout = float(frame.fields["timeout"])
-        except ValueError:
-            raise ProtocolViolationError("SUBMIT timeout is not a number") from None
-        if not 0 < timeout < 10**9:
-            raise ProtocolViolationError("SUBMIT timeout is out of range")
-        options["timeout"] = repr(timeout)
-    if "maxtasks" in frame.fields:
-        options["maxtasks"] = str(max(1, frame.integer("maxtasks")))
-    if frame.flag("calls"):
-        options["calls"] = "1"  # a Pool/executor job: one outcome per call, not one per job
-    return options
+            peer.send_message(message)
 
 
 def check_bind_allowed(settings: Settings) -> None:

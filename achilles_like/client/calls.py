@@ -1,0 +1,107 @@
+"""What a call is checked and turned into before anything is sent: input, chunksize, time limit, function.
+
+Arguments are checked (callable, picklable, iterable, ``chunksize``,
+``timeout``) before anything is sent, and before any cluster is started. A
+function travels once per job as ``(func, mode, callback)`` pickled with dill;
+:class:`FunctionBlobs` keeps the blob of the functions a Pool or an executor
+uses, so a function is pickled once, not at every call.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from achilles_like.serialization import dumps_function
+
+#: The most items a lazy ``imap`` holds that its caller has not consumed yet.
+DEFAULT_MAX_AHEAD = 1024
+
+#: How a job function is called on each item.
+MODES = ("map", "star", "apply")
+
+
+def prepare_input(args: Any) -> Iterator[Any]:
+    """An iterator over ``args``; a generator function is called first, as in achilles."""
+    if inspect.isgeneratorfunction(args):
+        args = args()
+    try:
+        return iter(args)
+    except TypeError:
+        raise TypeError(
+            f"args must be an iterable (a list, range, generator...), not {type(args).__name__}"
+        ) from None
+
+
+def check_chunksize(chunksize: object) -> int:
+    """Validate ``chunksize``: a whole number of at least 1."""
+    if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+        raise ValueError(f"chunksize must be a whole number of at least 1, not {chunksize!r}")
+    return chunksize
+
+
+def check_timeout(timeout: float | None) -> None:
+    """A per-task time limit must be a positive number of seconds (or None)."""
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds per task, not {timeout!r}")
+
+
+def pickle_function(
+    func: Callable[..., Any],
+    callback: Callable[..., Any] | None = None,
+    mode: str = "map",
+    what: str = "func",
+) -> bytes:
+    """Serialize ``(func, mode, callback)`` with dill, or explain clearly why it cannot travel."""
+    if not callable(func):
+        raise TypeError(f"{what} must be callable, not {type(func).__name__}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable or None, not {type(callback).__name__}")
+    return pickle_or_explain(func, (func, mode, callback))
+
+
+def pickle_setup(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...], token: str) -> bytes:
+    """Serialize a job's setup: the initializer each worker runs once, its arguments, the session token."""
+    if initializer is None:
+        return pickle_or_explain(None, (None, (), token))
+    return pickle_or_explain(initializer, (initializer, tuple(initargs), token), "initializer")
+
+
+def pickle_or_explain(func: object, payload: object, what: str = "function") -> bytes:
+    """dill-pickle ``payload`` (built around ``func``), or raise a TypeError that says why not."""
+    try:
+        return dumps_function(payload)
+    except Exception as error:
+        raise TypeError(
+            f"cannot send the {what} {getattr(func, '__qualname__', func)!r} to the cluster: it does not"
+            f" pickle ({type(error).__name__}: {error}). Make sure the function, its default"
+            " arguments and the globals it uses can be pickled by dill."
+        ) from error
+
+
+class FunctionBlobs:
+    """The pickled form of the functions a Pool or an executor calls, made once per function and mode."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        # id(func), mode -> (func, blob); holding func keeps its id from being reused
+        self._blobs: OrderedDict[tuple[int, str], tuple[Callable[..., Any], bytes]] = OrderedDict()
+
+    def blob(self, func: Callable[..., Any], mode: str, what: str = "func") -> bytes:
+        """The blob of ``(func, mode, None)``, pickled on first use."""
+        key = (id(func), mode)
+        with self._lock:
+            cached = self._blobs.get(key)
+            if cached is not None and cached[0] is func:
+                self._blobs.move_to_end(key)
+                return cached[1]
+        blob = pickle_function(func, None, mode, what)
+        with self._lock:
+            self._blobs[key] = (func, blob)
+            while len(self._blobs) > self._size:
+                self._blobs.popitem(last=False)
+        return blob

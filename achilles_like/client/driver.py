@@ -1,0 +1,317 @@
+"""The job driver: one job on a shared connection, every job verb, for every kind of caller.
+
+::
+
+    driving thread (a caller of map/imap, or a Pool's session thread)       reactor thread
+    ───────────────────────────────────────────────────────────────         ──────────────
+    submit()  ─────────────────────────────── SUBMIT ref ──send──────────▶  server
+    feed(sources): batch ─ pickle items ─ FUNC (once per function) + TASK ─▶
+    handle(frames) ◀── inbox ◀── routed by ref/job ◀──────────────────────  QUEUED/STARTED/
+      └─ RESULT: decode ─ outcomes ─▶ batch.sink                            CREDIT/RESULT/ENDED
+    end() ── END; cancel() ── CANCEL (whenever a caller abandons its work)
+
+A *source* hands out *batches* (one task: the function blob, its items, and
+the *sink* that gets their outcomes); the driver sends them while it has
+credit, and delivers each task's results to its batch's sink. The driver has
+no thread of its own and never blocks: the module functions drive it from the
+caller's thread, a Pool or an executor from its session thread. Everything it
+sends leaves in one write per call.
+
+A function is sent once per job under a small id (``FUNC``), and a task names
+the id, so a task carries only its items. A task's result is the plain list
+of values when every item succeeded, a list of outcomes when some failed, or
+one failure for all of its items (the function did not load, a time limit, an
+initializer that raised): :func:`decode_result` turns each into one outcome
+per item, naming a failing item by its index in the call's input.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from achilles_like.client.connection import Connection, Lost
+from achilles_like.errors import ClusterConnectionError, JobFailedError
+from achilles_like.protocol import Frame
+from achilles_like.protocol import messages as msg
+from achilles_like.serialization import RemoteFailure, dumps, loads
+
+log = logging.getLogger("achilles_like.client")
+
+_refs = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """One task's results: ``values`` when all succeeded, else one ``(ok, value or error)`` per item."""
+
+    ok: bool
+    items: list[Any]
+
+    @classmethod
+    def failed(cls, error: BaseException, count: int) -> Outcomes:
+        """Every one of ``count`` items failed with ``error``."""
+        return cls(False, [(False, error)] * count)
+
+    def pairs(self) -> list[tuple[bool, Any]]:
+        """One ``(ok, value or error)`` per item, whatever the form."""
+        return [(True, value) for value in self.items] if self.ok else self.items
+
+    def first_failure(self) -> BaseException | None:
+        """The first item's error, if any failed."""
+        if self.ok:
+            return None
+        return next((value for ok, value in self.items if not ok), None)
+
+
+Sink = Callable[[Outcomes], None]
+
+
+@dataclass
+class Batch:
+    """One task: a function blob, its items, where the outcomes go, and the index of its first item."""
+
+    func_blob: bytes = field(repr=False)
+    items: list[Any]
+    sink: Sink
+    first_index: int | None = None  # in the call's input; None for a single call (apply, submit)
+
+
+class Source(Protocol):
+    """Where a driver pulls batches from, in order."""
+
+    def next_batch(self) -> Batch | None:
+        """The next batch, or None when there is none now (exhausted or throttled)."""
+
+    @property
+    def exhausted(self) -> bool:
+        """No batch will ever come again."""
+
+    @property
+    def has_batch(self) -> bool:
+        """A batch can be had now."""
+
+    def fail(self, error: BaseException) -> None:
+        """Nothing more can run: fail everything not yet delivered."""
+
+
+def decode_result(ok: bool, body: bytes, batch: Batch) -> tuple[Outcomes, RemoteFailure | None]:
+    """A RESULT body as one outcome per item, and the failure record if the whole task failed."""
+    count = len(batch.items)
+    try:
+        payload = loads(body)
+    except Exception as error:  # noqa: BLE001 - a result this process cannot unpickle
+        return Outcomes.failed(error, count), None
+    if ok:
+        return Outcomes(True, payload), None
+    if isinstance(payload, RemoteFailure):
+        if payload.item_index is None and count == 1 and batch.first_index is not None:
+            payload.item_index = batch.first_index  # a one-item task: that item failed
+        return Outcomes.failed(payload.to_exception(), count), payload
+    outcomes: list[tuple[bool, Any]] = []
+    for item_ok, value in payload:
+        if not item_ok:
+            if value.item_index is not None and batch.first_index is not None:
+                value.item_index += batch.first_index
+            else:
+                value.item_index = None
+            value = value.to_exception()
+        outcomes.append((item_ok, value))
+    return Outcomes(False, outcomes), None
+
+
+class JobDriver:
+    """Speaks every job verb for one job; see the module docstring."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        inbox: queue.SimpleQueue[Any],
+        *,
+        label: str,
+        setup_blob: bytes = b"",
+        stop_on_failure: bool = False,
+        timeout: float | None = None,
+        max_tasks: int | None = None,
+        on_job_failure: Callable[[BaseException], BaseException] | None = None,
+    ) -> None:
+        self.connection = connection
+        self.inbox = inbox
+        self.ref = next(_refs)
+        self._submit = msg.Submit(
+            ref=self.ref,
+            label=label,
+            timeout=timeout,
+            maxtasks=max_tasks,
+            stop=stop_on_failure,
+            body=setup_blob,
+        )
+        # A job-level failure (the initializer raised): what every call gets instead.
+        self.on_job_failure = on_job_failure
+        self.job_id: int | None = None
+        self.started = False
+        self.credit = 0
+        self.next_task = 0
+        self.inflight: dict[int, Batch] = {}
+        self.functions: dict[bytes, int] = {}
+        self.end_sent = False
+        self.ended: msg.Ended | None = None
+        self.job_failure: BaseException | None = None
+
+    # -- sending ----------------------------------------------------------------
+
+    def submit(self) -> None:
+        """Open the job on the server."""
+        self.connection.route(self.ref, self.inbox)
+        self.connection.send(*self._submit.encode())
+
+    def feed(self, sources: Iterable[Source]) -> bool:
+        """Send batches while there is credit; return whether anything was sent."""
+        if not self.started or self.end_sent or self.ended is not None:
+            return False
+        sent = False
+        for source in sources:
+            parts: list[bytes] = []
+            while self.credit > 0:
+                batch = source.next_batch()
+                if batch is None:
+                    break
+                parts += self._task(batch)
+            if parts:
+                # Sent before the next source is pulled, which may block.
+                self.connection.send(*parts)
+                sent = True
+        return sent
+
+    def _task(self, batch: Batch) -> list[bytes]:
+        assert self.job_id is not None
+        try:
+            body = dumps(batch.items)
+        except Exception as error:  # noqa: BLE001 - an argument that cannot travel fails its call
+            _deliver(batch, Outcomes.failed(_unpicklable(error, batch), len(batch.items)))
+            return []
+        parts: list[bytes] = []
+        fn = self.functions.get(batch.func_blob)
+        if fn is None:
+            fn = self.functions[batch.func_blob] = len(self.functions)
+            parts += msg.Func(job=self.job_id, fn=fn, body=batch.func_blob).encode()
+        parts += msg.Task(job=self.job_id, task=self.next_task, fn=fn, body=body).encode()
+        self.inflight[self.next_task] = batch
+        self.next_task += 1
+        self.credit -= 1
+        return parts
+
+    def end(self) -> None:
+        """Say the job's input is complete (the server ends it once every task is done)."""
+        if self.job_id is not None and not self.end_sent and self.ended is None:
+            self.end_sent = True
+            self.connection.send(msg.End(job=self.job_id, tasks=self.next_task).to_bytes())
+
+    def cancel(self) -> None:
+        """Abandon the job: the cluster drops its tasks (sent whenever a caller gives up its work)."""
+        if self.ended is None and not self.connection.closed and self.job_id is not None:
+            self.connection.send(msg.Cancel(job=self.job_id).to_bytes())
+        self.release()
+
+    def release(self) -> None:
+        """Stop receiving this job's frames."""
+        self.connection.unroute(self.ref, self.job_id)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight."""
+        return not self.inflight
+
+    # -- receiving --------------------------------------------------------------
+
+    def next_event(self) -> Any:
+        """Wait for the next event of this job (frames, a wake-up, or the connection's loss)."""
+        return self.connection.next_event(self.inbox)
+
+    def handle(self, event: Any) -> None:
+        """Apply one inbox event; a lost connection or a server's refusal raises ClusterConnectionError."""
+        if isinstance(event, Lost):
+            raise ClusterConnectionError(event.message)
+        if not isinstance(event, list):
+            return  # a wake-up put by the driving thread's own helpers
+        for frame in event:
+            self._handle(frame)
+
+    def _handle(self, frame: Frame) -> None:
+        match msg.decode(frame):
+            case msg.Result(task=task, ok=ok, body=body):
+                self._result(task, ok, body)
+            case msg.Credit(n=n):
+                self.credit += n
+            case msg.Started(job=job):
+                self.job_id, self.started = job, True
+            case msg.Queued(job=job):
+                self.job_id = job
+            case msg.Ended() as ended:
+                self.ended = ended
+                self.release()
+                if ended.outcome != "done" or self.inflight:
+                    self.fail_all(self.job_failure or JobFailedError(self.ended_message()))
+            case msg.Error(msg=text):
+                raise ClusterConnectionError(f"the server refused the job: {text}")
+            case _:
+                pass  # nothing else is addressed to a job
+
+    def _result(self, task: int, ok: bool, body: bytes) -> None:
+        batch = self.inflight.pop(task, None)
+        if batch is None:
+            return  # a duplicate would be a server bug; never deliver twice
+        outcomes, failure = decode_result(ok, body, batch)
+        if failure is not None and failure.whole_job:
+            error = outcomes.items[0][1]
+            if self.on_job_failure is not None:
+                error = self.on_job_failure(error)
+            self.job_failure = error
+            outcomes = Outcomes.failed(error, len(batch.items))
+        _deliver(batch, outcomes)
+
+    def ended_message(self) -> str:
+        """What the server said when it ended the job, naming the failed task's input items."""
+        ended = self.ended
+        assert ended is not None
+        message = f"the cluster ended job {self.job_id}: {ended.reason or ended.outcome}"
+        batch = None if ended.task is None else self.inflight.get(ended.task)
+        if batch is not None and batch.first_index is not None:
+            first, count = batch.first_index, len(batch.items)
+            message += (
+                f" (input item {first})" if count == 1 else f" (input items {first}..{first + count - 1})"
+            )
+        return message
+
+    def fail_all(self, error: BaseException) -> None:
+        """Every batch in flight fails with ``error``."""
+        inflight, self.inflight = self.inflight, {}
+        for batch in inflight.values():
+            _deliver(batch, Outcomes.failed(error, len(batch.items)))
+
+
+def _deliver(batch: Batch, outcomes: Outcomes) -> None:
+    """Hand outcomes to a batch's sink; a sink that raises must not stop the driver."""
+    try:
+        batch.sink(outcomes)
+    except Exception:
+        log.exception("delivering a result raised")
+
+
+def _unpicklable(error: Exception, batch: Batch) -> Exception:
+    """The error a call gets when its arguments cannot be pickled."""
+    if batch.first_index is None:
+        where = "the call's arguments"
+    elif len(batch.items) == 1:
+        where = f"input item {batch.first_index}"
+    else:
+        where = f"input items {batch.first_index}..{batch.first_index + len(batch.items) - 1}"
+    failure = TypeError(
+        f"{where} cannot be pickled ({type(error).__name__}: {error}); every item must be picklable by dill"
+    )
+    failure.__cause__ = error
+    return failure

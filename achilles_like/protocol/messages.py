@@ -1,0 +1,331 @@
+"""Every wire verb after the handshake as a typed message: parsed and validated in one place.
+
+A message is a frozen dataclass whose fields are the header fields (``int``,
+``str``, ``bool``, ``float``, or one of those or ``None`` when optional) and,
+for verbs that carry one, a ``body``. :func:`decode` turns a :class:`Frame`
+into its message, checking every field, so the glue matches on classes
+(``case Task(job=job, task=task)``) instead of verb strings::
+
+    match decode(frame):
+        case Result(job=job, task=task, ok=ok, body=body): ...
+
+:meth:`Message.encode` returns the header line and the body as separate parts,
+so a large body is written without being copied into one buffer. The
+handshake's own verbs (``HELLO``, ``AUTH``, ``WELCOME``) live in
+``handshake.py``. ``docs/protocol.md`` says who sends what.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from achilles_like.errors import ProtocolViolationError
+from achilles_like.protocol.frames import Frame, encode_header
+
+M = TypeVar("M", bound="Message")
+
+_REGISTRY: dict[str, type[Message]] = {}
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of every typed message; ``VERB`` names it on the wire."""
+
+    VERB: ClassVar[str] = ""
+
+    def encode(self) -> list[bytes]:
+        """The header line and, if there is one, the body (not copied)."""
+        fields: dict[str, object] = {}
+        body = b""
+        for spec in _specs(type(self)):
+            value = getattr(self, spec.name)
+            if spec.name == "body":
+                body = value
+            elif value is not None:
+                fields[spec.name] = value
+        header = encode_header(self.VERB, len(body), **fields)
+        return [header, body] if body else [header]
+
+    def to_bytes(self) -> bytes:
+        """The whole message as one bytes object (for small messages)."""
+        return b"".join(self.encode())
+
+
+def message(verb: str) -> Callable[[type[M]], type[M]]:
+    """Register a message class under its wire verb."""
+
+    def register(cls: type[M]) -> type[M]:
+        cls.VERB = verb
+        _REGISTRY[verb] = cls
+        return cls
+
+    return register
+
+
+def decode(frame: Frame) -> Message:
+    """The typed message a frame carries; ProtocolViolationError for an unknown verb or a bad field."""
+    cls = _REGISTRY.get(frame.verb)
+    if cls is None:
+        raise ProtocolViolationError(f"unknown verb {frame.verb}")
+    values: dict[str, Any] = {}
+    for spec in _specs(cls):
+        values[spec.name] = frame.body if spec.name == "body" else spec.read(frame)
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class _Spec:
+    name: str
+    kind: str  # int, str, bool or float
+    optional: bool
+
+    def read(self, frame: Frame) -> Any:
+        if self.name not in frame.fields:
+            if self.optional:
+                return None
+            if self.kind == "bool":
+                return False
+            raise ProtocolViolationError(f"{frame.verb} frame is missing the field {self.name!r}")
+        if self.kind == "int":
+            return frame.integer(self.name)
+        if self.kind == "bool":
+            return frame.flag(self.name)
+        if self.kind == "float":
+            return _number(frame, self.name)
+        return frame.fields[self.name]
+
+
+_SPEC_CACHE: dict[type[Message], list[_Spec]] = {}
+
+
+def _specs(cls: type[Message]) -> list[_Spec]:
+    specs = _SPEC_CACHE.get(cls)
+    if specs is None:
+        specs = []
+        for item in dataclasses.fields(cls):
+            annotation = str(item.type).replace(" ", "")
+            optional = annotation.endswith("|None")
+            specs.append(_Spec(item.name, annotation.removesuffix("|None"), optional))
+        _SPEC_CACHE[cls] = specs
+    return specs
+
+
+def _number(frame: Frame, key: str) -> float:
+    raw = frame.fields[key]
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ProtocolViolationError(f"{frame.verb} field {key}={raw[:40]!r} is not a number") from None
+    if not 0 < value < 10**9:
+        raise ProtocolViolationError(f"{frame.verb} field {key}={raw[:40]!r} is out of range")
+    return value
+
+
+# -- any peer -------------------------------------------------------------------
+
+
+@message("ERROR")
+@dataclass(frozen=True)
+class Error(Message):
+    """Fatal: the sender closes the connection next."""
+
+    code: str
+    msg: str = ""
+
+
+@message("PING")
+@dataclass(frozen=True)
+class Ping(Message):
+    """Heartbeat: answer with PONG."""
+
+
+@message("PONG")
+@dataclass(frozen=True)
+class Pong(Message):
+    """Heartbeat answer."""
+
+
+# -- node <-> server ------------------------------------------------------------
+
+
+@message("REGISTER")
+@dataclass(frozen=True)
+class Register(Message):
+    """A node's capacity and identity."""
+
+    slots: int
+    processes: int | None = None
+    name: str = ""
+    pid: int | None = None
+
+
+@message("REGISTERED")
+@dataclass(frozen=True)
+class Registered(Message):
+    """The node id the server assigned."""
+
+    node: str
+
+
+@message("JOB")
+@dataclass(frozen=True)
+class Job(Message):
+    """A job's setup (initializer and its arguments) and options, once per node before its first task."""
+
+    job: int
+    timeout: float | None = None
+    maxtasks: int | None = None
+    body: bytes = field(default=b"", repr=False)
+
+
+@message("FUNC")
+@dataclass(frozen=True)
+class Func(Message):
+    """One of a job's functions, ``(func, mode, callback)`` pickled; sent once per job (and node)."""
+
+    job: int
+    fn: int
+    body: bytes = field(default=b"", repr=False)
+
+
+@message("TASK")
+@dataclass(frozen=True)
+class Task(Message):
+    """One task: the pickled list of its items; ``attempt`` only from the server to a node."""
+
+    job: int
+    task: int
+    fn: int | None = None
+    attempt: int | None = None
+    body: bytes = field(default=b"", repr=False)
+
+
+@message("RESULT")
+@dataclass(frozen=True)
+class Result(Message):
+    """One task's outcome: the values (``ok``), or a failure record or list of outcomes."""
+
+    job: int
+    task: int
+    ok: bool
+    attempt: int | None = None
+    body: bytes = field(default=b"", repr=False)
+
+
+@message("LOST")
+@dataclass(frozen=True)
+class Lost(Message):
+    """The worker running a task died; the server retries it."""
+
+    job: int
+    task: int
+    attempt: int
+    reason: str = ""
+
+
+@message("CANCEL")
+@dataclass(frozen=True)
+class Cancel(Message):
+    """Abandon a job (controller to server) or drop its tasks (server to node)."""
+
+    job: int
+
+
+@message("SHUTDOWN")
+@dataclass(frozen=True)
+class Shutdown(Message):
+    """The node exits (``killCluster``)."""
+
+
+# -- controller <-> server ------------------------------------------------------
+
+
+@message("SUBMIT")
+@dataclass(frozen=True)
+class Submit(Message):
+    """A new job; ``ref`` is echoed in its QUEUED/STARTED so the controller can tell its jobs apart."""
+
+    ref: int | None = None
+    label: str = ""
+    timeout: float | None = None
+    maxtasks: int | None = None
+    stop: bool = False  # the job fails at its first failing task (module map); else it goes on
+    body: bytes = field(default=b"", repr=False)
+
+
+@message("QUEUED")
+@dataclass(frozen=True)
+class Queued(Message):
+    """The job waits behind ``position`` others."""
+
+    job: int
+    position: int
+    ref: int | None = None
+
+
+@message("STARTED")
+@dataclass(frozen=True)
+class Started(Message):
+    """The job may now send tasks (against credit)."""
+
+    job: int
+    ref: int | None = None
+
+
+@message("CREDIT")
+@dataclass(frozen=True)
+class Credit(Message):
+    """The controller may send ``n`` more tasks of the job."""
+
+    job: int
+    n: int
+
+
+@message("END")
+@dataclass(frozen=True)
+class End(Message):
+    """The job's input is exhausted after ``tasks`` tasks."""
+
+    job: int
+    tasks: int
+
+
+@message("ENDED")
+@dataclass(frozen=True)
+class Ended(Message):
+    """The job is over: ``done``, ``failed`` or ``cancelled``; ``task`` names the task that failed it."""
+
+    job: int
+    outcome: str
+    reason: str = ""
+    task: int | None = None
+
+
+# -- admin ----------------------------------------------------------------------
+
+
+@message("STATUS")
+@dataclass(frozen=True)
+class Status(Message):
+    """Ask for the cluster's state (no body), or the answer (a JSON body)."""
+
+    body: bytes = field(default=b"", repr=False)
+
+
+@message("KILL")
+@dataclass(frozen=True)
+class Kill(Message):
+    """Stop every node, and the server too with ``server``."""
+
+    server: bool = False
+
+
+@message("KILLED")
+@dataclass(frozen=True)
+class Killed(Message):
+    """How many nodes were told to stop."""
+
+    nodes: int
