@@ -21,6 +21,7 @@ from achilles_like.scheduling import (
     JobQueued,
     JobStarted,
     Scheduler,
+    SendFunction,
     SendJob,
 )
 
@@ -737,3 +738,76 @@ def test_tick_leaves_an_idle_job_alone() -> None:
     s.submit_job("c", FUNC)
     assert s.tick(0.0, 1.0) == []
     assert s.tick(1e9, 1.0) == []
+
+
+# -- idle jobs yield the cluster; functions once per node; failures that do not stop a job ----
+
+
+def test_an_idle_job_lets_the_next_one_start_and_resumes_first() -> None:
+    """A started job with nothing pending or assigned lets a queued job start; its new work goes first."""
+    s = Scheduler()
+    s.node_joined("n1", 1)
+    s.submit_job("pool", FUNC, stop_on_failure=False)
+    assert s.submit_job("map", b"g")[1] == [JobQueued("map", 2, 1)]  # job 1 just started: it goes first
+    run_to_completion(s, send_tasks(s, 1, [0]))  # job 1 did some work and is idle now
+    assert s.running_job_id == 1
+    # The idle job does not hold the cluster: a second job starts at once.
+    job_id, actions = s.submit_job("late", b"h")
+    assert (job_id, actions) == (3, [JobQueued("late", 3, 2)])  # job 2 is fresh: it goes next
+    assert s.status()["queue"] == [{"job_id": 3, "controller_id": "late", "label": "", "submitted_at": 0.0}]
+    busy = s.task_received(2, 0, task_blob(0))
+    assert assigns(busy) == [at("n1", 0, job_id=2)]
+    # Job 1 sends work again: it is older, so it goes before job 2's next task.
+    assert s.task_received(1, 1, task_blob(1)) == []  # the one slot is busy
+    s.task_received(2, 1, task_blob(1))
+    after = succeed(s, assigns(busy)[0])
+    assert assigns(after) == [at("n1", 1, job_id=1)]
+
+
+def test_a_queued_job_starts_when_the_running_one_goes_idle() -> None:
+    """The queued job gets STARTED and credit as soon as the started job has nothing in flight."""
+    s = Scheduler()
+    s.node_joined("n1", 1)
+    s.submit_job("a", FUNC)
+    s.submit_job("b", b"g")
+    [assign] = assigns(send_tasks(s, 1, [0]))
+    assert succeed(s, assign) == [
+        fa(0, 1, "a"),
+        GrantCredit("a", 1, 1),
+        JobStarted("b", 2),
+        GrantCredit("b", 2, 16),
+    ]
+
+
+def test_functions_go_to_a_node_once_before_the_first_task_that_calls_them() -> None:
+    """FUNC is forwarded once per node and function, right before the first task that needs it."""
+    s = Scheduler()
+    s.node_joined("n1", 2)
+    s.submit_job("c", FUNC)
+    assert s.function_received(1, 0, b"f0") == []
+    assert s.function_received(1, 1, b"f1") == []
+    actions = s.task_received(1, 0, b"t0", fn=1) + s.task_received(1, 1, b"t1", fn=1)
+    assert actions == [
+        SendJob("n1", 1, FUNC),
+        SendFunction("n1", 1, 1, b"f1"),
+        AssignTask("n1", 1, 0, 1, b"t0", 1),
+        AssignTask("n1", 1, 1, 1, b"t1", 1),
+    ]
+    with pytest.raises(ProtocolViolationError, match="was already sent"):
+        s.function_received(1, 1, b"again")
+    with pytest.raises(ProtocolViolationError, match="calls function 5, which was not sent"):
+        s.task_received(1, 2, b"t2", fn=5)
+
+
+def test_a_failing_task_of_a_job_that_goes_on_is_done_not_fatal() -> None:
+    """Without stop_on_failure, a failed result is forwarded and counted, and the job goes on."""
+    s = Scheduler()
+    s.node_joined("n1", 1)
+    s.submit_job("pool", FUNC, stop_on_failure=False)
+    send_tasks(s, 1, [0])
+    assert s.result_received("n1", 1, 0, 1, False, b"boom") == [
+        ForwardResult("pool", 1, 0, False, b"boom"),
+        GrantCredit("pool", 1, 1),
+    ]
+    assert status(s)["job"]["tasks_failed"] == 1
+    assert s.running_job_id == 1

@@ -207,6 +207,7 @@ class ClusterServer(ServerFactory):
         self.job_options: dict[int, tuple[float | None, int | None]] = {}
         self.job_refs: dict[int, int] = {}
         self._counter = 0
+        self.authenticated: dict[str, int] = {"node": 0, "controller": 0, "admin": 0}  # connections, by role
         self.on_stop_requested: Any = None  # set by start_server: stops the process
         self._auth_failures: dict[str, int] = {}
         self._heartbeat = task.LoopingCall(self._heartbeat_tick)
@@ -227,6 +228,7 @@ class ClusterServer(ServerFactory):
     def register(self, peer: ServerProtocol) -> str:
         """Give a freshly authenticated peer its id."""
         self._counter += 1
+        self.authenticated[peer.role] = self.authenticated.get(peer.role, 0) + 1
         peer_id = f"{peer.role[0]}{self._counter}"
         self.peers[peer_id] = peer
         log.info("%s %s authenticated from %s", peer.role, peer_id, peer.address)
@@ -358,6 +360,7 @@ class ClusterServer(ServerFactory):
             info.update(entry)
             nodes.append(info)
         status["nodes"] = nodes
+        status["connections"] = dict(self.authenticated)
         return status
 
     # -- actions -------------------------------------------------------------

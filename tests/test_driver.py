@@ -1,0 +1,182 @@
+"""The controller's job driver, driven with frames in memory: no cluster, no sockets, no threads."""
+
+from __future__ import annotations
+
+import queue
+from typing import Any
+
+import pytest
+import tasks
+
+from achilles_like.client.driver import Batch, JobDriver, Outcomes
+from achilles_like.client.results import IMapIterator
+from achilles_like.client.sources import IterSource
+from achilles_like.errors import ClusterConnectionError, JobFailedError
+from achilles_like.protocol import FrameDecoder
+from achilles_like.protocol import messages as msg
+from achilles_like.serialization import RemoteFailure, dumps, loads
+
+
+class FakeConnection:
+    """Stands in for a Connection: records what the driver sends, as typed messages."""
+
+    def __init__(self) -> None:
+        self.sent: list[msg.Message] = []
+        self.routes: dict[int, Any] = {}
+        self.closed = False
+        self._decoder = FrameDecoder()
+
+    def send(self, *parts: bytes) -> None:
+        self.sent += [msg.decode(frame) for frame in self._decoder.feed(b"".join(parts))]
+
+    def route(self, ref: int, inbox: Any) -> None:
+        self.routes[ref] = inbox
+
+    def unroute(self, ref: int, job_id: int | None) -> None:
+        self.routes.pop(ref, None)
+
+    def take(self) -> list[msg.Message]:
+        sent, self.sent = self.sent, []
+        return sent
+
+
+def frames(*messages: msg.Message) -> list[Any]:
+    """Messages as the routed frames a driver's inbox receives."""
+    decoder = FrameDecoder()
+    return decoder.feed(b"".join(part for m in messages for part in m.encode()))
+
+
+def make_driver(**options: Any) -> tuple[JobDriver, FakeConnection]:
+    connection = FakeConnection()
+    driver = JobDriver(connection, queue.SimpleQueue(), label="test", **options)  # type: ignore[arg-type]
+    driver.submit()
+    return driver, connection
+
+
+def failure_at(index: int) -> RemoteFailure:
+    try:
+        raise tasks.CustomError("boom")
+    except tasks.CustomError as error:
+        return RemoteFailure.capture(error, index)
+
+
+def test_submit_carries_the_ref_options_and_setup() -> None:
+    """SUBMIT names the driver's ref, its options and its setup blob; the ref is routed to its inbox."""
+    driver, connection = make_driver(setup_blob=b"setup", stop_on_failure=True, timeout=2.5, max_tasks=3)
+    [submit] = connection.take()
+    assert submit == msg.Submit(
+        ref=driver.ref, label="test", timeout=2.5, maxtasks=3, stop=True, body=b"setup"
+    )
+    assert connection.routes[driver.ref] is driver.inbox
+
+
+def test_tasks_wait_for_start_and_credit_and_each_function_is_sent_once() -> None:
+    """Nothing is sent before STARTED; then one TASK per credit, the function once, in one go."""
+    driver, connection = make_driver()
+    connection.take()
+    delivered: list[Outcomes] = []
+    batches = [Batch(b"f", [i], delivered.append, i) for i in range(3)]
+    source = _ListSource(batches)
+    assert driver.feed([source]) is False
+    driver.handle(frames(msg.Queued(job=7, position=1, ref=driver.ref)))
+    assert driver.feed([source]) is False  # queued: no task yet
+    driver.handle(frames(msg.Started(job=7), msg.Credit(job=7, n=2)))
+    assert driver.feed([source]) is True
+    sent = connection.take()
+    assert [type(m).__name__ for m in sent] == ["Func", "Task", "Task"]
+    assert [(m.task, m.fn) for m in sent if isinstance(m, msg.Task)] == [(0, 0), (1, 0)]
+    driver.handle(frames(msg.Credit(job=7, n=1)))
+    driver.feed([source])
+    [task] = connection.take()  # the function went already
+    assert isinstance(task, msg.Task) and loads(task.body) == [2]
+
+
+def test_results_reach_their_sinks_whole_or_per_item() -> None:
+    """An all-good result is one list; a mixed one names its failing item by its index in the input."""
+    driver, _ = make_driver()
+    delivered: list[Outcomes] = []
+    source = _ListSource(
+        [Batch(b"f", [1, 2], delivered.append, 10), Batch(b"f", [3, 4], delivered.append, 12)]
+    )
+    driver.handle(frames(msg.Started(job=1), msg.Credit(job=1, n=2)))
+    driver.feed([source])
+    mixed = dumps([(True, 9), (False, failure_at(1))])
+    driver.handle(frames(msg.Result(job=1, task=1, ok=False, body=mixed)))
+    driver.handle(frames(msg.Result(job=1, task=0, ok=True, body=dumps([1, 4]))))
+    assert delivered[1] == Outcomes(True, [1, 4])
+    (ok, nine), (failed, error) = delivered[0].items
+    assert (ok, nine, failed, type(error)) == (True, 9, False, tasks.CustomError)
+    assert "(input item 13)" in str(error.__cause__)
+    assert driver.idle
+
+
+def test_a_failed_job_fails_what_is_in_flight_naming_the_task_items() -> None:
+    """ENDED failed with tasks in flight fails them with JobFailedError naming the lost task's items."""
+    driver, connection = make_driver()
+    delivered: list[Outcomes] = []
+    driver.handle(frames(msg.Started(job=1), msg.Credit(job=1, n=1)))
+    driver.feed([_ListSource([Batch(b"f", [5, 6, 7], delivered.append, 30)])])
+    ended = msg.Ended(job=1, outcome="failed", reason="task 0 was lost 4 times", task=0)
+    driver.handle(frames(ended))
+    [outcomes] = delivered
+    error = outcomes.first_failure()
+    assert isinstance(error, JobFailedError)
+    assert "task 0 was lost 4 times (input items 30..32)" in str(error)
+    assert driver.ref not in connection.routes  # an ended job's frames are no longer routed
+
+
+def test_cancel_is_sent_when_a_caller_abandons_its_job() -> None:
+    """cancel() sends CANCEL for a live job and stops routing it; a lost connection raises."""
+    driver, connection = make_driver()
+    driver.handle(frames(msg.Started(job=4)))
+    connection.take()
+    driver.cancel()
+    assert connection.take() == [msg.Cancel(job=4)]
+    from achilles_like.client.connection import Lost
+
+    with pytest.raises(ClusterConnectionError, match="gone"):
+        driver.handle(Lost("gone"))
+
+
+def test_lazy_input_is_pulled_only_within_its_memory_bound() -> None:
+    """An endless input is pulled until max_ahead items are unconsumed, then waits for the consumer."""
+    pulled: list[int] = []
+
+    def endless() -> Any:
+        n = 0
+        while True:
+            pulled.append(n)
+            yield n
+            n += 1
+
+    results = IMapIterator(ordered=True)
+    source = IterSource(b"f", endless(), 2, results, max_ahead=6)
+    batches = []
+    while (batch := source.next_batch()) is not None:
+        batches.append(batch)
+    assert [b.first_index for b in batches] == [0, 2, 4]
+    assert len(pulled) == 6
+    batches[1].sink(Outcomes(True, [20, 30]))  # out of order: held by the reorder buffer
+    assert results.pop_ready() is None
+    batches[0].sink(Outcomes(True, [0, 10]))
+    assert [results.pop_ready() for _ in range(4)] == [(True, 0), (True, 10), (True, 20), (True, 30)]
+    assert source.next_batch() is not None  # consumed: room again
+
+
+class _ListSource:
+    def __init__(self, batches: list[Batch]) -> None:
+        self.batches = list(batches)
+
+    def next_batch(self) -> Batch | None:
+        return self.batches.pop(0) if self.batches else None
+
+    @property
+    def exhausted(self) -> bool:
+        return not self.batches
+
+    @property
+    def has_batch(self) -> bool:
+        return bool(self.batches)
+
+    def fail(self, error: BaseException) -> None:
+        self.batches = []
