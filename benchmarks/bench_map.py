@@ -249,26 +249,28 @@ def pool_rows(bench: Bench) -> list[Row]:
 
 def unordered_rows(bench: Bench) -> list[Row]:
     """``imap_unordered`` on tiny items: stdlib, ``achilles_like.Pool`` and the module function."""
-    count, chunksize = bench.scaled(100_000), 100
-    items = range(count)
     remote_pool = bench.remote_pool()
-    local = best(bench.repeat, lambda: sum(bench.pool.imap_unordered(tiny, items, chunksize)))
-    pooled = best(bench.repeat, lambda: sum(remote_pool.imap_unordered(tiny, items, chunksize)))
-    module = best(
-        bench.repeat,
-        lambda: sum(achilles_like.imap_unordered(tiny, items, chunksize=chunksize, **bench.target)),
-    )
-    suffix = f"tiny items, chunksize={chunksize}"
-    return [
-        throughput_row(f"Pool.imap_unordered {suffix}", count, local, pooled),
-        throughput_row(f"module imap_unordered {suffix}", count, local, module),
-        (
-            "Pool.imap_unordered / module imap_unordered",
-            f"(module) {count / module:,.0f} items/s",
-            f"(Pool) {count / pooled:,.0f} items/s",
-            ratio(module, pooled),
-        ),
-    ]
+    rows: list[Row] = []
+    for count, chunksize in ((bench.scaled(5_000), 1), (bench.scaled(100_000), 100)):
+        items = range(count)
+        local = best(bench.repeat, lambda: sum(bench.pool.imap_unordered(tiny, items, chunksize)))  # noqa: B023
+        pooled = best(bench.repeat, lambda: sum(remote_pool.imap_unordered(tiny, items, chunksize)))  # noqa: B023
+        module = best(
+            bench.repeat,
+            lambda: sum(achilles_like.imap_unordered(tiny, items, chunksize=chunksize, **bench.target)),  # noqa: B023
+        )
+        suffix = f"tiny items, chunksize={chunksize}"
+        rows += [
+            throughput_row(f"Pool.imap_unordered {suffix}", count, local, pooled),
+            throughput_row(f"module imap_unordered {suffix}", count, local, module),
+            (
+                f"  Pool / module imap_unordered, chunksize={chunksize}",
+                f"(module) {count / module:,.0f} items/s",
+                f"(Pool) {count / pooled:,.0f} items/s",
+                ratio(module, pooled),
+            ),
+        ]
+    return rows
 
 
 def submit_all(executor: concurrent.futures.Executor, count: int) -> None:
