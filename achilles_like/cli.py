@@ -82,6 +82,22 @@ def _watch_stdin(reactor: Any) -> None:
     threading.Thread(target=watch, daemon=True, name="achilles-stdin").start()
 
 
+def _read_port(fd: int) -> int | None:
+    """The first line of ``fd`` as a port number, or None at end-of-file or on a malformed line.
+
+    Read byte by byte with ``os.read``: nothing beyond the line may be taken
+    from the descriptor, whose end-of-file ``--watch-stdin`` then waits for.
+    """
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = os.read(fd, 1)
+        if not byte:
+            return None
+        line += byte
+    text = line.strip()
+    return int(text) if text.isdigit() else None
+
+
 def _server(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
 
@@ -110,9 +126,14 @@ def _node(args: argparse.Namespace) -> int:
     from achilles_like.config import load_settings
     from achilles_like.node.agent import start_node
 
-    settings = load_settings(
-        args.host, args.port, None, args.secret_key, processes=args.processes, **_tls(args)
-    )
+    port = args.port
+    if args.port_from_stdin:
+        # Our imports ran while the server booted; now wait for its port.
+        port = _read_port(sys.stdin.fileno())
+        if port is None:
+            print("achilles: no server port on stdin (--port-from-stdin)", file=sys.stderr)
+            return 1
+    settings = load_settings(args.host, port, None, args.secret_key, processes=args.processes, **_tls(args))
     factory = start_node(settings, reactor, args.processes)
     outcome = {"code": 0}
 
@@ -224,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(node, username=False)
     node.add_argument("--processes", type=int, help="worker processes (default: PROCESSES, else cpu count)")
     node.add_argument("--watch-stdin", action="store_true", help=argparse.SUPPRESS)
+    # LocalCluster starts nodes alongside the server and writes its port here once it is known.
+    node.add_argument("--port-from-stdin", action="store_true", help=argparse.SUPPRESS)
     node.set_defaults(run=_node)
 
     status = commands.add_parser("status", help="show the nodes, the running job and the queue")

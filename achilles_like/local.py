@@ -10,7 +10,9 @@ join it.
 Each child is ``python -m achilles_like server|node`` in a session of its
 own (Ctrl-C in the terminal reaches the caller, which cancels its job
 cleanly, not the cluster), listening on port 0 and printing one ready line
-that we wait for: no fixed ports, no sleeps. The secret travels in the
+that we wait for: no fixed ports, no sleeps. The nodes start alongside the
+server (start-up is mostly imports) and read its port from their stdin once
+its ready line has given it. The secret travels in the
 child's environment, never on its command line. Children watch their stdin,
 a pipe from us: if this process dies, even by SIGKILL, they see end-of-file
 and exit, so a crashed caller leaves no cluster behind. Nodes get the
@@ -141,13 +143,22 @@ class LocalCluster:
         )
 
     def start(self) -> LocalCluster:
-        """Start the server and the nodes; return when every node is registered."""
+        """Start the server and the nodes; return when every node is registered.
+
+        Server and nodes boot side by side (most of a child's start-up is its
+        imports): each node waits for the server's port on its stdin, which
+        we write as soon as the server's ready line gives it.
+        """
         if self.server is not None:
             return self
         try:
-            self._start_server()
-            for _ in range(self.node_count):
-                self.add_node(self.processes)
+            server = self._spawn_server()
+            nodes = [self._spawn_node(self.processes, port_from_stdin=True) for _ in range(self.node_count)]
+            self._await_server(server)
+            for node in nodes:
+                _send_port(node, self.port)
+            for node in nodes:
+                _read_ready(node, _READY_NODE, self.startup_timeout)
         except BaseException:
             self.shutdown()
             raise
@@ -155,7 +166,13 @@ class LocalCluster:
 
     def add_node(self, processes: int | None = None) -> subprocess.Popen[str]:
         """Start one more node and wait until the server has registered it."""
-        args = ["node", "--host", self.host, "--port", str(self.port)]
+        node = self._spawn_node(processes, port_from_stdin=False)
+        _read_ready(node, _READY_NODE, self.startup_timeout)
+        return node
+
+    def _spawn_node(self, processes: int | None, *, port_from_stdin: bool) -> subprocess.Popen[str]:
+        port = ["--port-from-stdin"] if port_from_stdin else ["--port", str(self.port)]
+        args = ["node", "--host", self.host, *port]
         if processes:
             args += ["--processes", str(processes)]
         if self.tls_ca:
@@ -164,7 +181,6 @@ class LocalCluster:
             _close_pipes(dead)  # keep the Popen (indices stay stable) but not its pipes
         node = self._spawn(*args)
         self.nodes.append(node)
-        _read_ready(node, _READY_NODE, self.startup_timeout)
         return node
 
     def restart_server(self) -> None:
@@ -174,12 +190,18 @@ class LocalCluster:
         self._start_server()
 
     def _start_server(self) -> None:
+        self._await_server(self._spawn_server())
+
+    def _spawn_server(self) -> subprocess.Popen[str]:
         extra = ["--username", self.username] if self.username else []
         if self.tls_cert:
             extra += ["--tls-cert", self.tls_cert, "--tls-key", self.tls_key]
         port = str(self.port)  # 0 the first time: any free port; then the same one again
         self.server = self._spawn("server", "--host", self.host, "--port", port, *extra, *self.server_args)
-        match = _read_ready(self.server, _READY_SERVER, self.startup_timeout)
+        return self.server
+
+    def _await_server(self, server: subprocess.Popen[str]) -> None:
+        match = _read_ready(server, _READY_SERVER, self.startup_timeout)
         self.port = int(match.group(2))
 
     def kill_node(self, index: int, sig: int = signal.SIGKILL) -> None:
@@ -207,6 +229,16 @@ class LocalCluster:
         if self in _active:
             _active.remove(self)
         self.shutdown()
+
+
+def _send_port(node: subprocess.Popen[str], port: int) -> None:
+    """Tell a node started with ``--port-from-stdin`` where the server listens."""
+    try:
+        assert node.stdin is not None
+        node.stdin.write(f"{port}\n")
+        node.stdin.flush()
+    except OSError:
+        pass  # it died already: waiting for its ready line reports that, with its output
 
 
 def _close_pipes(child: subprocess.Popen[str]) -> None:

@@ -420,3 +420,45 @@ def test_demo_runs_on_an_embedded_cluster(tmp_path: Path) -> None:
     assert "map(square, range(50)) -> [0, 1, 4, 9, 16] ... 2401 in " in out
     assert "sum(imap_unordered(square, range(50))) = 40425\n" in out
     assert out.splitlines()[-1].startswith("demo finished")
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [(b"4242\n", 4242), (b" 4242 \n", 4242), (b"", None), (b"42", None), (b"x42\n", None)],
+)
+def test_port_from_stdin_reads_one_line(written: bytes, expected: int | None) -> None:
+    """A node started with --port-from-stdin takes its port from the first line, and None otherwise."""
+    from achilles_like.cli import _read_port
+
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, written)
+        os.close(write_fd)
+        write_fd = -1
+        assert _read_port(read_fd) == expected
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
+
+
+def test_port_from_stdin_leaves_the_rest_of_stdin_unread() -> None:
+    """Only the port line is consumed: later bytes stay for the end-of-stdin watcher."""
+    from achilles_like.cli import _read_port
+
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, b"17\nrest")
+        assert _read_port(read_fd) == 17
+        assert os.read(read_fd, 10) == b"rest"
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_local_cluster_nodes_boot_alongside_the_server() -> None:
+    """LocalCluster starts its nodes before its server is up, and every node still registers."""
+    with LocalCluster(nodes=2, processes=1) as cluster:
+        assert all("--port-from-stdin" in node.args for node in cluster.nodes)
+        assert len(status_of(cluster)["nodes"]) == 2
+        assert achilles_like.map(tasks.square, range(4)) == [0, 1, 4, 9]
