@@ -170,3 +170,33 @@ def test_the_page_shows_nodes_and_a_job_progressing_in_chromium(
     finally:
         job.join(60)
     assert results == [x * x for x in range(60)]
+
+
+def test_dashboard_settings_come_from_arguments_environment_and_dotenv(tmp_path: Any) -> None:
+    """DASHBOARD_PORT/HOST/TOKEN follow the usual precedence; 0 means any free port; the token is masked."""
+    from achilles_like.config import load_settings
+
+    env_file = tmp_path / ".env"
+    env_file.write_text("DASHBOARD_PORT=8787\nDASHBOARD_TOKEN=from-file\n")
+    settings = load_settings(env_file=env_file, environ={"ACHILLES_DASHBOARD_HOST": "0.0.0.0"})
+    assert (settings.dashboard_port, settings.dashboard_host) == (8787, "0.0.0.0")
+    assert "from-file" not in repr(settings)
+    assert load_settings(env_file=env_file, environ={}, dashboard_port=0).dashboard_port == 0
+    env_file.write_text("")
+    assert load_settings(env_file=env_file, environ={}).dashboard_port is None
+
+
+def test_a_token_is_generated_beyond_loopback_only() -> None:
+    """The dashboard makes up a token when it listens beyond loopback, never on loopback."""
+    from achilles_like.server.web import dashboard_token
+
+    assert dashboard_token("127.0.0.1", "") == ""
+    assert len(dashboard_token("0.0.0.0", "")) >= 32
+    assert dashboard_token("0.0.0.0", "mine") == "mine"
+
+
+def test_nodes_default_to_the_cpus_they_may_use() -> None:
+    """The default process count is the affinity mask's size, not the machine's CPU count."""
+    from achilles_like.config import usable_cpus
+
+    assert usable_cpus() == len(os.sched_getaffinity(0))
