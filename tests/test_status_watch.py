@@ -39,7 +39,7 @@ def test_the_snapshot_shows_busy_processes_and_job_progress() -> None:
         "queue": [{"job_id": 4}],
     }
     text = format_status(status)
-    assert "box" in text and "busy=2 [##########]" in text and "tasks_done=7" in text
+    assert "box" in text and "busy=2 tasks_done=7 [##########]" in text
     assert "job: 3 square 5/10 tasks [##########..........] 2.0 tasks/s retries=1 failures=0" in text
     assert "queue: 1 waiting job(s)" in text
 

@@ -26,7 +26,7 @@ def format_status(status: dict[str, Any]) -> str:
         name = node.get("name") or node["node_id"]
         lines.append(
             f"  {node['node_id']:>5}  {name:<20} {node.get('address', '?'):<22} processes={processes}"
-            f" busy={busy} {_bar(busy, processes, 10)} tasks_done={node['tasks_done']}"
+            f" busy={busy} tasks_done={node['tasks_done']} {_bar(busy, processes, 10)}"
         )
     lines.append(_job_line(status["job"]))
     lines.append(f"queue: {len(status['queue'])} waiting job(s)")
