@@ -102,18 +102,26 @@ def _server(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
 
     from achilles_like.config import load_settings
-    from achilles_like.server.cluster import ServerOptions, start_server
+    from achilles_like.server.cluster import ServerOptions, announce, start_server
 
-    settings = load_settings(args.host, args.port, args.username, args.secret_key, **_tls(args))
+    settings = load_settings(
+        args.host,
+        args.port,
+        args.username,
+        args.secret_key,
+        dashboard_port=args.dashboard_port,
+        dashboard_host=args.dashboard_host,
+        dashboard_token=args.dashboard_token,
+        **_tls(args),
+    )
     options = ServerOptions(
         heartbeat_interval=args.heartbeat_interval,
         heartbeat_timeout=args.heartbeat_timeout,
         auth_timeout=args.auth_timeout,
         no_node_timeout=args.no_node_timeout,
     )
-    _, listening = start_server(settings, reactor, options)
-    address = listening.getHost()
-    print(f"achilles_like server listening on {address.host}:{address.port}", flush=True)  # type: ignore[attr-defined]
+    cluster, listening = start_server(settings, reactor, options)
+    announce(cluster, listening)
     if args.watch_stdin:
         _watch_stdin(reactor)
     reactor.run()
@@ -152,21 +160,17 @@ def _status(args: argparse.Namespace) -> int:
     from achilles_like import getClusterStatus
 
     _tls_to_environment(args)
+    if args.watch:
+        from achilles_like.client.watch import watch_status
+
+        return watch_status(lambda: getClusterStatus(args.host, args.port, args.username, args.secret_key))
     status = getClusterStatus(args.host, args.port, args.username, args.secret_key)
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
-    print(f"nodes: {len(status['nodes'])}")
-    for node in status["nodes"]:
-        print(
-            f"  {node['node_id']:>5}  {node.get('address', '?'):<22} processes={node.get('processes')}"
-            f" busy={node['busy']} tasks_done={node['tasks_done']}"
-        )
-    job = status["job"]
-    print(
-        "job: none" if job is None else f"job: {job['job_id']} {job['label']} {job['tasks_done']} tasks done"
-    )
-    print(f"queue: {len(status['queue'])} waiting job(s)")
+    from achilles_like.client.watch import format_status
+
+    print(format_status(status))
     return 0
 
 
@@ -201,8 +205,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     print(f"starting an embedded local cluster: 1 server and {args.nodes} node(s) on 127.0.0.1 ...")
     started = time.perf_counter()
-    with LocalCluster(nodes=args.nodes, processes=args.processes) as cluster:
+    with LocalCluster(nodes=args.nodes, processes=args.processes, dashboard=True) as cluster:
         print(f"  ready in {time.perf_counter() - started:.1f}s at {cluster.host}:{cluster.port}")
+        print(f"  dashboard: {cluster.dashboard_url}")
         started = time.perf_counter()
         squares = map(_square, range(args.items), chunksize=args.chunksize)
         elapsed = time.perf_counter() - started
@@ -212,6 +217,18 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"sum(imap_unordered(square, range({args.items}))) = {total}")
     print("demo finished: results are exact and in order; the cluster has been stopped.")
     return 0
+
+
+def _add_logging(parser: argparse.ArgumentParser) -> None:
+    from achilles_like.logs import FORMATS, LEVELS
+
+    parser.add_argument(
+        "--log-level", choices=LEVELS, help="least severe events to log (default: warning; info with -v)"
+    )
+    parser.add_argument("--log-file", help="append the log to this file instead of stderr")
+    parser.add_argument(
+        "--log-format", choices=FORMATS, default="text", help="text, or json: one JSON object per line"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,12 +255,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="fail a running job when no node has been connected for this many seconds",
     )
+    server.add_argument(
+        "--dashboard-port",
+        type=int,
+        help="serve the dashboard, /api/status and /metrics on this port (DASHBOARD_PORT; 0: any free port)",
+    )
+    server.add_argument(
+        "--dashboard-host", help="address the dashboard listens on (DASHBOARD_HOST, default 127.0.0.1)"
+    )
+    server.add_argument(
+        "--dashboard-token",
+        help="token every dashboard request must carry (DASHBOARD_TOKEN; generated and printed"
+        " when the dashboard listens beyond loopback)",
+    )
+    _add_logging(server)
     server.add_argument("--watch-stdin", action="store_true", help=argparse.SUPPRESS)
     server.set_defaults(run=_server)
 
     node = commands.add_parser("node", help="run a node that executes tasks (blocks)")
     _add_target(node, username=False)
-    node.add_argument("--processes", type=int, help="worker processes (default: PROCESSES, else cpu count)")
+    node.add_argument(
+        "--processes", type=int, help="worker processes (default: PROCESSES, else the CPUs it may use)"
+    )
+    _add_logging(node)
     node.add_argument("--watch-stdin", action="store_true", help=argparse.SUPPRESS)
     # LocalCluster starts nodes alongside the server and writes its port here once it is known.
     node.add_argument("--port-from-stdin", action="store_true", help=argparse.SUPPRESS)
@@ -252,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show the nodes, the running job and the queue")
     _add_target(status)
     status.add_argument("--json", action="store_true", help="print the raw status dict as JSON")
+    status.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
     status.set_defaults(run=_status)
 
     kill = commands.add_parser("kill", help="stop every node of the cluster")
@@ -277,8 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``achilles`` command."""
     args = build_parser().parse_args(argv)
-    level = logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if hasattr(args, "log_format"):  # a server or a node: the full logging setup
+        from achilles_like.logs import setup_logging
+
+        level = args.log_level or ("info" if args.verbose else "warning")
+        setup_logging(level, args.log_file, args.log_format)
+    else:
+        level = logging.INFO if args.verbose else logging.WARNING
+        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from achilles_like.errors import AchillesError
 
     try:

@@ -1,8 +1,9 @@
 """Settings: explicit arguments, then environment, then ``.env``, then defaults.
 
 The ``.env`` keys are achilles' own (``HOST``, ``PORT``, ``USERNAME``,
-``SECRET_KEY``), plus ``PROCESSES``, ``MAX_BODY`` and the TLS keys (``TLS``,
-``TLS_CERT``, ``TLS_KEY``, ``TLS_CA``; see ``tls.py``). Environment variables carry an
+``SECRET_KEY``), plus ``PROCESSES``, ``MAX_BODY``, the TLS keys (``TLS``,
+``TLS_CERT``, ``TLS_KEY``, ``TLS_CA``; see ``tls.py``) and the dashboard's
+(``DASHBOARD_PORT``, ``DASHBOARD_HOST``, ``DASHBOARD_TOKEN``). Environment variables carry an
 ``ACHILLES_`` prefix (``ACHILLES_HOST``...) because ``HOST`` and ``USERNAME``
 are already set by many shells and by Windows. ``.env`` is read with
 python-dotenv without touching ``os.environ``, from the current directory
@@ -50,6 +51,10 @@ class Settings:
     # Whether a host or port was configured anywhere (argument, environment,
     # .env): with neither, the client starts an embedded local cluster.
     host_configured: bool = False
+    # The server's web dashboard, /api/status and /metrics (None: off; 0: any free port).
+    dashboard_port: int | None = None
+    dashboard_host: str = DEFAULT_HOST
+    dashboard_token: str = field(default="", repr=False)  # required on every request if set
 
     def __repr__(self) -> str:
         masked = "'***'" if self.secret_key else "''"
@@ -90,7 +95,7 @@ def _positive_int(name: str, raw: object) -> int:
         value = int(str(raw))
     except ValueError:
         raise ConfigurationError(f"{name} must be a whole number, not {raw!r}") from None
-    if value <= 0 or (name == "PORT" and value > 65535):
+    if value <= 0 or (name.endswith("PORT") and value > 65535):
         raise ConfigurationError(f"{name} is out of range: {value}")
     return value
 
@@ -107,6 +112,9 @@ def load_settings(
     tls_ca: str | None = None,
     env_file: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
+    dashboard_port: int | None = None,
+    dashboard_host: str | None = None,
+    dashboard_token: str | None = None,
 ) -> Settings:
     """Resolve settings: explicit arguments > ``ACHILLES_*`` variables > ``.env`` > defaults."""
     env = os.environ if environ is None else environ
@@ -114,6 +122,8 @@ def load_settings(
     explicit = {"HOST": host, "PORT": port, "USERNAME": username, "SECRET_KEY": secret_key}
     explicit["PROCESSES"] = processes
     explicit.update(TLS_CERT=tls_cert, TLS_KEY=tls_key, TLS_CA=tls_ca)
+    explicit.update(DASHBOARD_PORT=dashboard_port, DASHBOARD_HOST=dashboard_host)
+    explicit.update(DASHBOARD_TOKEN=dashboard_token)
 
     def lookup(key: str) -> object | None:
         for value in (explicit.get(key), env.get(ENV_PREFIX + key), dotenv.get(key)):
@@ -123,6 +133,7 @@ def load_settings(
 
     raw_port, raw_processes, raw_body = lookup("PORT"), lookup("PROCESSES"), lookup("MAX_BODY")
     raw_host = lookup("HOST")
+    raw_dashboard = lookup("DASHBOARD_PORT")
     return Settings(
         host=str(raw_host) if raw_host is not None else DEFAULT_HOST,
         # Port 0 is legal as an explicit argument: "any free port" for a server.
@@ -136,7 +147,23 @@ def load_settings(
         tls_key=str(lookup("TLS_KEY") or ""),
         tls_ca=str(lookup("TLS_CA") or ""),
         host_configured=raw_host is not None or raw_port is not None,
+        dashboard_port=None if raw_dashboard is None else _port_or_zero("DASHBOARD_PORT", raw_dashboard),
+        dashboard_host=str(lookup("DASHBOARD_HOST") or DEFAULT_HOST),
+        dashboard_token=str(lookup("DASHBOARD_TOKEN") or ""),
     )
+
+
+def _port_or_zero(name: str, raw: object) -> int:
+    """A port number where 0 means "any free port"."""
+    return 0 if str(raw).strip() == "0" else _positive_int(name, raw)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: honours SLURM, cgroups and ``taskset``, unlike ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity masks
+        return os.cpu_count() or 1
 
 
 def generate_secret() -> str:

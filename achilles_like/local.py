@@ -39,6 +39,7 @@ from achilles_like.errors import ClusterConnectionError
 STARTUP_TIMEOUT = 60.0
 _READY_SERVER = re.compile(r"achilles_like server listening on (\S+):(\d+)")
 _READY_NODE = re.compile(r"achilles_like node (\S+) ready")
+_DASHBOARD = re.compile(r" dashboard at (\S+)")  # on the server's ready line
 
 _active: list[LocalCluster] = []
 _default: LocalCluster | None = None
@@ -97,6 +98,7 @@ class LocalCluster:
         tls_key: str = "",
         tls_ca: str = "",
         server_args: tuple[str, ...] = (),
+        dashboard: bool = False,
     ) -> None:
         if nodes < 0:
             raise ValueError(f"nodes must be 0 or more, not {nodes}")
@@ -111,6 +113,9 @@ class LocalCluster:
         self.tls_cert, self.tls_key, self.tls_ca = tls_cert, tls_key, tls_ca
         # Extra `achilles server` options, e.g. ("--heartbeat-timeout", "3").
         self.server_args = tuple(server_args)
+        # The web dashboard on a free loopback port; its address is dashboard_url once started.
+        self.dashboard = dashboard
+        self.dashboard_url = ""
         self.server: subprocess.Popen[str] | None = None
         self.nodes: list[subprocess.Popen[str]] = []
 
@@ -196,6 +201,8 @@ class LocalCluster:
         extra = ["--username", self.username] if self.username else []
         if self.tls_cert:
             extra += ["--tls-cert", self.tls_cert, "--tls-key", self.tls_key]
+        if self.dashboard:
+            extra += ["--dashboard-port", "0"]
         port = str(self.port)  # 0 the first time: any free port; then the same one again
         self.server = self._spawn("server", "--host", self.host, "--port", port, *extra, *self.server_args)
         return self.server
@@ -203,6 +210,8 @@ class LocalCluster:
     def _await_server(self, server: subprocess.Popen[str]) -> None:
         match = _read_ready(server, _READY_SERVER, self.startup_timeout)
         self.port = int(match.group(2))
+        dashboard = _DASHBOARD.search(match.string)
+        self.dashboard_url = dashboard.group(1) if dashboard else ""
 
     def kill_node(self, index: int, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to node ``index`` and everything it started (tests use this)."""

@@ -107,14 +107,16 @@ def test_map_family_keeps_the_achilles_signature(name: str) -> None:
 
 
 def test_run_achilles_server_signature() -> None:
-    """runAchillesServer takes (host, port, username, secret_key), all optional."""
+    """runAchillesServer takes (host, port, username, secret_key) (optional) and keyword dashboard_port."""
     assert params(achilles_like.runAchillesServer) == [
         ("host", None),
         ("port", None),
         ("username", None),
         ("secret_key", None),
     ]
-    assert extra_params(achilles_like.runAchillesServer) == []
+    assert extra_params(achilles_like.runAchillesServer) == [
+        ("dashboard_port", inspect.Parameter.KEYWORD_ONLY)
+    ]
 
 
 def test_run_achilles_node_signature() -> None:

@@ -37,11 +37,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import multiprocess
 from twisted.internet.protocol import Protocol, ReconnectingClientFactory, connectionDone
 from twisted.python.failure import Failure
 
-from achilles_like.config import Settings, load_settings
+from achilles_like.config import Settings, load_settings, usable_cpus
 from achilles_like.errors import AuthenticationError, ProtocolError, ProtocolViolationError, TaskTimeoutError
 from achilles_like.node.worker_pool import Outcome, WorkerPool, WorkItem
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder
@@ -67,7 +66,7 @@ class NodeAgent:
     def __init__(self, settings: Settings, reactor: Any, processes: int | None = None) -> None:
         self.settings = settings
         self.reactor = reactor
-        self.processes = processes or settings.processes or multiprocess.cpu_count()
+        self.processes = processes or settings.processes or usable_cpus()
         self.workers = WorkerPool(self.processes, self._deliver_from_thread)
         self.jobs: dict[int, tuple[bytes, JobOptions]] = {}  # job id -> setup blob, options
         self.functions: dict[tuple[int, int], bytes] = {}  # (job id, fn) -> function blob

@@ -58,6 +58,7 @@ from achilles_like.protocol import messages as msg
 from achilles_like.protocol.handshake import NONCE_BYTES
 from achilles_like.scheduling import actions as act
 from achilles_like.scheduling.scheduler import Scheduler
+from achilles_like.server.metrics import ServerStats
 from achilles_like.tls import server_context
 
 log = logging.getLogger("achilles_like.server")
@@ -95,6 +96,7 @@ class ServerProtocol(Protocol):
         self.address = "?"
         self.last_seen = 0.0
         self.closed = False
+        self.close_reason = ""  # why we closed it, for the log and the dashboard
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
         assert self.transport is not None
@@ -117,6 +119,7 @@ class ServerProtocol(Protocol):
         if self.closed:
             return
         self.last_seen = self.cluster.clock.seconds()
+        self.cluster.events.bytes_received(len(data))  # metrics hook
         try:
             for frame in self.decoder.feed(data):
                 self._handle(frame)
@@ -127,9 +130,11 @@ class ServerProtocol(Protocol):
         except AuthenticationError as error:
             log.warning("refused %s: %s", self.address, error)
             self.cluster.auth_failed(self.host)
+            self.cluster.events.auth_failed(self.address, str(error))  # metrics hook
             self._close(getattr(error, "reply", b""))
         except ProtocolError as error:
             log.warning("protocol error from %s %s: %s", self.role or "peer", self.address, error)
+            self.close_reason = f"protocol error: {error}"
             self._close(msg.Error(code="protocol", msg=str(error)).to_bytes())
 
     def _handle(self, frame: Frame) -> None:
@@ -156,12 +161,15 @@ class ServerProtocol(Protocol):
     def send(self, data: bytes) -> None:
         """Write bytes unless the connection is closing."""
         if data and not self.closed and self.transport is not None:
+            self.cluster.events.bytes_sent(len(data))  # metrics hook
             self.transport.write(data)
 
     def send_message(self, message: msg.Message) -> None:
         """Write a message; a body is written without being copied."""
         if not self.closed and self.transport is not None:
-            self.transport.writeSequence(message.encode())
+            parts = message.encode()
+            self.cluster.events.bytes_sent(sum(len(part) for part in parts))  # metrics hook
+            self.transport.writeSequence(parts)
 
     def _close(self, last_words: bytes = b"") -> None:
         self.send(last_words)
@@ -172,6 +180,7 @@ class ServerProtocol(Protocol):
     def abort(self, reason: str) -> None:
         """Drop the connection at once (a peer that stopped answering)."""
         log.warning("dropping %s %s: %s", self.role, self.address, reason)
+        self.close_reason = reason
         self.closed = True
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
@@ -182,6 +191,7 @@ class ServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self.closed = True
+        self.close_reason = self.close_reason or reason.getErrorMessage()
         if self.peer_id:
             self.cluster.unregister(self)
 
@@ -209,9 +219,12 @@ class ClusterServer(ServerFactory):
         self._counter = 0
         self.authenticated: dict[str, int] = {"node": 0, "controller": 0, "admin": 0}  # connections, by role
         self.on_stop_requested: Any = None  # set by start_server: stops the process
+        self.dashboard_url = ""  # set by start_server when the dashboard is on
         self._auth_failures: dict[str, int] = {}
         self._heartbeat = task.LoopingCall(self._heartbeat_tick)
         self._heartbeat.clock = clock
+        # Metrics, the dashboard's history and job log lines: one observer, fed by one-line hooks.
+        self.events = ServerStats(clock.seconds, self.status)
 
     def buildProtocol(self, addr: IAddress | None) -> ServerProtocol:  # noqa: N802 - Twisted's name
         return ServerProtocol(self)
@@ -238,8 +251,7 @@ class ClusterServer(ServerFactory):
         """A peer's connection is gone: re-queue or cancel what it held."""
         self.peers.pop(peer.peer_id, None)
         if peer.role == "node" and peer.peer_id in self.node_info:
-            del self.node_info[peer.peer_id]
-            log.info("node %s (%s) left", peer.peer_id, peer.address)
+            self.events.node_left(self.node_info.pop(peer.peer_id), peer.close_reason)
             self.execute(self.scheduler.node_lost(peer.peer_id))
         elif peer.role == "controller":
             self.execute(self.scheduler.controller_lost(peer.peer_id))
@@ -255,6 +267,7 @@ class ClusterServer(ServerFactory):
                     raise ProtocolViolationError("a node's RESULT must name its attempt")
                 self.execute(self.scheduler.result_received(peer.peer_id, job, task, attempt, ok, body))
             case msg.Lost(job=job, task=task, attempt=attempt, reason=reason) if registered:
+                self.events.task_lost(peer.peer_id, job, task, reason[:300])  # metrics hook
                 self.execute(self.scheduler.task_lost(peer.peer_id, job, task, attempt, reason[:300]))
             case msg.Register(slots=slots, processes=processes, name=name, pid=pid) if not registered:
                 if not 1 <= slots <= 100_000:
@@ -352,21 +365,30 @@ class ClusterServer(ServerFactory):
                 raise ProtocolViolationError(f"an admin connection may not send {message.VERB}")
 
     def status(self) -> dict[str, Any]:
-        """The scheduler's status with each node's address, name and process count."""
-        status = self.scheduler.status()
+        """The scheduler's status with each node's address, name, process count and last frame.
+
+        ``now`` is the server's clock, so a reader can turn ``last_heard`` into an age;
+        ``events.decorate`` adds the running job's rate, ETA, retries and failures and
+        the recent failures and node losses (see ``server/metrics.py``).
+        """
+        status: dict[str, Any] = self.scheduler.status()
         nodes = []
-        for entry in status["nodes"]:  # type: ignore[attr-defined]
+        for entry in status["nodes"]:
             info = dict(self.node_info.get(entry["node_id"], {}))
             info.update(entry)
+            peer = self.peers.get(entry["node_id"])
+            info["last_heard"] = None if peer is None else peer.last_seen
             nodes.append(info)
         status["nodes"] = nodes
         status["connections"] = dict(self.authenticated)
-        return status
+        status["now"] = self.clock.seconds()
+        return self.events.decorate(status)
 
     # -- actions -------------------------------------------------------------
 
     def execute(self, actions: list[act.Action]) -> None:
         """Carry out the scheduler's actions, in order, as frames."""
+        self.events.observe(actions)  # metrics, dashboard and job log lines
         for action in actions:
             self._execute_one(action)
 
@@ -387,10 +409,8 @@ class ClusterServer(ServerFactory):
                 ref = self.job_refs.get(job_id)
                 self._send(controller_id, msg.Queued(job=job_id, position=position, ref=ref))
             case act.JobStarted(controller_id, job_id):
-                log.info("job %d of %s started", job_id, controller_id)
                 self._send(controller_id, msg.Started(job=job_id, ref=self.job_refs.get(job_id)))
             case act.JobEnded(controller_id, job_id, outcome, reason, task_id):
-                log.info("job %d ended: %s %s", job_id, outcome.value, reason)
                 self.job_options.pop(job_id, None)
                 self.job_refs.pop(job_id, None)
                 ended = msg.Ended(job=job_id, outcome=outcome.value, reason=reason, task=task_id)
@@ -436,7 +456,25 @@ def start_server(
         port = tcp.listenTCP(settings.port, cluster, interface=settings.host)
     cluster.start_heartbeats()
     cluster.on_stop_requested = reactor.stop
+    if settings.dashboard_port is not None:
+        from achilles_like.server.web import start_dashboard
+
+        _, cluster.dashboard_url = start_dashboard(
+            reactor,
+            cluster.status,
+            cluster.events,
+            settings.dashboard_host,
+            settings.dashboard_port,
+            settings.dashboard_token,
+        )
     return cluster, port
+
+
+def announce(cluster: ClusterServer, listening: IListeningPort) -> None:
+    """Print the ready line a LocalCluster waits for, with the dashboard's address if it is on."""
+    address = listening.getHost()
+    dashboard = f" dashboard at {cluster.dashboard_url}" if cluster.dashboard_url else ""
+    print(f"achilles_like server listening on {address.host}:{address.port}{dashboard}", flush=True)  # type: ignore[attr-defined]
 
 
 def runAchillesServer(  # noqa: N802 - achilles' public name
@@ -444,15 +482,20 @@ def runAchillesServer(  # noqa: N802 - achilles' public name
     port: int | None = None,
     username: str | None = None,
     secret_key: str | None = None,
+    *,
+    dashboard_port: int | None = None,
 ) -> None:
-    """Run a server until interrupted (blocking), as in achilles."""
+    """Run a server until interrupted (blocking), as in achilles.
+
+    ``dashboard_port`` also serves the dashboard, ``/api/status`` and ``/metrics``
+    there (0: any free port); its address is printed.
+    """
     from twisted.internet import reactor
 
     from achilles_like.config import load_settings
 
-    settings = load_settings(host, port, username, secret_key)
-    _, listening = start_server(settings, reactor)
-    address = listening.getHost()
-    print(f"achilles_like server listening on {address.host}:{address.port}", flush=True)  # type: ignore[attr-defined]
+    settings = load_settings(host, port, username, secret_key, dashboard_port=dashboard_port)
+    cluster, listening = start_server(settings, reactor)
+    announce(cluster, listening)
     reactor.run()
     sys.stdout.flush()

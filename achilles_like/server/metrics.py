@@ -1,0 +1,242 @@
+"""What the server has seen happen: Prometheus metrics and the dashboard's recent history.
+
+::
+
+    ClusterServer.execute(actions) ──observe()──▶ ┌─────────────┐ ──▶ CollectorRegistry ──▶ /metrics
+    ServerProtocol bytes, auth    ──one call────▶ │ ServerStats │ ──▶ decorate(status)  ──▶ /api/status,
+    ClusterServer.unregister      ──node_left()─▶ └─────────────┘                           STATUS verb
+
+``ServerStats`` is the one observer the server glue calls into: a line per
+hook in ``cluster.py``, the bookkeeping here. It watches the scheduler's
+actions as the glue carries them out, so it needs no hook inside the
+scheduler: an ``AssignTask`` starts a task's clock (and is a retry when its
+attempt is above 1), the ``ForwardResult`` of that task stops it (the
+scheduler forwards only the current attempt's result, so the pair is the same
+(job, task, attempt)), ``JobStarted``/``JobEnded`` bracket a job and are
+logged with its counts and duration.
+
+Counters and the run-time histogram live in a private ``CollectorRegistry``
+(one per server, so tests can run several in a process); gauges (nodes,
+processes, busy, queue, pending) are read from the live status when
+scraped. Nothing here ever holds an argument, a result or a secret: only
+counts, durations, node names and failure reasons.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from achilles_like.scheduling import actions as act
+
+log = logging.getLogger("achilles_like.server")
+
+RECENT_EVENTS = 10  # failures and node losses the dashboard lists
+# Task run times span milliseconds (tiny chunks) to hours (simulations).
+TASK_SECONDS_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0, float("inf"))
+
+StatusSource = Callable[[], dict[str, Any]]
+
+
+@dataclass
+class _JobRecord:
+    """What the server counts about the running job (not kept once it ends)."""
+
+    label: str
+    started_at: float
+    tasks_done: int = 0
+    retries: int = 0
+    failures: int = 0  # tasks that raised, or whose worker died or overran
+    raised: bool = False  # a task's failed result was forwarded
+    # (task id) -> when its current attempt was assigned, for the run-time histogram.
+    assigned_at: dict[int, float] = field(default_factory=dict)
+
+
+class ServerStats:
+    """Counts what the server does, for ``/metrics``, the dashboard and the log."""
+
+    def __init__(self, now: Callable[[], float], status: StatusSource) -> None:
+        self._now = now
+        self._status = status
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._jobs: dict[int, _JobRecord] = {}
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
+        self._define_metrics()
+
+    def _define_metrics(self) -> None:
+        registry = self.registry
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, registry=registry)
+
+        self.completed = counter("achilles_tasks_completed", "Tasks that returned a result.")
+        self.failed = counter("achilles_tasks_failed", "Tasks that raised or ran out of attempts.")
+        self.retried = counter("achilles_tasks_retried", "Task attempts after the first.")
+        self.lost = counter("achilles_tasks_lost", "Tasks whose worker process died or overran.")
+        self.received = counter("achilles_received_bytes", "Bytes received from every peer.")
+        self.sent = counter("achilles_sent_bytes", "Bytes sent to every peer.")
+        self.node_losses = counter("achilles_node_losses", "Node connections that ended.")
+        self.jobs = Counter("achilles_jobs_ended", "Jobs ended, by outcome.", ["outcome"], registry=registry)
+        self.auth_failures = Counter(
+            "achilles_authentication_failures", "Connections refused by the handshake.", registry=registry
+        )
+        self.task_seconds = Histogram(
+            "achilles_task_duration_seconds",
+            "Time from handing a task to a node to its result (queueing on the node included).",
+            buckets=TASK_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        gauges: dict[str, tuple[str, Callable[[dict[str, Any]], float]]] = {
+            "achilles_nodes": ("Connected, registered nodes.", lambda s: len(s["nodes"])),
+            "achilles_worker_processes": ("Worker processes on all nodes.", _processes),
+            "achilles_busy_processes": ("Worker processes running a task.", _busy),
+            "achilles_jobs_queued": ("Jobs waiting behind the running one.", lambda s: len(s["queue"])),
+            "achilles_job_pending_tasks": ("Tasks of the running job waiting for a node.", _pending),
+        }
+        for name, (doc, read) in gauges.items():
+            Gauge(name, doc, registry=registry).set_function(self._reader(read))
+
+    def _reader(self, read: Callable[[dict[str, Any]], float]) -> Callable[[], float]:
+        """A gauge's value, read from the live status when Prometheus scrapes."""
+        return lambda: float(read(self._status()))
+
+    # -- hooks called by the server glue ---------------------------------------
+
+    def observe(self, actions: list[act.Action]) -> None:
+        """Count what the scheduler's actions say happened (called before they are carried out)."""
+        for action in actions:
+            match action:
+                case act.AssignTask(_, job_id, task_id, attempt, _):
+                    self._assigned(job_id, task_id, attempt)
+                case act.ForwardResult(_, job_id, task_id, ok, _):
+                    self._finished(job_id, task_id, ok)
+                case act.JobStarted(_, job_id):
+                    self._started(job_id)
+                case act.JobEnded(_, job_id, outcome, reason, task_id):
+                    self._ended(job_id, outcome, reason, task_id)
+
+    def bytes_received(self, count: int) -> None:
+        """A peer sent ``count`` bytes."""
+        self.received.inc(count)
+
+    def bytes_sent(self, count: int) -> None:
+        """We wrote ``count`` bytes to a peer."""
+        self.sent.inc(count)
+
+    def auth_failed(self, address: str, reason: str) -> None:
+        """A connection failed the handshake."""
+        self.auth_failures.inc()
+        self._remember("refused", f"{address}: {reason}")
+
+    def task_lost(self, node_id: str, job_id: int, task_id: int, reason: str) -> None:
+        """A node's worker died or overran a time limit while running a task."""
+        self.lost.inc()
+        record = self._jobs.get(job_id)
+        if record is not None:
+            record.failures += 1
+        self._remember("task lost", f"job {job_id} task {task_id} on {node_id}: {reason}")
+
+    def node_left(self, info: dict[str, Any], reason: str) -> None:
+        """A registered node's connection ended."""
+        self.node_losses.inc()
+        name = info.get("name") or info.get("node_id", "?")
+        # A dropped node was already logged as a warning with its reason (ServerProtocol.abort).
+        log.info("node %s (%s, %s) left: %s", info.get("node_id"), name, info.get("address"), reason)
+        self._remember("node left", f"{name} ({info.get('address')}): {reason}")
+
+    # -- reading ---------------------------------------------------------------
+
+    def decorate(self, status: dict[str, Any]) -> dict[str, Any]:
+        """Add the running job's rate, ETA, retries and failures, and recent events, to ``status``."""
+        job = status.get("job")
+        record = None if job is None else self._jobs.get(job["job_id"])
+        if job is not None and record is not None:
+            elapsed = max(self._now() - record.started_at, 1e-9)
+            rate = record.tasks_done / elapsed
+            total = job["tasks_received"] if job.get("input_ended") else None
+            job.update(
+                tasks_total=total,
+                rate=rate,
+                eta=None if total is None or rate == 0 else (total - job["tasks_done"]) / rate,
+                retries=record.retries,
+                failures=record.failures,
+                elapsed=elapsed,
+            )
+        status["recent"] = list(self.recent)
+        return status
+
+    # -- internals -------------------------------------------------------------
+
+    def _assigned(self, job_id: int, task_id: int, attempt: int) -> None:
+        record = self._jobs.get(job_id)
+        if record is not None:
+            record.assigned_at[task_id] = self._now()
+        if attempt > 1:
+            self.retried.inc()
+            if record is not None:
+                record.retries += 1
+
+    def _finished(self, job_id: int, task_id: int, ok: bool) -> None:
+        record = self._jobs.get(job_id)
+        started = None if record is None else record.assigned_at.pop(task_id, None)
+        if started is not None:
+            self.task_seconds.observe(max(0.0, self._now() - started))
+        if ok:
+            self.completed.inc()
+            if record is not None:
+                record.tasks_done += 1
+        else:
+            self.failed.inc()
+            if record is not None:
+                record.failures += 1
+                record.raised = True
+
+    def _started(self, job_id: int) -> None:
+        job = self._status().get("job") or {}
+        label = str(job.get("label", "")) if job.get("job_id") == job_id else ""
+        self._jobs[job_id] = _JobRecord(label=label, started_at=self._now())
+        log.info("job %d started: %s", job_id, label or "(no label)")
+
+    def _ended(self, job_id: int, outcome: act.JobOutcome, reason: str, task_id: int | None) -> None:
+        self.jobs.labels(outcome.value).inc()
+        record = self._jobs.pop(job_id, None)
+        if record is None:  # ended while queued: it never started
+            log.info("job %d ended while queued: %s %s", job_id, outcome.value, reason)
+            return
+        if outcome is act.JobOutcome.FAILED and task_id is not None and not record.raised:
+            self.failed.inc()  # out of attempts: no failed result was forwarded for it
+        duration = self._now() - record.started_at
+        log.info(
+            "job %d ended: %s after %.3fs, %d tasks done, %d retries, %d failures%s",
+            job_id,
+            outcome.value,
+            duration,
+            record.tasks_done,
+            record.retries,
+            record.failures,
+            f": {reason}" if reason else "",
+        )
+        if outcome is act.JobOutcome.FAILED:
+            self._remember("job failed", f"job {job_id} {record.label}: {reason}".strip())
+
+    def _remember(self, kind: str, text: str) -> None:
+        self.recent.appendleft({"at": self._now(), "kind": kind, "text": text[:300]})
+
+
+def _processes(status: dict[str, Any]) -> float:
+    return float(sum(node.get("processes") or node.get("slots", 0) for node in status["nodes"]))
+
+
+def _busy(status: dict[str, Any]) -> float:
+    """Busy processes: tasks in flight beyond a node's process count are prefetched, not running."""
+    return float(sum(min(node["busy"], node.get("processes") or node["busy"]) for node in status["nodes"]))
+
+
+def _pending(status: dict[str, Any]) -> float:
+    job = status.get("job")
+    return 0.0 if job is None else float(job["tasks_pending"])
