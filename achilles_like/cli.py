@@ -31,8 +31,14 @@ def _add_target(parser: argparse.ArgumentParser, *, username: bool = True, tls: 
         parser.add_argument("--username", help="user name the server expects from controllers (USERNAME)")
     parser.add_argument(
         "--secret-key",
-        help="cluster secret (SECRET_KEY); prefer ACHILLES_SECRET_KEY or .env,"
+        help="cluster secret (SECRET_KEY); prefer --secret-key-file, ACHILLES_SECRET_KEY or .env,"
         " since a command line is visible to other users",
+    )
+    parser.add_argument(
+        "--secret-key-file",
+        metavar="PATH",
+        help="read the cluster secret from this file (mode 0600; SECRET_KEY_FILE). With no secret"
+        " configured at all, this user's stored secret is used (see the README's Security section)",
     )
     if tls:
         parser.add_argument(
@@ -49,6 +55,15 @@ def _add_target(parser: argparse.ArgumentParser, *, username: bool = True, tls: 
 def _tls(args: argparse.Namespace) -> dict[str, Any]:
     """The TLS options given on the command line, as load_settings arguments."""
     return {"tls_cert": args.tls_cert, "tls_key": args.tls_key, "tls_ca": args.tls_ca}
+
+
+def _secret(args: argparse.Namespace) -> str | None:
+    """The secret given on the command line, directly or in --secret-key-file."""
+    if args.secret_key or not args.secret_key_file:
+        return args.secret_key  # type: ignore[no-any-return]
+    from achilles_like.secret_store import read_secret_file
+
+    return read_secret_file(args.secret_key_file)
 
 
 def _tls_to_environment(args: argparse.Namespace) -> None:
@@ -108,7 +123,7 @@ def _server(args: argparse.Namespace) -> int:
         args.host,
         args.port,
         args.username,
-        args.secret_key,
+        _secret(args),
         dashboard_port=args.dashboard_port,
         dashboard_host=args.dashboard_host,
         dashboard_token=args.dashboard_token,
@@ -141,7 +156,7 @@ def _node(args: argparse.Namespace) -> int:
         if port is None:
             print("achilles: no server port on stdin (--port-from-stdin)", file=sys.stderr)
             return 1
-    settings = load_settings(args.host, port, None, args.secret_key, processes=args.processes, **_tls(args))
+    settings = load_settings(args.host, port, None, _secret(args), processes=args.processes, **_tls(args))
     factory = start_node(settings, reactor, args.processes)
     outcome = {"code": 0}
 
@@ -163,8 +178,8 @@ def _status(args: argparse.Namespace) -> int:
     if args.watch:
         from achilles_like.client.watch import watch_status
 
-        return watch_status(lambda: getClusterStatus(args.host, args.port, args.username, args.secret_key))
-    status = getClusterStatus(args.host, args.port, args.username, args.secret_key)
+        return watch_status(lambda: getClusterStatus(args.host, args.port, args.username, _secret(args)))
+    status = getClusterStatus(args.host, args.port, args.username, _secret(args))
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -181,9 +196,7 @@ def _kill(args: argparse.Namespace) -> int:
     if not args.yes and not sys.stdin.isatty():
         print("achilles: no terminal to confirm on; pass -y to stop the nodes", file=sys.stderr)
         return 1
-    count = killCluster(
-        args.yes, args.host, args.port, args.username, args.secret_key, stop_server=args.server
-    )
+    count = killCluster(args.yes, args.host, args.port, args.username, _secret(args), stop_server=args.server)
     print(f"asked {count} node(s) to stop" + (" and the server" if args.server else ""))
     return 0
 
@@ -191,7 +204,7 @@ def _kill(args: argparse.Namespace) -> int:
 def _genconfig(args: argparse.Namespace) -> int:
     from achilles_like import genConfig
 
-    path = genConfig(args.host, args.port, args.username, args.secret_key, path=args.path)
+    path = genConfig(args.host, args.port, args.username, _secret(args), path=args.path)
     print(f"wrote {path} (mode 0600)")
     return 0
 

@@ -10,7 +10,10 @@ python-dotenv without touching ``os.environ``, from the current directory
 unless a path is given (``ACHILLES_ENV_FILE`` also names one).
 
 :func:`genConfig` writes a ``.env`` with mode 0600 where the user asks, never
-into the installed package. The secret is masked in every ``repr``.
+into the installed package. The secret is masked in every ``repr``. With no
+``SECRET_KEY`` (nor ``SECRET_KEY_FILE``) configured, the user's stored secret
+is used (``secret_store.py``): that is how a server, its nodes and its
+controllers of one user agree on a secret with nothing configured.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dotenv import dotenv_values
 
 from achilles_like.errors import ConfigurationError
 from achilles_like.protocol.frames import DEFAULT_MAX_BODY
+from achilles_like.secret_store import read_secret_file, stored_secret, write_private
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9999
@@ -106,6 +110,7 @@ def load_settings(
     username: str | None = None,
     secret_key: str | None = None,
     *,
+    secret_key_file: str | None = None,
     processes: int | None = None,
     tls_cert: str | None = None,
     tls_key: str | None = None,
@@ -116,11 +121,16 @@ def load_settings(
     dashboard_host: str | None = None,
     dashboard_token: str | None = None,
 ) -> Settings:
-    """Resolve settings: explicit arguments > ``ACHILLES_*`` variables > ``.env`` > defaults."""
+    """Resolve settings: explicit arguments > ``ACHILLES_*`` variables > ``.env`` > defaults.
+
+    The secret is ``SECRET_KEY``, else the contents of ``SECRET_KEY_FILE``, else
+    this user's stored secret (``secret_store.secret_path``, found through the
+    process's own environment: it belongs to the user, not to ``environ``), else empty.
+    """
     env = os.environ if environ is None else environ
     dotenv = _env_file_values(env_file)
     explicit = {"HOST": host, "PORT": port, "USERNAME": username, "SECRET_KEY": secret_key}
-    explicit["PROCESSES"] = processes
+    explicit.update(PROCESSES=processes, SECRET_KEY_FILE=secret_key_file)
     explicit.update(TLS_CERT=tls_cert, TLS_KEY=tls_key, TLS_CA=tls_ca)
     explicit.update(DASHBOARD_PORT=dashboard_port, DASHBOARD_HOST=dashboard_host)
     explicit.update(DASHBOARD_TOKEN=dashboard_token)
@@ -134,12 +144,16 @@ def load_settings(
     raw_port, raw_processes, raw_body = lookup("PORT"), lookup("PROCESSES"), lookup("MAX_BODY")
     raw_host = lookup("HOST")
     raw_dashboard = lookup("DASHBOARD_PORT")
+    secret = str(lookup("SECRET_KEY") or "")
+    if not secret:
+        secret_file = lookup("SECRET_KEY_FILE")
+        secret = read_secret_file(str(secret_file)) if secret_file else stored_secret()
     return Settings(
         host=str(raw_host) if raw_host is not None else DEFAULT_HOST,
         # Port 0 is legal as an explicit argument: "any free port" for a server.
         port=DEFAULT_PORT if raw_port is None else (0 if port == 0 else _positive_int("PORT", raw_port)),
         username=str(lookup("USERNAME") or ""),
-        secret_key=str(lookup("SECRET_KEY") or ""),
+        secret_key=secret,
         processes=None if raw_processes is None else _positive_int("PROCESSES", raw_processes),
         max_body=DEFAULT_MAX_BODY if raw_body is None else _positive_int("MAX_BODY", raw_body),
         tls=str(lookup("TLS") or "").lower() in ("1", "true", "yes", "on"),
@@ -189,7 +203,7 @@ def genConfig(  # noqa: N802 - achilles' public name
 
     Missing values are asked for when a terminal is attached; otherwise the
     defaults are used and a strong secret is generated. An existing file is
-    overwritten, as in achilles.
+    replaced, as in achilles (atomically, see ``secret_store.write_private``).
     """
     if interactive is None:
         interactive = sys.stdin is not None and sys.stdin.isatty()
@@ -208,11 +222,7 @@ def genConfig(  # noqa: N802 - achilles' public name
     for key, value in values.items():
         if any(c in value for c in "\r\n\"'"):
             raise ConfigurationError(f"{key} may not contain quotes or line breaks")
-    target = Path(path).expanduser().resolve()
     text = "".join(f"{key}={value}\n" for key, value in values.items())
-    # Create with 0600 from the start so the secret is never readable by others.
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(target, 0o600)
-    return target
+    # A new 0600 file renamed into place: never readable by others, never half
+    # written, and a symlink planted at the path is replaced instead of followed.
+    return write_private(path, text)

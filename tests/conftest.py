@@ -2,18 +2,36 @@
 
 Every process a fixture starts is stopped when the fixture ends, whatever the
 test did: LocalCluster kills whole process groups.
+
+No test touches the real per-user secret file: ``XDG_CONFIG_HOME`` points at
+a temporary directory for the whole session (subprocesses inherit it), and
+at a fresh one for each test.
 """
 
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from achilles_like import LocalCluster, getClusterStatus
+
+# Before any fixture starts a process: module-scoped clusters inherit this too.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="achilles-test-config-")
+
+
+@pytest.fixture(autouse=True)
+def private_config_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty XDG_CONFIG_HOME for each test, so no stored secret leaks between tests."""
+    home = tmp_path_factory.mktemp("config-home")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    return home
 
 
 @pytest.fixture(scope="module")

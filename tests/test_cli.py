@@ -37,13 +37,23 @@ SUBCOMMAND_OPTIONS = {
         "--port",
         "--username",
         "--secret-key",
+        "--secret-key-file",
         "--heartbeat-interval",
         "--heartbeat-timeout",
     ],
-    "node": ["--host", "--port", "--secret-key", "--processes"],
-    "status": ["--host", "--port", "--username", "--secret-key", "--json"],
-    "kill": ["--host", "--port", "--username", "--secret-key", "-y", "--yes", "--server"],
-    "genconfig": ["--host", "--port", "--username", "--secret-key", "--path"],
+    "node": ["--host", "--port", "--secret-key", "--secret-key-file", "--processes"],
+    "status": ["--host", "--port", "--username", "--secret-key", "--secret-key-file", "--json"],
+    "kill": [
+        "--host",
+        "--port",
+        "--username",
+        "--secret-key",
+        "--secret-key-file",
+        "-y",
+        "--yes",
+        "--server",
+    ],
+    "genconfig": ["--host", "--port", "--username", "--secret-key", "--secret-key-file", "--path"],
     "demo": ["--nodes", "--processes", "--items", "--chunksize"],
 }
 
@@ -216,9 +226,13 @@ def test_server_on_all_interfaces_without_secret_exits_1(achilles_script: str, t
     assert result.stderr.startswith("achilles: refusing to listen on 0.0.0.0 without a SECRET_KEY")
 
 
+WRONG_STRONG_SECRET = "wrong-but-Strong-4Kd8Px2Qm7Zt5Wn9"  # no weak-secret warning before the error
+DOTENV_SECRET = "dotenv-Secret-7Hq2Zx9Lp4Wm8Rv3Nb6"  # strong enough beyond loopback
+
+
 def test_server_reads_the_secret_from_dotenv(tmp_path: Path) -> None:
     """A SECRET_KEY in the working directory's .env lets the server listen on 0.0.0.0."""
-    (tmp_path / ".env").write_text("SECRET_KEY=from-dotenv\n", encoding="utf-8")
+    (tmp_path / ".env").write_text(f"SECRET_KEY={DOTENV_SECRET}\n", encoding="utf-8")
     process = subprocess.Popen(
         [*MODULE, "server", "--host", "0.0.0.0", "--port", "0"],
         cwd=tmp_path,
@@ -233,7 +247,7 @@ def test_server_reads_the_secret_from_dotenv(tmp_path: Path) -> None:
         line = read_line(process)
         assert line.startswith("achilles_like server listening on 0.0.0.0:"), line
         port = int(line.rsplit(":", 1)[1])
-        status = achilles_like.getClusterStatus("127.0.0.1", port, secret_key="from-dotenv")
+        status = achilles_like.getClusterStatus("127.0.0.1", port, secret_key=DOTENV_SECRET)
         assert (status["nodes"], status["job"], status["queue"]) == ([], None, [])
     finally:
         stop(process)
@@ -293,7 +307,7 @@ def test_status_with_wrong_secret_exits_1(
     cluster: LocalCluster, achilles_script: str, tmp_path: Path
 ) -> None:
     """`achilles status` with a wrong secret exits 1 with an authentication error, and prints no status."""
-    env = clean_env(host=cluster.host, port=str(cluster.port), secret_key="wrong")
+    env = clean_env(host=cluster.host, port=str(cluster.port), secret_key=WRONG_STRONG_SECRET)
     result = run([achilles_script, "status"], tmp_path, env)
     assert result.returncode == 1
     assert result.stdout == ""

@@ -30,6 +30,7 @@ from achilles_like.config import Settings
 from achilles_like.errors import AuthenticationError, ClusterConnectionError, ProtocolError
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder, encode_frame
 from achilles_like.protocol.handshake import NONCE_BYTES
+from achilles_like.secret_strength import check_peer_secret
 from achilles_like.tls import client_creator
 
 CONNECT_TIMEOUT = 10.0
@@ -214,6 +215,7 @@ class Connection:
         cls, settings: Settings, role: str = "controller", events: queue.SimpleQueue[Any] | None = None
     ) -> Connection:
         """Connect and authenticate, or raise ClusterConnectionError/AuthenticationError."""
+        check_peer_secret(settings, role)
         opening: list[defer.Deferred[ClientProtocol]] = []
 
         def start() -> defer.Deferred[ClientProtocol]:

@@ -46,6 +46,7 @@ from achilles_like.node.worker_pool import Outcome, WorkerPool, WorkItem
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder
 from achilles_like.protocol import messages as msg
 from achilles_like.protocol.handshake import NONCE_BYTES
+from achilles_like.secret_strength import check_peer_secret
 from achilles_like.serialization import RemoteFailure, dumps
 from achilles_like.tls import client_creator
 
@@ -302,7 +303,10 @@ class NodeFactory(ReconnectingClientFactory):
 
 def start_node(settings: Settings, reactor: Any, processes: int | None = None) -> NodeFactory:
     """Start a node without blocking: it connects and keeps reconnecting."""
+    check_peer_secret(settings, "node")
     creator = client_creator(settings)  # checked first: a TLS mistake fails before any fork
+    # Tasks run in forked workers: they must not find the cluster secret in their environment.
+    os.environ.pop("ACHILLES_SECRET_KEY", None)
     agent = NodeAgent(settings, reactor, processes)
     factory = NodeFactory(agent)
     if creator is not None:

@@ -38,7 +38,7 @@ import json
 import logging
 import secrets
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.internet import task
@@ -46,7 +46,7 @@ from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTCP, I
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.python.failure import Failure
 
-from achilles_like.config import LOOPBACK_HOSTS, Settings
+from achilles_like.config import LOOPBACK_HOSTS, Settings, generate_secret
 from achilles_like.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -58,6 +58,8 @@ from achilles_like.protocol import messages as msg
 from achilles_like.protocol.handshake import NONCE_BYTES
 from achilles_like.scheduling import actions as act
 from achilles_like.scheduling.scheduler import Scheduler
+from achilles_like.secret_store import ensure_secret
+from achilles_like.secret_strength import check_secret_strength
 from achilles_like.server.metrics import ServerStats
 from achilles_like.tls import server_context
 
@@ -436,6 +438,31 @@ def check_bind_allowed(settings: Settings) -> None:
         )
 
 
+def with_server_secret(settings: Settings) -> Settings:
+    """The server's settings with a secret: configured (checked), or this user's stored one.
+
+    With no secret configured, the server uses the per-user secret file, making a
+    strong secret there first if there is none, so nobody connects without proving
+    a secret, even on loopback. Only mutual TLS beyond it stands in for a secret
+    (the peers' certificates are their proof).
+    """
+    check_bind_allowed(settings)
+    if settings.secret_key:
+        check_secret_strength(settings.secret_key, settings.host, "server")
+        return settings
+    if settings.tls_cert and settings.tls_ca:
+        log.warning("no SECRET_KEY set: peers are trusted on their TLS client certificate alone")
+        return settings
+    secret, path, created = ensure_secret(generate_secret())
+    log.warning(
+        "no SECRET_KEY configured: %s the secret in %s (mode 0600); nodes, controllers and admin"
+        " commands of this user with no secret configured read it there",
+        "created" if created else "using",
+        path,
+    )
+    return replace(settings, secret_key=secret)
+
+
 def start_server(
     settings: Settings, reactor: Any, options: ServerOptions | None = None
 ) -> tuple[ClusterServer, IListeningPort]:
@@ -444,9 +471,7 @@ def start_server(
     ``settings.port`` may be 0 to take any free port: read the real one from
     ``port.getHost().port``.
     """
-    check_bind_allowed(settings)
-    if not settings.secret_key:
-        log.warning("no SECRET_KEY set: any local user can submit work to this server")
+    settings = with_server_secret(settings)
     cluster = ClusterServer(settings, reactor, options)
     context = server_context(settings)
     if context is not None:
