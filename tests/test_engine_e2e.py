@@ -87,3 +87,12 @@ def test_breaking_out_of_imap_cancels_the_rest_on_the_cluster(small: LocalCluste
     wait_until(lambda: status_of(small)["job"] is None, what="the abandoned job to be cancelled")
     wait_until(lambda: status_of(small)["nodes"][0]["busy"] == 0, what="the node to go idle")
     assert status_of(small)["jobs_done"] == done_before  # cancelled, not finished
+
+
+def test_a_pool_job_outlives_many_other_jobs(small: LocalCluster) -> None:
+    """A Pool's job idles while a dozen other jobs run and end; its next call (a new function) still runs."""
+    with al.Pool(host=small.host, port=small.port, secret_key=small.secret_key) as pool:
+        assert pool.apply(tasks.square, (3,)) == 9
+        for i in range(12):
+            assert al.map(tasks.square, [i], **target(small)) == [i * i]
+        assert pool.apply(tasks.negate, (3,)) == -3

@@ -28,6 +28,7 @@ from achilles_like.scheduling import (
     JobOutcome,
     JobQueued,
     JobStarted,
+    ReleaseOnNode,
     Scheduler,
     SendJob,
 )
@@ -95,6 +96,10 @@ class SchedulerMachine(RuleBasedStateMachine):
                 self.on_forward(action)
             elif isinstance(action, JobEnded):
                 self.on_ended(action)
+            elif isinstance(action, ReleaseOnNode):
+                assert action.node_id in self.nodes
+                assert (action.node_id, action.job_id) in self.has_function
+                assert self.jobs[action.job_id].outcome is JobOutcome.DONE
             else:
                 self.on_cancel_on_node(action)
 

@@ -25,6 +25,7 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapCl
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
+from achilles_like import tcp
 from achilles_like.client import reactor_thread
 from achilles_like.config import Settings
 from achilles_like.errors import AuthenticationError, ClusterConnectionError, ProtocolError
@@ -66,6 +67,9 @@ class ClientProtocol(Protocol):
         self.failure: str = ""
         self.last_seen = time.monotonic()
         self.lost = False
+
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        tcp.tune(self.transport)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
         self.last_seen = time.monotonic()

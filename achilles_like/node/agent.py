@@ -40,6 +40,7 @@ from typing import Any
 from twisted.internet.protocol import Protocol, ReconnectingClientFactory, connectionDone
 from twisted.python.failure import Failure
 
+from achilles_like import tcp
 from achilles_like.config import Settings, load_settings, usable_cpus
 from achilles_like.errors import AuthenticationError, ProtocolError, ProtocolViolationError, TaskTimeoutError
 from achilles_like.node.worker_pool import Outcome, WorkerPool, WorkItem
@@ -101,10 +102,12 @@ class NodeAgent:
         self.workers.cancel(lambda item: item.job_key < stale)
 
     def add_job(self, job_id: int, setup_blob: bytes, options: JobOptions) -> None:
-        """Remember a job's setup and options; forget those of older jobs."""
+        """Remember a job's setup and options until the server releases or cancels the job."""
         self.jobs[job_id] = (setup_blob, options)
-        for old in sorted(self.jobs)[:-_REMEMBERED_JOBS]:
-            self._forget(old)
+
+    def release(self, job_id: int) -> None:
+        """The job finished: forget its setup and functions."""
+        self._forget(job_id)
 
     def add_function(self, job_id: int, fn: int, blob: bytes) -> None:
         """Remember one of a job's functions."""
@@ -190,6 +193,9 @@ class NodeProtocol(Protocol):
         self.decoder = FrameDecoder(max_body=0)  # raised once the server has proved itself
         self.handshake = ClientHandshake(settings.secret_bytes, secrets.token_bytes(NONCE_BYTES), "node")
 
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        tcp.tune(self.transport)
+
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
         try:
             for frame in self.decoder.feed(data):
@@ -226,6 +232,8 @@ class NodeProtocol(Protocol):
                 pass
             case msg.Cancel(job=job):
                 self.agent.cancel(job)
+            case msg.Release(job=job):
+                self.agent.release(job)
             case msg.Registered(node=node):
                 self.factory.registered(node)
             case msg.Shutdown():

@@ -234,6 +234,14 @@ class Cancel(Message):
     job: int
 
 
+@message("RELEASE")
+@dataclass(frozen=True)
+class Release(Message):
+    """The job is over: the node may forget its setup and functions."""
+
+    job: int
+
+
 @message("SHUTDOWN")
 @dataclass(frozen=True)
 class Shutdown(Message):

@@ -16,6 +16,7 @@ from achilles_like.scheduling.actions import (
     JobOutcome,
     JobQueued,
     JobStarted,
+    ReleaseOnNode,
     SendFunction,
     SendJob,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "JobOutcome",
     "JobQueued",
     "JobStarted",
+    "ReleaseOnNode",
     "ReorderBuffer",
     "Scheduler",
     "SendFunction",

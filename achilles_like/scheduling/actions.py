@@ -107,6 +107,14 @@ class CancelOnNode:
     job_id: int
 
 
+@dataclass(frozen=True)
+class ReleaseOnNode:
+    """A job finished: a node that got its setup may forget it and its functions."""
+
+    node_id: str
+    job_id: int
+
+
 Action = (
     SendJob
     | SendFunction
@@ -117,4 +125,5 @@ Action = (
     | JobStarted
     | JobEnded
     | CancelOnNode
+    | ReleaseOnNode
 )

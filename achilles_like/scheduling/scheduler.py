@@ -57,6 +57,7 @@ from achilles_like.scheduling.actions import (
     JobOutcome,
     JobQueued,
     JobStarted,
+    ReleaseOnNode,
     SendFunction,
     SendJob,
 )
@@ -515,6 +516,8 @@ class Scheduler:
         if outcome is not JobOutcome.DONE:
             actions += [CancelOnNode(node_id, job.job_id) for node_id in self._involved(job)]
         else:
+            # Nodes keep a job's setup and functions until told: a Pool's job may idle for long.
+            actions += [ReleaseOnNode(node_id, job.job_id) for node_id in self._involved(job)]
             self._jobs_done += 1
         for node in self._nodes.values():
             node.inflight = {pair for pair in node.inflight if pair[0] != job.job_id}

@@ -46,6 +46,7 @@ from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTCP, I
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.python.failure import Failure
 
+from achilles_like import tcp
 from achilles_like.config import LOOPBACK_HOSTS, Settings, generate_secret
 from achilles_like.errors import (
     AuthenticationError,
@@ -102,6 +103,7 @@ class ServerProtocol(Protocol):
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
         assert self.transport is not None
+        tcp.tune(self.transport)
         self.address = _describe(self.transport.getPeer())
         self.last_seen = self.cluster.clock.seconds()
         self.cluster.clock.callLater(self.cluster.options.auth_timeout, self._check_authenticated)
@@ -417,6 +419,8 @@ class ClusterServer(ServerFactory):
                 self.job_refs.pop(job_id, None)
                 ended = msg.Ended(job=job_id, outcome=outcome.value, reason=reason, task=task_id)
                 self._send(controller_id, ended)
+            case act.ReleaseOnNode(node_id, job_id):
+                self._send(node_id, msg.Release(job=job_id))
             case act.CancelOnNode(node_id, job_id):
                 self._send(node_id, msg.Cancel(job=job_id))
 
