@@ -245,7 +245,7 @@ TLS_CLIENT_HELLO_PREFIX = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + byte
         b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
         TLS_CLIENT_HELLO_PREFIX,  # holds a \n (byte 10 of the random) after non-ASCII bytes
         b"\x00\xff\xfe\x80garbage\n",
-        b"\r\n",
+        b"\r\n\r\nping\r\n",  # blank lines are skipped, the garbage after them is not
         b"ping\r\n",
         b"PING  job=1\r\n",
         b"PING job=1 \r\n",
@@ -260,10 +260,19 @@ def test_garbage_raises_protocol_error(garbage: bytes) -> None:
         FrameDecoder().feed(garbage)
 
 
+def test_blank_lines_between_frames_are_ignored() -> None:
+    """A client's blank-line preamble, and blank lines between frames, yield no frame and no error."""
+    decoder = FrameDecoder()
+    assert decoder.feed(b"\r\n\r\n\r\n") == []
+    frames = decoder.feed(b"PING\r\n\n\r\nPONG\r\n")
+    assert [frame.verb for frame in frames] == ["PING", "PONG"]
+    assert decoder.buffered == 0
+
+
 def test_tls_client_hello_is_refused_at_its_first_byte() -> None:
     """A TLS ClientHello (first byte 0x16, no newline) is refused at once, not at the line limit."""
     record = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x42" * 506
-    with pytest.raises(ProtocolError, match="cannot start with byte 0x16"):
+    with pytest.raises(ProtocolError, match="the other side speaks TLS"):
         FrameDecoder(max_line=256).feed(record[:1])
 
 

@@ -6,8 +6,9 @@
 
 A header is a verb (``[A-Z_]+``) and ``key=value`` fields separated by single
 spaces; values are percent-encoded so they never hold a space or a line
-break. ``len`` is the body length; without it the body is empty. Bodies are
-raw bytes, so a pickle that happens to contain ``\\r\\n`` is carried intact.
+break. Blank lines between frames are ignored. ``len`` is the body length;
+without it the body is empty. Bodies are raw bytes, so a pickle that
+happens to contain ``\\r\\n`` is carried intact.
 
 :class:`FrameDecoder` is sans-I/O: bytes go in through :meth:`FrameDecoder.feed`
 in chunks of any size, whole frames come out. Both limits are checked before
@@ -111,6 +112,15 @@ def parse_header(line: bytes, max_body: int) -> tuple[str, dict[str, str], int]:
     return verb, fields, length
 
 
+def _first_byte_problem(byte: int) -> str:
+    if byte in (0x15, 0x16):  # a TLS alert or handshake record
+        return (
+            "the other side speaks TLS and this side does not: set TLS_CA (or ACHILLES_TLS=1) on the"
+            " node or controller, or TLS_CERT and TLS_KEY on the server, so both sides agree"
+        )
+    return f"a frame cannot start with byte 0x{byte:02x}: is this an achilles_like peer?"
+
+
 class FrameDecoder:
     """Turn a byte stream into frames; raise on the first malformed or oversize one.
 
@@ -157,12 +167,12 @@ class FrameDecoder:
 
     def _next_frame(self) -> Frame | None:
         if self._pending is None:
+            while self._buffer and self._buffer[0] in (0x0D, 0x0A):
+                del self._buffer[:1]  # blank lines between frames are ignored (a client's preamble)
             if self._buffer and not 0x41 <= self._buffer[0] <= 0x5A:
                 # Every header starts with an uppercase verb: refuse a TLS hello or
                 # binary noise at its first byte instead of waiting for a newline.
-                raise ProtocolError(
-                    f"a frame cannot start with byte 0x{self._buffer[0]:02x}: is this an achilles_like peer?"
-                )
+                raise ProtocolError(_first_byte_problem(self._buffer[0]))
             end = self._buffer.find(b"\n", 0, self.max_line + 1)
             if end < 0:
                 if len(self._buffer) > self.max_line:

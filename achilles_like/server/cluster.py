@@ -51,6 +51,7 @@ from achilles_like.errors import (
     ProtocolError,
     ProtocolViolationError,
 )
+from achilles_like.liveness import enable_keepalive
 from achilles_like.protocol import Frame, FrameDecoder, ServerHandshake, encode_frame, encode_header
 from achilles_like.protocol.handshake import NONCE_BYTES
 from achilles_like.scheduling import actions as act
@@ -97,6 +98,7 @@ class ServerProtocol(Protocol):
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
         assert self.transport is not None
+        enable_keepalive(self.transport)
         self.address = _describe(self.transport.getPeer())
         self.last_seen = self.cluster.clock.seconds()
         self.cluster.clock.callLater(self.cluster.options.auth_timeout, self._check_authenticated)
