@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 
 from achilles_like.errors import FrameTooLargeError, ProtocolError, ProtocolViolationError
 from achilles_like.protocol.frames import (
+    CONTROL_BODY_LIMIT,
     DEFAULT_MAX_BODY,
     DEFAULT_MAX_LINE,
     Frame,
     FrameDecoder,
+    body_limits,
     encode_frame,
     encode_header,
     parse_header,
@@ -473,3 +475,43 @@ def test_frames_before_a_bad_frame_in_the_same_chunk_are_returned() -> None:
     assert isinstance(decoder.error, FrameTooLargeError)
     with pytest.raises(FrameTooLargeError):
         decoder.feed(b"")
+
+
+# --- body limits by verb and role -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("role", "verb", "large"),
+    [
+        ("admin", "STATUS", False),
+        ("admin", "KILL", False),
+        ("admin", "TASK", False),
+        ("controller", "CANCEL", False),
+        ("controller", "END", False),
+        ("controller", "SUBMIT", True),
+        ("controller", "TASK", True),
+        ("controller", "FUNC", True),
+        ("node", "REGISTER", False),
+        ("node", "LOST", False),
+        ("node", "RESULT", True),
+        ("controller", "SOME_NEW_VERB", False),
+    ],
+)
+def test_only_data_verbs_may_carry_large_bodies(role: str, verb: str, large: bool) -> None:
+    """A control or admin frame over 64 KiB is refused before buffering; data frames may be large."""
+    decoder = FrameDecoder(max_body=1 << 30, body_limit=body_limits(role, 1 << 30))
+    header = encode_header(verb, CONTROL_BODY_LIMIT + 1)
+    if large:
+        assert decoder.feed(header) == []
+        assert decoder.buffered == 0
+    else:
+        with pytest.raises(FrameTooLargeError, match=f"limit for {verb}"):
+            decoder.feed(header)
+    small = FrameDecoder(body_limit=body_limits(role, 1 << 30))
+    assert small.feed(encode_frame(verb, b"x" * CONTROL_BODY_LIMIT))[0].body == b"x" * CONTROL_BODY_LIMIT
+
+
+def test_per_verb_limits_never_exceed_max_body() -> None:
+    """The large verbs are still held to max_body."""
+    limit = body_limits("controller", 1000)
+    assert (limit("TASK"), limit("STATUS")) == (1000, 1000)

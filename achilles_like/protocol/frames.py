@@ -15,11 +15,15 @@ in chunks of any size, whole frames come out. Both limits are checked before
 anything is buffered for a body: a header line longer than ``max_line`` or a
 declared body larger than ``max_body`` raises :class:`FrameTooLargeError` at
 once, so a peer cannot make us reserve memory by announcing a huge frame.
+A server's decoder also limits bodies per verb and role (:func:`body_limits`):
+only task, function and result frames may be large, every control and admin
+frame is held to :data:`CONTROL_BODY_LIMIT`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
@@ -27,6 +31,29 @@ from achilles_like.errors import FrameTooLargeError, ProtocolError, ProtocolViol
 
 DEFAULT_MAX_LINE = 4096
 DEFAULT_MAX_BODY = 1 << 30  # 1 GiB: one task's items or one chunk's results
+CONTROL_BODY_LIMIT = 64 * 1024  # every other verb: control and admin messages are small
+
+# The verbs each role may send with a large body (up to max_body); any other
+# verb, including one added later and not listed here, gets CONTROL_BODY_LIMIT.
+LARGE_BODY_VERBS: dict[str, frozenset[str]] = {
+    "controller": frozenset({"SUBMIT", "FUNC", "TASK"}),
+    "node": frozenset({"RESULT"}),
+    "admin": frozenset(),
+}
+# For a peer whose role is not known: the verbs that carry user data.
+DATA_VERBS = frozenset({"TASK", "RESULT", "FUNC", "SUBMIT"})
+
+
+def body_limits(role: str, max_body: int) -> Callable[[str], int]:
+    """The body limit per verb for frames from a peer of ``role`` (what a server's decoder checks)."""
+    large = LARGE_BODY_VERBS.get(role, DATA_VERBS)
+    small = min(max_body, CONTROL_BODY_LIMIT)
+
+    def limit(verb: str) -> int:
+        return max_body if verb in large else small
+
+    return limit
+
 
 _VERB = re.compile(r"[A-Z][A-Z_]{0,31}")
 _KEY = re.compile(r"[a-z][a-z_]{0,31}")
@@ -131,9 +158,16 @@ class FrameDecoder:
     peer's AUTH is answered even if garbage follows it in the same packet.
     """
 
-    def __init__(self, max_line: int = DEFAULT_MAX_LINE, max_body: int = DEFAULT_MAX_BODY) -> None:
+    def __init__(
+        self,
+        max_line: int = DEFAULT_MAX_LINE,
+        max_body: int = DEFAULT_MAX_BODY,
+        body_limit: Callable[[str], int] | None = None,
+    ) -> None:
         self.max_line = max_line
         self.max_body = max_body
+        # Per-verb limits under max_body (see body_limits); None: max_body for every verb.
+        self.body_limit = body_limit
         self._buffer = bytearray()
         # Header of the frame whose body we are waiting for, or None in line mode.
         self._pending: tuple[str, dict[str, str], int] | None = None
@@ -183,6 +217,11 @@ class FrameDecoder:
             line = bytes(self._buffer[:end]).rstrip(b"\r")
             del self._buffer[: end + 1]
             verb, fields, length = parse_header(line, self.max_body)
+            if self.body_limit is not None and length > (limit := self.body_limit(verb)):
+                raise FrameTooLargeError(
+                    f"{verb} frame announces a {length}-byte body, over the {limit}-byte limit"
+                    f" for {verb} (only task, function and result frames may be large)"
+                )
             if length == 0:
                 return Frame(verb, fields)
             self._pending = (verb, fields, length)

@@ -53,6 +53,7 @@ from achilles_like.errors import (
 )
 from achilles_like.liveness import enable_keepalive
 from achilles_like.protocol import Frame, FrameDecoder, ServerHandshake, encode_frame, encode_header
+from achilles_like.protocol.frames import body_limits
 from achilles_like.protocol.handshake import NONCE_BYTES
 from achilles_like.scheduling import actions as act
 from achilles_like.scheduling.scheduler import Scheduler
@@ -140,6 +141,7 @@ class ServerProtocol(Protocol):
             self.role = self.handshake.identity.role
             self.cluster.auth_succeeded(self.host)
             self.decoder.max_body = self.cluster.settings.max_body
+            self.decoder.body_limit = body_limits(self.role, self.decoder.max_body)
             self.peer_id = self.cluster.register(self)
             return
         if frame.verb == "PING":
