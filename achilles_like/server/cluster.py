@@ -59,6 +59,7 @@ from achilles_like.scheduling import actions as act
 from achilles_like.scheduling.scheduler import Scheduler
 from achilles_like.secret_store import ensure_secret
 from achilles_like.secret_strength import check_secret_strength
+from achilles_like.server.guard import raise_open_file_limit
 from achilles_like.tls import server_context
 
 log = logging.getLogger("achilles_like.server")
@@ -70,7 +71,7 @@ class ServerOptions:
 
     heartbeat_interval: float = 2.0
     heartbeat_timeout: float = 10.0
-    auth_timeout: float = 10.0
+    auth_timeout: float = 5.0  # a real peer authenticates in milliseconds; a stalled one holds a socket
     no_node_timeout: float = 60.0  # a running job with no node at all fails after this
     max_auth_delay: float = 5.0  # the longest a repeatedly failing address waits for HELLO
 
@@ -469,6 +470,7 @@ def start_server(
     ``port.getHost().port``.
     """
     settings = with_server_secret(settings)
+    raise_open_file_limit()  # a flood of connections must not exhaust a 1,024-file limit
     cluster = ClusterServer(settings, reactor, options)
     context = server_context(settings)
     if context is not None:
