@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--heartbeat-timeout", type=float, default=10.0, help="drop a node silent this many seconds"
     )
     server.add_argument(
-        "--auth-timeout", type=float, default=10.0, help="close a connection not authenticated by then"
+        "--auth-timeout", type=float, default=5.0, help="close a connection not authenticated by then"
     )
     server.add_argument(
         "--no-node-timeout",

@@ -318,18 +318,35 @@ def test_status_with_wrong_secret_exits_1(
 # -- node ---------------------------------------------------------------------
 
 
-def test_node_with_wrong_secret_exits_1_and_server_keeps_serving(
+def test_node_with_wrong_secret_keeps_retrying_and_server_keeps_serving(
     cluster: LocalCluster, achilles_script: str, tmp_path: Path
 ) -> None:
-    """A node with the wrong secret exits 1 saying "authentication failed"; the server still runs jobs."""
-    env = clean_env(secret_key="wrong")
+    """A node with the wrong secret says "authentication failed" and retries (a refusal from a server
+    that has not proved the secret must not stop it); the server still runs jobs meanwhile."""
+    env = clean_env(secret_key=WRONG_STRONG_SECRET)
     args = ["node", "--host", cluster.host, "--port", str(cluster.port), "--processes", "1"]
-    result = run([achilles_script, *args], tmp_path, env)
-    assert result.returncode == 1
-    assert "authentication failed" in result.stderr
-    assert "ready" not in result.stdout
-    assert len(status_of(cluster)["nodes"]) == 2
-    assert achilles_like.map(tasks.square, range(20), **target(cluster)) == [x * x for x in range(20)]
+    node = subprocess.Popen(
+        [achilles_script, *args],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert node.stderr is not None
+        line = ""
+        while "retrying" not in line:
+            line = node.stderr.readline()
+            assert line, "the node ended without saying why"
+        assert "authentication failed" in line
+        assert node.poll() is None  # still there, retrying with backoff
+        assert len(status_of(cluster)["nodes"]) == 2
+        assert achilles_like.map(tasks.square, range(20), **target(cluster)) == [x * x for x in range(20)]
+    finally:
+        stop(node)
 
 
 def test_node_joins_a_server_and_leaves_on_kill(

@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 
 from achilles_like.errors import FrameTooLargeError, ProtocolError, ProtocolViolationError
 from achilles_like.protocol.frames import (
+    CONTROL_BODY_LIMIT,
     DEFAULT_MAX_BODY,
     DEFAULT_MAX_LINE,
     Frame,
     FrameDecoder,
+    body_limits,
     encode_frame,
     encode_header,
     parse_header,
@@ -245,7 +247,7 @@ TLS_CLIENT_HELLO_PREFIX = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + byte
         b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
         TLS_CLIENT_HELLO_PREFIX,  # holds a \n (byte 10 of the random) after non-ASCII bytes
         b"\x00\xff\xfe\x80garbage\n",
-        b"\r\n",
+        b"\r\n\r\nping\r\n",  # blank lines are skipped, the garbage after them is not
         b"ping\r\n",
         b"PING  job=1\r\n",
         b"PING job=1 \r\n",
@@ -260,10 +262,19 @@ def test_garbage_raises_protocol_error(garbage: bytes) -> None:
         FrameDecoder().feed(garbage)
 
 
+def test_blank_lines_between_frames_are_ignored() -> None:
+    """A client's blank-line preamble, and blank lines between frames, yield no frame and no error."""
+    decoder = FrameDecoder()
+    assert decoder.feed(b"\r\n\r\n\r\n") == []
+    frames = decoder.feed(b"PING\r\n\n\r\nPONG\r\n")
+    assert [frame.verb for frame in frames] == ["PING", "PONG"]
+    assert decoder.buffered == 0
+
+
 def test_tls_client_hello_is_refused_at_its_first_byte() -> None:
     """A TLS ClientHello (first byte 0x16, no newline) is refused at once, not at the line limit."""
     record = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x42" * 506
-    with pytest.raises(ProtocolError, match="cannot start with byte 0x16"):
+    with pytest.raises(ProtocolError, match="the other side speaks TLS"):
         FrameDecoder(max_line=256).feed(record[:1])
 
 
@@ -464,3 +475,43 @@ def test_frames_before_a_bad_frame_in_the_same_chunk_are_returned() -> None:
     assert isinstance(decoder.error, FrameTooLargeError)
     with pytest.raises(FrameTooLargeError):
         decoder.feed(b"")
+
+
+# --- body limits by verb and role -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("role", "verb", "large"),
+    [
+        ("admin", "STATUS", False),
+        ("admin", "KILL", False),
+        ("admin", "TASK", False),
+        ("controller", "CANCEL", False),
+        ("controller", "END", False),
+        ("controller", "SUBMIT", True),
+        ("controller", "TASK", True),
+        ("controller", "FUNC", True),
+        ("node", "REGISTER", False),
+        ("node", "LOST", False),
+        ("node", "RESULT", True),
+        ("controller", "SOME_NEW_VERB", False),
+    ],
+)
+def test_only_data_verbs_may_carry_large_bodies(role: str, verb: str, large: bool) -> None:
+    """A control or admin frame over 64 KiB is refused before buffering; data frames may be large."""
+    decoder = FrameDecoder(max_body=1 << 30, body_limit=body_limits(role, 1 << 30))
+    header = encode_header(verb, CONTROL_BODY_LIMIT + 1)
+    if large:
+        assert decoder.feed(header) == []
+        assert decoder.buffered == 0
+    else:
+        with pytest.raises(FrameTooLargeError, match=f"limit for {verb}"):
+            decoder.feed(header)
+    small = FrameDecoder(body_limit=body_limits(role, 1 << 30))
+    assert small.feed(encode_frame(verb, b"x" * CONTROL_BODY_LIMIT))[0].body == b"x" * CONTROL_BODY_LIMIT
+
+
+def test_per_verb_limits_never_exceed_max_body() -> None:
+    """The large verbs are still held to max_body."""
+    limit = body_limits("controller", 1000)
+    assert (limit("TASK"), limit("STATUS")) == (1000, 1000)

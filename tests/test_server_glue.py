@@ -128,3 +128,15 @@ def test_answering_node_is_kept() -> None:
         protocol.dataReceived(encode_frame("PONG"))
     assert not transport.disconnecting
     server.stop_heartbeats()
+
+
+def test_an_admin_cannot_make_the_server_buffer_a_large_body() -> None:
+    """An authenticated admin announcing a 1 GiB STATUS body gets an ERROR and is disconnected at once."""
+    server, _ = make_server()
+    protocol, transport = connect(server)
+    assert b"WELCOME" in authenticate(protocol, transport, SECRET, "admin")
+    transport.clear()
+    protocol.dataReceived(b"STATUS len=1073741824\r\n" + b"x" * 1000)
+    assert b"ERROR code=protocol" in transport.value()
+    assert b"limit%20for%20STATUS" in transport.value()
+    assert protocol.closed and protocol.decoder.buffered == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import achilles_like as al
 from achilles_like import ClusterConnectionError, ConfigurationError, LocalCluster
 from achilles_like.client.connection import Connection
 from achilles_like.config import Settings
+from achilles_like.liveness import KEEPALIVE_IDLE, tcp_socket
 from achilles_like.server.cluster import check_bind_allowed
 
 
@@ -41,11 +43,29 @@ def test_map_over_tls_gives_exact_results(tls_cluster: LocalCluster) -> None:
 def test_a_plain_controller_cannot_talk_to_a_tls_server(
     tls_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without TLS settings a controller cannot get past the server's TLS layer: a clear connection error."""
+    """Without TLS settings a controller gets an error naming TLS, from the TLS layer's refusal of its
+    preamble, not from the server's authentication timeout."""
     for key in ("ACHILLES_TLS", "ACHILLES_TLS_CA"):
         monkeypatch.delenv(key, raising=False)
-    with pytest.raises(ClusterConnectionError):
+    with pytest.raises(ClusterConnectionError, match="TLS"):
         al.map(tasks.square, [1], host="127.0.0.1", port=tls_cluster.port, secret_key=tls_cluster.secret_key)
+
+
+def test_a_tls_controller_talking_to_a_plain_server_is_told_so(tls_files: TlsFiles) -> None:
+    """A controller with TLS_CA reaching a server without TLS gets an error that says to drop TLS."""
+    with LocalCluster(nodes=0) as plain:
+        settings = plain.settings.with_overrides(tls_ca=tls_files.ca)
+        with pytest.raises(ClusterConnectionError, match="does not use TLS"):
+            Connection.open(settings)
+
+
+def test_controller_connections_have_tcp_keepalive(tls_cluster: LocalCluster) -> None:
+    """A controller's socket to the server has TCP keepalive on, so a vanished server is noticed."""
+    with Connection.open(tls_cluster.settings, role="admin") as connection:
+        handle = tcp_socket(connection._protocol.transport)
+        assert handle is not None
+        assert handle.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE
 
 
 def test_a_certificate_from_another_ca_is_refused(tls_cluster: LocalCluster, tmp_path: Path) -> None:

@@ -29,6 +29,8 @@ from achilles_like import tcp
 from achilles_like.client import reactor_thread
 from achilles_like.config import Settings
 from achilles_like.errors import AuthenticationError, ClusterConnectionError, ProtocolError
+from achilles_like.liveness import enable_keepalive
+from achilles_like.plain_or_tls import PREAMBLE, explain_early_close, server_is_plain
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder, encode_frame
 from achilles_like.protocol.handshake import NONCE_BYTES
 from achilles_like.secret_strength import check_peer_secret
@@ -67,12 +69,16 @@ class ClientProtocol(Protocol):
         self.failure: str = ""
         self.last_seen = time.monotonic()
         self.lost = False
+        self.received_any = False  # nothing at all before a close: a TLS server, most likely
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
         tcp.tune(self.transport)
+        enable_keepalive(self.transport)
+        self.transport.write(PREAMBLE)  # type: ignore[union-attr]  # a TLS server refuses it at once
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
         self.last_seen = time.monotonic()
+        self.received_any = True
         try:
             frames = self.decoder.feed(data)
             if not self.handshake.authenticated:
@@ -134,11 +140,15 @@ class ClientProtocol(Protocol):
         self.lost = True
         where = f"{self.settings.host}:{self.settings.port}"
         message = self.failure or f"the connection to the server at {where} was lost"
-        if not self.failure and not self.handshake.authenticated and _is_tls_error(reason):
+        if not self.failure and not self.handshake.authenticated and server_is_plain(reason):
+            message = f"{message}: {explain_early_close(reason, self.settings.client_tls)}"
+        elif not self.failure and not self.handshake.authenticated and _is_tls_error(reason):
             message = (
                 f"TLS with the server at {where} failed ({reason.getErrorMessage()}): is TLS_CA the CA"
                 " that signed the server's certificate, and does that certificate name this host?"
             )
+        elif not self.failure and not self.received_any:
+            message = f"{message}: {explain_early_close(reason, self.settings.client_tls)}"
         self._fail_ready(ClusterConnectionError(message))
         lost = Lost(message)
         for inbox in {id(q): q for q in [self.events, *self.by_ref.values(), *self.by_job.values()]}.values():

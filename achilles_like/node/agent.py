@@ -22,8 +22,12 @@ fresh workers.
 Every connection to the server has a generation number, part of each task's
 job key. A result that comes back after the connection it belongs to was
 lost is dropped: the server has already re-queued that task elsewhere. The
-node reconnects with exponential backoff and jitter; a failed handshake
-(wrong secret, other version) is final.
+node reconnects with exponential backoff and jitter, also when nothing has
+arrived from the server for ``server_timeout`` seconds (it pings every two):
+a server whose machine vanished closes nothing. A failed handshake (an ERROR,
+another version, a bad WELCOME, a TASK before WELCOME) is only a retry: it
+comes from something that has not proved the secret, and must not be able to
+stop the node. Only a SHUTDOWN after the server has proved itself does.
 """
 
 from __future__ import annotations
@@ -37,16 +41,19 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, ReconnectingClientFactory, connectionDone
 from twisted.python.failure import Failure
 
 from achilles_like import tcp
 from achilles_like.config import Settings, load_settings, usable_cpus
 from achilles_like.errors import AuthenticationError, ProtocolError, ProtocolViolationError, TaskTimeoutError
+from achilles_like.liveness import SilenceWatch, enable_keepalive
 from achilles_like.node.worker_pool import Outcome, WorkerPool, WorkItem
+from achilles_like.plain_or_tls import PREAMBLE, explain_early_close
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder
 from achilles_like.protocol import messages as msg
-from achilles_like.protocol.handshake import NONCE_BYTES
+from achilles_like.protocol.handshake import NONCE_BYTES, HandshakeState
 from achilles_like.secret_strength import check_peer_secret
 from achilles_like.serialization import RemoteFailure, dumps
 from achilles_like.tls import client_creator
@@ -54,6 +61,7 @@ from achilles_like.tls import client_creator
 log = logging.getLogger("achilles_like.node")
 
 PREFETCH_PER_PROCESS = 2
+SERVER_TIMEOUT = 30.0  # seconds without a byte from the server before reconnecting
 _REMEMBERED_JOBS = 8
 
 
@@ -192,18 +200,31 @@ class NodeProtocol(Protocol):
         settings = self.agent.settings
         self.decoder = FrameDecoder(max_body=0)  # raised once the server has proved itself
         self.handshake = ClientHandshake(settings.secret_bytes, secrets.token_bytes(NONCE_BYTES), "node")
+        self.watch = SilenceWatch(factory.clock or _reactor(), factory.server_timeout, self._silent)
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
         tcp.tune(self.transport)
+        enable_keepalive(self.transport)
+        self.watch.start()
+        self.send(PREAMBLE)
+
+    def _silent(self, seconds: float) -> None:
+        log.warning("nothing from the server for %.0fs: reconnecting", seconds)
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        self.watch.touch()
         try:
             for frame in self.decoder.feed(data):
                 self._handle(frame)
             if self.decoder.error is not None:
                 raise self.decoder.error
         except AuthenticationError as error:
-            self.factory.fatal(f"the server refused this node: {error}")
+            # Whoever sent this has not proved the secret: retry, never stop.
+            self.factory.handshake_failed(str(error))
+            if self.transport is not None:
+                self.transport.loseConnection()
         except ProtocolError as error:
             log.error("protocol error from the server: %s", error)
             self.send(msg.Error(code="protocol", msg=str(error)).to_bytes())
@@ -263,6 +284,9 @@ class NodeProtocol(Protocol):
             self.transport.writeSequence(message.encode())
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        self.watch.stop()
+        if self.handshake.state in (HandshakeState.WAITING, HandshakeState.PROVING):
+            self.factory.handshake_failed(explain_early_close(reason, self.agent.settings.client_tls))
         self.agent.detach(self)
 
 
@@ -272,11 +296,19 @@ class NodeFactory(ReconnectingClientFactory):
     initialDelay = 0.5
     maxDelay = 10
 
-    def __init__(self, agent: NodeAgent, on_fatal: Any = None, on_ready: Any = None) -> None:
+    def __init__(
+        self,
+        agent: NodeAgent,
+        on_fatal: Any = None,
+        on_ready: Any = None,
+        server_timeout: float = SERVER_TIMEOUT,
+    ) -> None:
         self.agent = agent
         self.on_fatal = on_fatal
         self.on_ready = on_ready
         self.node_id = ""
+        self.server_timeout = server_timeout
+        self.last_complaint = ""
 
     def buildProtocol(self, addr: Any) -> NodeProtocol:  # noqa: N802 - Twisted's name
         return NodeProtocol(self)
@@ -284,6 +316,7 @@ class NodeFactory(ReconnectingClientFactory):
     def registered(self, node_id: str) -> None:
         """The server accepted this node."""
         self.node_id = node_id
+        self.last_complaint = ""
         settings = self.agent.settings
         print(
             f"achilles_like node {node_id} ready: connected to {settings.host}:{settings.port}"
@@ -292,6 +325,13 @@ class NodeFactory(ReconnectingClientFactory):
         )
         if self.on_ready is not None:
             self.on_ready(node_id)
+
+    def handshake_failed(self, message: str) -> None:
+        """Say why the handshake failed (once per distinct reason); the factory retries with backoff."""
+        if message and message != self.last_complaint:
+            self.last_complaint = message
+            log.error("%s", message)
+            print(f"achilles_like node: {message}; retrying with backoff", file=sys.stderr, flush=True)
 
     def fatal(self, message: str) -> None:
         """Give up for good (authentication failed)."""
@@ -317,6 +357,7 @@ def start_node(settings: Settings, reactor: Any, processes: int | None = None) -
     os.environ.pop("ACHILLES_SECRET_KEY", None)
     agent = NodeAgent(settings, reactor, processes)
     factory = NodeFactory(agent)
+    factory.clock = reactor
     if creator is not None:
         reactor.connectSSL(settings.host, settings.port, factory, creator)
     else:
@@ -348,3 +389,10 @@ def runAchillesNode(  # noqa: N802 - achilles' public name
     reactor.run()
     if exit_code:
         raise SystemExit(exit_code)
+
+
+def _reactor() -> IReactorTime:
+    from twisted.internet import reactor
+
+    clock: IReactorTime = reactor
+    return clock

@@ -6,19 +6,24 @@
 
 A header is a verb (``[A-Z_]+``) and ``key=value`` fields separated by single
 spaces; values are percent-encoded so they never hold a space or a line
-break. ``len`` is the body length; without it the body is empty. Bodies are
-raw bytes, so a pickle that happens to contain ``\\r\\n`` is carried intact.
+break. Blank lines between frames are ignored. ``len`` is the body length;
+without it the body is empty. Bodies are raw bytes, so a pickle that
+happens to contain ``\\r\\n`` is carried intact.
 
 :class:`FrameDecoder` is sans-I/O: bytes go in through :meth:`FrameDecoder.feed`
 in chunks of any size, whole frames come out. Both limits are checked before
 anything is buffered for a body: a header line longer than ``max_line`` or a
 declared body larger than ``max_body`` raises :class:`FrameTooLargeError` at
 once, so a peer cannot make us reserve memory by announcing a huge frame.
+A server's decoder also limits bodies per verb and role (:func:`body_limits`):
+only task, function and result frames may be large, every control and admin
+frame is held to :data:`CONTROL_BODY_LIMIT`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
@@ -26,6 +31,29 @@ from achilles_like.errors import FrameTooLargeError, ProtocolError, ProtocolViol
 
 DEFAULT_MAX_LINE = 4096
 DEFAULT_MAX_BODY = 1 << 30  # 1 GiB: one task's items or one chunk's results
+CONTROL_BODY_LIMIT = 64 * 1024  # every other verb: control and admin messages are small
+
+# The verbs each role may send with a large body (up to max_body); any other
+# verb, including one added later and not listed here, gets CONTROL_BODY_LIMIT.
+LARGE_BODY_VERBS: dict[str, frozenset[str]] = {
+    "controller": frozenset({"SUBMIT", "FUNC", "TASK"}),
+    "node": frozenset({"RESULT"}),
+    "admin": frozenset(),
+}
+# For a peer whose role is not known: the verbs that carry user data.
+DATA_VERBS = frozenset({"TASK", "RESULT", "FUNC", "SUBMIT"})
+
+
+def body_limits(role: str, max_body: int) -> Callable[[str], int]:
+    """The body limit per verb for frames from a peer of ``role`` (what a server's decoder checks)."""
+    large = LARGE_BODY_VERBS.get(role, DATA_VERBS)
+    small = min(max_body, CONTROL_BODY_LIMIT)
+
+    def limit(verb: str) -> int:
+        return max_body if verb in large else small
+
+    return limit
+
 
 _VERB = re.compile(r"[A-Z][A-Z_]{0,31}")
 _KEY = re.compile(r"[a-z][a-z_]{0,31}")
@@ -111,6 +139,15 @@ def parse_header(line: bytes, max_body: int) -> tuple[str, dict[str, str], int]:
     return verb, fields, length
 
 
+def _first_byte_problem(byte: int) -> str:
+    if byte in (0x15, 0x16):  # a TLS alert or handshake record
+        return (
+            "the other side speaks TLS and this side does not: set TLS_CA (or ACHILLES_TLS=1) on the"
+            " node or controller, or TLS_CERT and TLS_KEY on the server, so both sides agree"
+        )
+    return f"a frame cannot start with byte 0x{byte:02x}: is this an achilles_like peer?"
+
+
 class FrameDecoder:
     """Turn a byte stream into frames; raise on the first malformed or oversize one.
 
@@ -121,9 +158,16 @@ class FrameDecoder:
     peer's AUTH is answered even if garbage follows it in the same packet.
     """
 
-    def __init__(self, max_line: int = DEFAULT_MAX_LINE, max_body: int = DEFAULT_MAX_BODY) -> None:
+    def __init__(
+        self,
+        max_line: int = DEFAULT_MAX_LINE,
+        max_body: int = DEFAULT_MAX_BODY,
+        body_limit: Callable[[str], int] | None = None,
+    ) -> None:
         self.max_line = max_line
         self.max_body = max_body
+        # Per-verb limits under max_body (see body_limits); None: max_body for every verb.
+        self.body_limit = body_limit
         self._buffer = bytearray()
         # Header of the frame whose body we are waiting for, or None in line mode.
         self._pending: tuple[str, dict[str, str], int] | None = None
@@ -157,12 +201,12 @@ class FrameDecoder:
 
     def _next_frame(self) -> Frame | None:
         if self._pending is None:
+            while self._buffer and self._buffer[0] in (0x0D, 0x0A):
+                del self._buffer[:1]  # blank lines between frames are ignored (a client's preamble)
             if self._buffer and not 0x41 <= self._buffer[0] <= 0x5A:
                 # Every header starts with an uppercase verb: refuse a TLS hello or
                 # binary noise at its first byte instead of waiting for a newline.
-                raise ProtocolError(
-                    f"a frame cannot start with byte 0x{self._buffer[0]:02x}: is this an achilles_like peer?"
-                )
+                raise ProtocolError(_first_byte_problem(self._buffer[0]))
             end = self._buffer.find(b"\n", 0, self.max_line + 1)
             if end < 0:
                 if len(self._buffer) > self.max_line:
@@ -173,6 +217,11 @@ class FrameDecoder:
             line = bytes(self._buffer[:end]).rstrip(b"\r")
             del self._buffer[: end + 1]
             verb, fields, length = parse_header(line, self.max_body)
+            if self.body_limit is not None and length > (limit := self.body_limit(verb)):
+                raise FrameTooLargeError(
+                    f"{verb} frame announces a {length}-byte body, over the {limit}-byte limit"
+                    f" for {verb} (only task, function and result frames may be large)"
+                )
             if length == 0:
                 return Frame(verb, fields)
             self._pending = (verb, fields, length)

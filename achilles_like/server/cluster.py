@@ -54,13 +54,16 @@ from achilles_like.errors import (
     ProtocolError,
     ProtocolViolationError,
 )
+from achilles_like.liveness import enable_keepalive
 from achilles_like.protocol import Frame, FrameDecoder, ServerHandshake
 from achilles_like.protocol import messages as msg
+from achilles_like.protocol.frames import body_limits
 from achilles_like.protocol.handshake import NONCE_BYTES
 from achilles_like.scheduling import actions as act
 from achilles_like.scheduling.scheduler import Scheduler
 from achilles_like.secret_store import ensure_secret
 from achilles_like.secret_strength import check_secret_strength
+from achilles_like.server.guard import raise_open_file_limit
 from achilles_like.server.metrics import ServerStats
 from achilles_like.tls import server_context
 
@@ -73,7 +76,7 @@ class ServerOptions:
 
     heartbeat_interval: float = 2.0
     heartbeat_timeout: float = 10.0
-    auth_timeout: float = 10.0
+    auth_timeout: float = 5.0  # a real peer authenticates in milliseconds; a stalled one holds a socket
     no_node_timeout: float = 60.0  # a running job with no node at all fails after this
     max_auth_delay: float = 5.0  # the longest a repeatedly failing address waits for HELLO
 
@@ -104,6 +107,7 @@ class ServerProtocol(Protocol):
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
         assert self.transport is not None
         tcp.tune(self.transport)
+        enable_keepalive(self.transport)
         self.address = _describe(self.transport.getPeer())
         self.last_seen = self.cluster.clock.seconds()
         self.cluster.clock.callLater(self.cluster.options.auth_timeout, self._check_authenticated)
@@ -148,6 +152,7 @@ class ServerProtocol(Protocol):
             self.role = self.handshake.identity.role
             self.cluster.auth_succeeded(self.host)
             self.decoder.max_body = self.cluster.settings.max_body
+            self.decoder.body_limit = body_limits(self.role, self.decoder.max_body)
             self.peer_id = self.cluster.register(self)
             return
         message = msg.decode(frame)
@@ -476,6 +481,7 @@ def start_server(
     ``port.getHost().port``.
     """
     settings = with_server_secret(settings)
+    raise_open_file_limit()  # a flood of connections must not exhaust a 1,024-file limit
     cluster = ClusterServer(settings, reactor, options)
     context = server_context(settings)
     if context is not None:
