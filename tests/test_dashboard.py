@@ -141,10 +141,16 @@ def test_the_page_shows_nodes_and_a_job_progressing_in_chromium(
     web_cluster: LocalCluster, browser: Any
 ) -> None:
     """Headless Chromium sees the node names and the running job's done count change without a reload."""
-    from selenium.webdriver.common.by import By
 
     browser.get(web_cluster.dashboard_url)
-    names = lambda: [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "#nodes .node-name")]  # noqa: E731
+
+    # Texts are read in one script call: the page redraws every second, so an element
+    # found in one call may be gone (stale) by the next.
+    def texts(selector: str) -> list[str]:
+        script = "return [...document.querySelectorAll(arguments[0])].map(e => e.innerText)"
+        return list(browser.execute_script(script, selector))
+
+    names = lambda: texts("#nodes .node-name")  # noqa: E731
     wait_until(lambda: len(names()) == 2, what="both nodes on the page")
     status = json.loads(get(web_cluster.dashboard_url, "/api/status")[1])
     assert sorted(names()) == sorted(node["name"] for node in status["nodes"])
@@ -159,12 +165,12 @@ def test_the_page_shows_nodes_and_a_job_progressing_in_chromium(
     )
     job.start()
     try:
-        progress = lambda: [e.text for e in browser.find_elements(By.ID, "job-progress")]  # noqa: E731
+        progress = lambda: texts("#job-progress")  # noqa: E731
         wait_until(lambda: any(text.split(" ")[0] not in ("", "0") for text in progress()), what="progress")
         first = progress()[0]
         wait_until(lambda: progress()[:1] not in ([], [first]), what="the done count to change")
         label = json.loads(get(web_cluster.dashboard_url, "/api/status")[1])["job"]["label"]
-        assert f"· {label}" in browser.find_element(By.ID, "job").text
+        assert f"· {label}" in texts("#job")[0]
         if screenshot := os.environ.get("ACHILLES_DASHBOARD_SCREENSHOT"):
             browser.save_screenshot(screenshot)
     finally:
