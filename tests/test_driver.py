@@ -70,25 +70,34 @@ def test_submit_carries_the_ref_options_and_setup() -> None:
     assert connection.routes[driver.ref] is driver.inbox
 
 
-def test_tasks_wait_for_start_and_credit_and_each_function_is_sent_once() -> None:
-    """Nothing is sent before STARTED; then one TASK per credit, the function once, in one go."""
+def test_the_first_task_goes_at_once_then_tasks_wait_for_credit() -> None:
+    """The first task (and its function) leaves with the SUBMIT, by ref; later ones wait for CREDIT."""
     driver, connection = make_driver()
     connection.take()
     delivered: list[Outcomes] = []
-    batches = [Batch(b"f", [i], delivered.append, i) for i in range(3)]
+    batches = [Batch(b"f", [i], delivered.append, i) for i in range(4)]
     source = _ListSource(batches)
-    assert driver.feed([source]) is False
+    assert driver.feed([source]) is True
+    early = connection.take()
+    assert early == [
+        msg.Func(job=0, fn=0, ref=driver.ref, body=b"f"),
+        msg.Task(job=0, task=0, fn=0, ref=driver.ref, body=dumps([0])),
+    ]
+    assert driver.feed([source]) is False  # no credit until the server grants some
     driver.handle(frames(msg.Queued(job=7, position=1, ref=driver.ref)))
-    assert driver.feed([source]) is False  # queued: no task yet
-    driver.handle(frames(msg.Started(job=7), msg.Credit(job=7, n=2)))
+    assert driver.feed([source]) is False  # queued: still no credit
+    # The first grant includes the task sent ahead: 3 granted, 2 more may go.
+    driver.handle(frames(msg.Started(job=7, ref=driver.ref), msg.Credit(job=7, n=3)))
     assert driver.feed([source]) is True
     sent = connection.take()
-    assert [type(m).__name__ for m in sent] == ["Func", "Task", "Task"]
-    assert [(m.task, m.fn) for m in sent if isinstance(m, msg.Task)] == [(0, 0), (1, 0)]
+    assert [(type(m).__name__, getattr(m, "task", None), m.job) for m in sent] == [
+        ("Task", 1, 7),
+        ("Task", 2, 7),
+    ]
     driver.handle(frames(msg.Credit(job=7, n=1)))
     driver.feed([source])
     [task] = connection.take()  # the function went already
-    assert isinstance(task, msg.Task) and loads(task.body) == [2]
+    assert isinstance(task, msg.Task) and loads(task.body) == [3]
 
 
 def test_results_reach_their_sinks_whole_or_per_item() -> None:
@@ -139,7 +148,7 @@ def test_cancel_is_sent_when_a_caller_abandons_its_job() -> None:
 
 
 def test_lazy_input_is_pulled_only_within_its_memory_bound() -> None:
-    """An endless input is pulled until max_ahead items are unconsumed, then waits for the consumer."""
+    """An endless input is pulled until max_ahead items are unconsumed (plus one chunk), then waits."""
     pulled: list[int] = []
 
     def endless() -> Any:
@@ -155,7 +164,7 @@ def test_lazy_input_is_pulled_only_within_its_memory_bound() -> None:
     while (batch := source.next_batch()) is not None:
         batches.append(batch)
     assert [b.first_index for b in batches] == [0, 2, 4]
-    assert len(pulled) == 6
+    assert len(pulled) == 8  # the bound, and one chunk read ahead
     batches[1].sink(Outcomes(True, [20, 30]))  # out of order: held by the reorder buffer
     assert results.pop_ready() is None
     batches[0].sink(Outcomes(True, [0, 10]))

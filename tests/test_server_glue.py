@@ -140,3 +140,54 @@ def test_an_admin_cannot_make_the_server_buffer_a_large_body() -> None:
     assert b"ERROR code=protocol" in transport.value()
     assert b"limit%20for%20STATUS" in transport.value()
     assert protocol.closed and protocol.decoder.buffered == 0
+
+
+def _controller(server: ClusterServer) -> tuple[ServerProtocol, StringTransport]:
+    protocol, transport = connect(server, "127.0.0.1")
+    authenticate(protocol, transport, SECRET, "controller")
+    transport.clear()
+    return protocol, transport
+
+
+def _said(transport: StringTransport) -> list[tuple[str, dict[str, str]]]:
+    said = [(frame.verb, frame.fields) for frame in FrameDecoder().feed(transport.value())]
+    transport.clear()
+    return [(verb, fields) for verb, fields in said if verb != "PING"]
+
+
+def test_a_queued_job_s_first_task_sent_ahead_runs_when_it_starts() -> None:
+    """A first task and END sent by ref right after SUBMIT wait while the job is queued, then run."""
+    server, _ = make_server()
+    busy, busy_transport = _controller(server)
+    busy.dataReceived(encode_frame("SUBMIT", ref=1))
+    [(verb, fields), _credit] = _said(busy_transport)
+    assert (verb, fields["ref"]) == ("STARTED", "1")
+    busy.dataReceived(
+        encode_frame("FUNC", b"f", job=0, ref=1, fn=0)
+        + encode_frame("TASK", b"t", job=0, ref=1, fn=0, task=0)
+    )
+    late, late_transport = _controller(server)
+    ahead = encode_frame("FUNC", b"g", job=0, ref=9, fn=0) + encode_frame(
+        "TASK", b"u", job=0, ref=9, fn=0, task=0
+    )
+    late.dataReceived(encode_frame("SUBMIT", ref=9) + ahead + encode_frame("END", job=0, ref=9, tasks=1))
+    assert [verb for verb, _ in _said(late_transport)] == ["QUEUED"]
+    status = server.status()
+    assert [job["job_id"] for job in status["queue"]] == [2]
+    busy.dataReceived(encode_frame("CANCEL", job=1))  # the busy job ends: the held task is replayed
+    status = server.status()
+    assert status["job"]["job_id"] == 2 and status["job"]["tasks_received"] == 1
+    assert status["job"]["input_ended"] is True
+
+
+def test_only_a_job_s_first_task_may_be_sent_before_it_starts() -> None:
+    """A second task before STARTED is a protocol error that closes that controller's connection."""
+    server, _ = make_server()
+    busy, _ = _controller(server)
+    busy.dataReceived(encode_frame("SUBMIT", ref=1) + encode_frame("FUNC", b"f", job=0, ref=1, fn=0))
+    busy.dataReceived(encode_frame("TASK", b"t", job=0, ref=1, fn=0, task=0))
+    late, late_transport = _controller(server)
+    tasks = b"".join(encode_frame("TASK", b"u", job=0, ref=9, fn=0, task=n) for n in range(2))
+    late.dataReceived(encode_frame("SUBMIT", ref=9) + encode_frame("FUNC", b"g", job=0, ref=9, fn=0) + tasks)
+    [*_, (verb, fields)] = _said(late_transport)
+    assert verb == "ERROR" and "only a job's first task may be sent before it starts" in fields["msg"]

@@ -60,12 +60,15 @@ def _run(
     results = IMapIterator(ordered)
     results.stop_at_failure = True
     source = IterSource(func_blob, items, chunksize, results, DEFAULT_MAX_AHEAD)
-    driver.submit()
     return _drive(driver, source, results)
 
 
 def _drive(driver: JobDriver, source: IterSource, results: IMapIterator) -> Iterator[Any]:
-    """Run the job from the caller's thread, yielding each result as it becomes ready."""
+    """Run the job from the caller's thread, yielding each result as it becomes ready.
+
+    Nothing is sent, and no input pulled, before the first result is asked for.
+    """
+    driver.submit()
     try:
         while True:
             while (outcome := results.pop_ready()) is not None:

@@ -103,11 +103,17 @@ class ClientProtocol(Protocol):
                     self.transport.write(encode_frame("PONG"))
                 continue
             inbox = self._inbox(frame)
-            batches.setdefault(id(inbox), (inbox, []))[1].append(frame)
+            if inbox is not None:
+                batches.setdefault(id(inbox), (inbox, []))[1].append(frame)
         for inbox, batch in batches.values():
             inbox.put(batch)
 
-    def _inbox(self, frame: Frame) -> queue.SimpleQueue[Any]:
+    def _inbox(self, frame: Frame) -> queue.SimpleQueue[Any] | None:
+        """Where a frame goes: its job's inbox, the default one if it names no job, else nowhere.
+
+        A frame of a job nobody routes any more (its caller gave it up, or it
+        ended) is dropped, so a shared connection never piles them up.
+        """
         fields = frame.fields
         job = fields.get("job")
         if "ref" in fields:
@@ -115,9 +121,11 @@ class ClientProtocol(Protocol):
             if inbox is not None and job is not None and job.isdigit():
                 self.by_job[int(job)] = inbox
                 return inbox
-        inbox = self.by_job.get(int(job)) if job is not None and job.isdigit() else None
-        if inbox is None:
+        if job is None:
             return self.events
+        inbox = self.by_job.get(int(job)) if job.isdigit() else None
+        if inbox is None:
+            return None
         if frame.verb == "ENDED":
             del self.by_job[int(job or 0)]
         return inbox

@@ -154,7 +154,10 @@ class JobDriver:
         self.on_job_failure = on_job_failure
         self.job_id: int | None = None
         self.started = False
-        self.credit = 0
+        # A job may send its first task before the server says STARTED (it holds it until
+        # then), so a one-item call costs one round trip; the first CREDIT includes it.
+        self.credit = 1
+        self._first_grant = True
         self.next_task = 0
         self.inflight: dict[int, Batch] = {}
         self.functions: dict[bytes, int] = {}
@@ -171,7 +174,7 @@ class JobDriver:
 
     def feed(self, sources: Iterable[Source]) -> bool:
         """Send batches while there is credit; return whether anything was sent."""
-        if not self.started or self.end_sent or self.ended is not None:
+        if self.end_sent or self.ended is not None:
             return False
         sent = False
         for source in sources:
@@ -187,19 +190,23 @@ class JobDriver:
                 sent = True
         return sent
 
+    def _address(self) -> tuple[int, int | None]:
+        """``(job, ref)``: the job's id once known; before that, job 0 and this driver's ref."""
+        return (self.job_id, None) if self.job_id is not None else (0, self.ref)
+
     def _task(self, batch: Batch) -> list[bytes]:
-        assert self.job_id is not None
         try:
             body = dumps(batch.items)
         except Exception as error:  # noqa: BLE001 - an argument that cannot travel fails its call
             _deliver(batch, Outcomes.failed(_unpicklable(error, batch), len(batch.items)))
             return []
         parts: list[bytes] = []
+        job, ref = self._address()
         fn = self.functions.get(batch.func_blob)
         if fn is None:
             fn = self.functions[batch.func_blob] = len(self.functions)
-            parts += msg.Func(job=self.job_id, fn=fn, body=batch.func_blob).encode()
-        parts += msg.Task(job=self.job_id, task=self.next_task, fn=fn, body=body).encode()
+            parts += msg.Func(job=job, ref=ref, fn=fn, body=batch.func_blob).encode()
+        parts += msg.Task(job=job, ref=ref, task=self.next_task, fn=fn, body=body).encode()
         self.inflight[self.next_task] = batch
         self.next_task += 1
         self.credit -= 1
@@ -207,14 +214,16 @@ class JobDriver:
 
     def end(self) -> None:
         """Say the job's input is complete (the server ends it once every task is done)."""
-        if self.job_id is not None and not self.end_sent and self.ended is None:
+        if not self.end_sent and self.ended is None:
             self.end_sent = True
-            self.connection.send(msg.End(job=self.job_id, tasks=self.next_task).to_bytes())
+            job, ref = self._address()
+            self.connection.send(msg.End(job=job, ref=ref, tasks=self.next_task).to_bytes())
 
     def cancel(self) -> None:
         """Abandon the job: the cluster drops its tasks (sent whenever a caller gives up its work)."""
-        if self.ended is None and not self.connection.closed and self.job_id is not None:
-            self.connection.send(msg.Cancel(job=self.job_id).to_bytes())
+        if self.ended is None and not self.connection.closed:
+            job, ref = self._address()
+            self.connection.send(msg.Cancel(job=job, ref=ref).to_bytes())
         self.release()
 
     def release(self) -> None:
@@ -246,7 +255,8 @@ class JobDriver:
             case msg.Result(task=task, ok=ok, body=body):
                 self._result(task, ok, body)
             case msg.Credit(n=n):
-                self.credit += n
+                self.credit += n - 1 if self._first_grant else n
+                self._first_grant = False
             case msg.Started(job=job):
                 self.job_id, self.started = job, True
             case msg.Queued(job=job):

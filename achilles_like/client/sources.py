@@ -141,20 +141,33 @@ class IterSource:
         self._throttle = _Throttle(iterator, max(max_ahead, chunksize))
         self._index = 0
         self._done = False
+        # One chunk read ahead (from the first pull on), so the last task is known to be
+        # the last as it is sent: its END can go in the same round trip.
+        self._next: list[Any] | None = None
+
+    def _pull(self) -> list[Any]:
+        return list(itertools.islice(self._items, self._chunksize))
 
     def next_batch(self) -> Batch | None:
         if self._done or self._throttle.throttled:
             return None
-        chunk = list(itertools.islice(self._items, self._chunksize))
+        chunk = self._pull() if self._next is None else self._next
         if not chunk:
-            self._done = True
-            self._iterator._set_length(self._index)
+            self._finish()
             return None
         first = self._throttle.sent_items
         batch = Batch(self._func_blob, chunk, self._iterator.sink_for(self._index), first)
         self._index += 1
         self._throttle.sent_items += len(chunk)
+        self._next = self._pull()
+        if not self._next:
+            self._finish()
         return batch
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            self._iterator._set_length(self._index)
 
     @property
     def exhausted(self) -> bool:

@@ -81,13 +81,14 @@ class _Spec:
     name: str
     kind: str  # int, str, bool or float
     optional: bool
+    default: Any = dataclasses.MISSING
 
     def read(self, frame: Frame) -> Any:
         if self.name not in frame.fields:
             if self.optional:
                 return None
-            if self.kind == "bool":
-                return False
+            if self.default is not dataclasses.MISSING:
+                return self.default
             raise ProtocolViolationError(f"{frame.verb} frame is missing the field {self.name!r}")
         if self.kind == "int":
             return frame.integer(self.name)
@@ -108,7 +109,7 @@ def _specs(cls: type[Message]) -> list[_Spec]:
         for item in dataclasses.fields(cls):
             annotation = str(item.type).replace(" ", "")
             optional = annotation.endswith("|None")
-            specs.append(_Spec(item.name, annotation.removesuffix("|None"), optional))
+            specs.append(_Spec(item.name, annotation.removesuffix("|None"), optional, item.default))
         _SPEC_CACHE[cls] = specs
     return specs
 
@@ -188,6 +189,7 @@ class Func(Message):
 
     job: int
     fn: int
+    ref: int | None = None  # from a controller that does not know the job id yet (job=0)
     body: bytes = field(default=b"", repr=False)
 
 
@@ -200,6 +202,7 @@ class Task(Message):
     task: int
     fn: int | None = None
     attempt: int | None = None
+    ref: int | None = None  # from a controller that does not know the job id yet (job=0)
     body: bytes = field(default=b"", repr=False)
 
 
@@ -232,6 +235,7 @@ class Cancel(Message):
     """Abandon a job (controller to server) or drop its tasks (server to node)."""
 
     job: int
+    ref: int | None = None  # from a controller that does not know the job id yet (job=0)
 
 
 @message("RELEASE")
@@ -299,6 +303,7 @@ class End(Message):
 
     job: int
     tasks: int
+    ref: int | None = None  # from a controller that does not know the job id yet (job=0)
 
 
 @message("ENDED")

@@ -205,6 +205,10 @@ class Scheduler:
         job = self._owner()
         return None if job is None else job.job_id
 
+    def is_started(self, job_id: int) -> bool:
+        """Whether ``job_id`` is a started (not queued, not ended) job."""
+        return job_id in self._started
+
     def job_controller(self, job_id: int) -> str | None:
         """The controller of a live (queued or started) job, else None."""
         job = self._live_job(job_id)

@@ -34,6 +34,7 @@ waits longer and longer (up to ``max_auth_delay``) for its next HELLO.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import secrets
@@ -99,6 +100,7 @@ class ServerProtocol(Protocol):
         )
         self.peer_id = ""
         self.role = ""
+        self.refs: dict[int, int] = {}  # a controller's own job references -> job ids
         self.address = "?"
         self.last_seen = 0.0
         self.closed = False
@@ -225,6 +227,9 @@ class ClusterServer(ServerFactory):
         # and the controller's reference for each job, echoed in QUEUED and STARTED.
         self.job_options: dict[int, tuple[float | None, int | None]] = {}
         self.job_refs: dict[int, int] = {}
+        # A controller may send its job's first task (and END) before the job starts:
+        # held here until it does, so a one-item call costs one round trip, not two.
+        self.early: dict[int, list[msg.Task | msg.End]] = {}
         self._counter = 0
         self.authenticated: dict[str, int] = {"node": 0, "controller": 0, "admin": 0}  # connections, by role
         self.on_stop_requested: Any = None  # set by start_server: stops the process
@@ -333,6 +338,7 @@ class ClusterServer(ServerFactory):
             )
             if message.ref is not None:
                 self.job_refs[job_id] = message.ref
+                peer.refs[message.ref] = job_id
             if message.timeout is not None or message.maxtasks is not None:
                 max_tasks = None if message.maxtasks is None else max(1, message.maxtasks)
                 self.job_options[job_id] = (message.timeout, max_tasks)
@@ -340,9 +346,21 @@ class ClusterServer(ServerFactory):
             return
         if not isinstance(message, msg.Func | msg.Task | msg.End | msg.Cancel):
             raise ProtocolViolationError(f"a controller may not send {message.VERB}")
+        if message.job == 0:  # addressed by the controller's own reference
+            referenced = peer.refs.get(message.ref if message.ref is not None else -1)
+            if referenced is None:
+                raise ProtocolViolationError(f"{message.VERB} job=0 must name the ref of a job it submitted")
+            message = dataclasses.replace(message, job=referenced)
         owner = self.scheduler.job_controller(message.job)
         if owner is not None and owner != peer.peer_id:
             raise ProtocolViolationError(f"job {message.job} belongs to another controller")
+        if (
+            isinstance(message, msg.Task | msg.End)
+            and owner is not None
+            and not self.scheduler.is_started(message.job)
+        ):
+            self._hold_early(message)
+            return
         match message:
             case msg.Func(job=job, fn=fn, body=body):
                 self.execute(self.scheduler.function_received(job, fn, body))
@@ -354,6 +372,22 @@ class ClusterServer(ServerFactory):
                 self.execute(self.scheduler.input_ended(job, tasks))
             case msg.Cancel(job=job):
                 self.execute(self.scheduler.cancel_job(job))
+
+    def _hold_early(self, message: msg.Task | msg.End) -> None:
+        """Keep a queued job's first task (and its END) until the job starts."""
+        early = self.early.setdefault(message.job, [])
+        if isinstance(message, msg.Task) and any(isinstance(held, msg.Task) for held in early):
+            raise ProtocolViolationError(
+                f"task {message.task} of job {message.job} arrived before STARTED; only a job's first"
+                " task may be sent before it starts"
+            )
+        early.append(message)
+
+    def _replay_early(self, controller_id: str, job_id: int) -> None:
+        peer = self.peers.get(controller_id)
+        for message in self.early.pop(job_id, []):
+            if peer is not None:
+                self.controller_message(peer, message)
 
     # -- admin ---------------------------------------------------------------
 
@@ -400,6 +434,9 @@ class ClusterServer(ServerFactory):
         self.events.observe(actions)  # metrics, dashboard and job log lines
         for action in actions:
             self._execute_one(action)
+        for action in actions:
+            if isinstance(action, act.JobStarted) and action.job_id in self.early:
+                self._replay_early(action.controller_id, action.job_id)
 
     def _execute_one(self, action: act.Action) -> None:
         match action:
@@ -421,7 +458,11 @@ class ClusterServer(ServerFactory):
                 self._send(controller_id, msg.Started(job=job_id, ref=self.job_refs.get(job_id)))
             case act.JobEnded(controller_id, job_id, outcome, reason, task_id):
                 self.job_options.pop(job_id, None)
-                self.job_refs.pop(job_id, None)
+                self.early.pop(job_id, None)
+                ref = self.job_refs.pop(job_id, None)
+                controller = self.peers.get(controller_id)
+                if controller is not None and ref is not None:
+                    controller.refs.pop(ref, None)
                 ended = msg.Ended(job=job_id, outcome=outcome.value, reason=reason, task=task_id)
                 self._send(controller_id, ended)
             case act.ReleaseOnNode(node_id, job_id):
