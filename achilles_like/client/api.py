@@ -30,6 +30,7 @@ from achilles_like.client.calls import (
 )
 from achilles_like.client.connection import Connection
 from achilles_like.client.driver import JobDriver
+from achilles_like.client.progress import Progress, input_length, open_progress
 from achilles_like.client.results import IMapIterator
 from achilles_like.client.shared import shared_connection
 from achilles_like.client.sources import IterSource
@@ -49,15 +50,17 @@ def _run(
     ordered: bool,
     target: dict[str, Any],
     timeout: float | None = None,
+    progress: Progress = None,
 ) -> Iterator[Any]:
     chunksize = check_chunksize(chunksize)
     check_timeout(timeout)
+    total = input_length(args)
     items = prepare_input(args)
     func_blob = pickle_function(func, callback)
     connection = shared_connection(resolve_settings(**target))
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
     driver = JobDriver(connection, inbox, label=_label(func), stop_on_failure=True, timeout=timeout)
-    results = IMapIterator(ordered)
+    results = IMapIterator(ordered, progress=open_progress(progress, total, _label(func)))
     results.stop_at_failure = True
     source = IterSource(func_blob, items, chunksize, results, DEFAULT_MAX_AHEAD)
     return _drive(driver, source, results)
@@ -102,6 +105,7 @@ def map(  # noqa: A001 - the achilles / multiprocessing name
     secret_key: str | None = None,
     *,
     timeout: float | None = None,
+    progress: Progress = None,
 ) -> list[Any]:
     """Apply ``func`` to every item of ``args`` on the cluster; return the results in order.
 
@@ -109,9 +113,11 @@ def map(  # noqa: A001 - the achilles / multiprocessing name
     is returned (achilles' meaning). ``chunksize`` items travel together.
     ``timeout`` limits each task (chunk) to that many seconds: a task over it
     has only its worker process stopped and raises :class:`TaskTimeoutError`.
+    ``progress=True`` shows a tqdm bar on stderr (a widget in Jupyter); a
+    ``tqdm`` bar of your own may be passed instead.
     """
     target = {"host": host, "port": port, "username": username, "secret_key": secret_key}
-    return builtins.list(_run(func, args, callback, chunksize, True, target, timeout))
+    return builtins.list(_run(func, args, callback, chunksize, True, target, timeout, progress))
 
 
 def imap(
@@ -125,10 +131,11 @@ def imap(
     secret_key: str | None = None,
     *,
     timeout: float | None = None,
+    progress: Progress = None,
 ) -> Iterator[Any]:
     """Like :func:`map`, but lazy: yield results in input order as they become ready."""
     target = {"host": host, "port": port, "username": username, "secret_key": secret_key}
-    return _run(func, args, callback, chunksize, True, target, timeout)
+    return _run(func, args, callback, chunksize, True, target, timeout, progress)
 
 
 def imap_unordered(
@@ -142,10 +149,11 @@ def imap_unordered(
     secret_key: str | None = None,
     *,
     timeout: float | None = None,
+    progress: Progress = None,
 ) -> Iterator[Any]:
     """Like :func:`imap`, but yield results as soon as they complete, in any order."""
     target = {"host": host, "port": port, "username": username, "secret_key": secret_key}
-    return _run(func, args, callback, chunksize, False, target, timeout)
+    return _run(func, args, callback, chunksize, False, target, timeout, progress)
 
 
 def getClusterStatus(  # noqa: N802 - achilles' public name style

@@ -25,6 +25,7 @@ from typing import Any
 from achilles_like.client.calls import FunctionBlobs, check_timeout
 from achilles_like.client.driver import Batch, Outcomes, Sink
 from achilles_like.client.pool import _shutdown, start_session
+from achilles_like.client.progress import Progress, ProgressSink, input_length, open_progress
 from achilles_like.client.session import Session
 from achilles_like.client.sources import ApplySource
 from achilles_like.client.target import pool_cluster
@@ -143,21 +144,28 @@ class ProcessPoolExecutor(Executor):
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
+        progress: Progress = None,
     ) -> Iterator[Any]:
-        """Like the builtin ``map`` on the cluster; lazy and bounded with ``buffersize``."""
+        """Like the builtin ``map`` on the cluster; lazy and bounded with ``buffersize``.
+
+        ``progress=True`` (beyond the stdlib) shows a tqdm bar of the results consumed.
+        """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if buffersize is not None and not isinstance(buffersize, int):
             raise TypeError("buffersize must be an integer or None")
         if buffersize is not None and buffersize < 1:
             raise ValueError("buffersize must be None or > 0")
+        lengths = [input_length(iterable) for iterable in iterables]
+        total = None if not lengths or None in lengths else min(n for n in lengths if n is not None)
+        bar = open_progress(progress, total, str(getattr(fn, "__qualname__", "map")))
         args = zip(*iterables, strict=False)
         chunks = iter(lambda: list(itertools.islice(args, chunksize)), [])
         deadline = None if timeout is None else time.monotonic() + timeout
         fn_blob = self._blobs.blob(fn, "star", "fn")
         ahead = chunks if buffersize is None else itertools.islice(chunks, buffersize)
         futures = deque(self._submit_chunk(fn_blob, chunk) for chunk in ahead)
-        return self._results(futures, chunks if buffersize is not None else iter(()), fn_blob, deadline)
+        return self._results(futures, chunks if buffersize is not None else iter(()), fn_blob, deadline, bar)
 
     def _results(
         self,
@@ -165,6 +173,7 @@ class ProcessPoolExecutor(Executor):
         chunks: Iterator[list[Any]],
         fn_blob: bytes,
         deadline: float | None,
+        bar: ProgressSink | None,
     ) -> Iterator[Any]:
         try:
             while futures:
@@ -175,8 +184,12 @@ class ProcessPoolExecutor(Executor):
                 chunk = next(chunks, None)
                 if chunk is not None:
                     futures.append(self._submit_chunk(fn_blob, chunk))
+                if bar is not None:
+                    bar.update(len(values))
                 yield from values
         finally:
+            if bar is not None:
+                bar.close()
             for future in futures:
                 future.cancel()
 

@@ -26,6 +26,7 @@ from enum import Enum
 from typing import Any
 
 from achilles_like.client.calls import FunctionBlobs, check_chunksize, check_timeout, pickle_setup
+from achilles_like.client.progress import Progress, input_length, open_progress
 from achilles_like.client.results import AsyncResult, IMapIterator, MapResult
 from achilles_like.client.session import Session
 from achilles_like.client.sources import ApplySource, IMapSource, MapSource
@@ -33,6 +34,10 @@ from achilles_like.client.target import pool_cluster
 from achilles_like.config import Settings
 from achilles_like.errors import ClusterConnectionError
 from achilles_like.local import LocalCluster
+
+
+def _label(func: Callable[..., Any]) -> str:
+    return str(getattr(func, "__qualname__", type(func).__name__))
 
 
 class PoolState(Enum):
@@ -161,10 +166,19 @@ class Pool:
         return result
 
     def map(
-        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        *,
+        progress: Progress = None,
     ) -> list[Any]:
-        """``func`` over ``iterable``, in order, like the builtin ``map`` but on the cluster."""
-        return self._map_async(func, iterable, "map", chunksize).get()  # type: ignore[no-any-return]
+        """``func`` over ``iterable``, in order, like the builtin ``map`` but on the cluster.
+
+        ``progress=True`` (beyond the stdlib) shows a tqdm bar; a caller's own bar works too.
+        """
+        result = self._map_async(func, iterable, "map", chunksize, progress=progress)
+        return result.get()  # type: ignore[no-any-return]
 
     def map_async(
         self,
@@ -178,10 +192,16 @@ class Pool:
         return self._map_async(func, iterable, "map", chunksize, callback, error_callback)
 
     def starmap(
-        self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: int | None = None
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        *,
+        progress: Progress = None,
     ) -> list[Any]:
         """Like :meth:`map`, but each item is unpacked as ``func(*item)``."""
-        return self._map_async(func, iterable, "star", chunksize).get()  # type: ignore[no-any-return]
+        result = self._map_async(func, iterable, "star", chunksize, progress=progress)
+        return result.get()  # type: ignore[no-any-return]
 
     def starmap_async(
         self,
@@ -202,37 +222,57 @@ class Pool:
         chunksize: int | None,
         callback: Callable[[Any], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
+        progress: Progress = None,
     ) -> MapResult:
         self._check_running()
         items = list(iterable)
+        bar = open_progress(progress, len(items), _label(func))
         if chunksize is None:
             # The stdlib's choice: about four chunks per worker process.
             chunksize, extra = divmod(len(items), self._processes * 4)
             chunksize += 1 if extra else 0
         chunksize = check_chunksize(max(chunksize, 1) if items else 1)
         chunks = (len(items) + chunksize - 1) // chunksize
-        result = MapResult(chunks, callback, error_callback)
+        result = MapResult(chunks, callback, error_callback, bar)
         result._owner = self if chunks else None
         if chunks:
             self._session.add(MapSource(self._blobs.blob(func, mode), items, chunksize, result))
         return result
 
-    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> IMapIterator:
+    def imap(
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int = 1,
+        *,
+        progress: Progress = None,
+    ) -> IMapIterator:
         """Lazy ``map``: results in order, the input pulled only as results are consumed."""
-        return self._imap(func, iterable, chunksize, ordered=True)
+        return self._imap(func, iterable, chunksize, ordered=True, progress=progress)
 
     def imap_unordered(
-        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int = 1,
+        *,
+        progress: Progress = None,
     ) -> IMapIterator:
         """Like :meth:`imap`, but results come in the order they complete."""
-        return self._imap(func, iterable, chunksize, ordered=False)
+        return self._imap(func, iterable, chunksize, ordered=False, progress=progress)
 
     def _imap(
-        self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int, ordered: bool
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: int,
+        ordered: bool,
+        progress: Progress = None,
     ) -> IMapIterator:
         self._check_running()
         chunksize = check_chunksize(chunksize)
-        iterator = IMapIterator(ordered, on_consumed=self._session.wake)
+        bar = open_progress(progress, input_length(iterable), _label(func))
+        iterator = IMapIterator(ordered, on_consumed=self._session.wake, progress=bar)
         iterator._owner = self
         blob = self._blobs.blob(func, "map")
         source = IMapSource(blob, iterable, chunksize, iterator, wake=self._session.wake)

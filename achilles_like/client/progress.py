@@ -16,6 +16,9 @@ from typing import Any, Protocol
 from tqdm.auto import tqdm
 from tqdm.std import tqdm as base_tqdm
 
+#: What ``progress=`` accepts: off (None/False), a new bar (True), or the caller's own tqdm bar.
+Progress = bool | base_tqdm | None
+
 
 class ProgressSink(Protocol):
     """Where a call reports the items it has finished."""

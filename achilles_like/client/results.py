@@ -18,6 +18,7 @@ from multiprocessing import TimeoutError as MpTimeoutError
 from typing import Any
 
 from achilles_like.client.driver import Outcomes, Sink
+from achilles_like.client.progress import ProgressSink
 from achilles_like.scheduling.reorder import ReorderBuffer
 
 log = logging.getLogger("achilles_like.results")
@@ -28,8 +29,11 @@ Callback = Callable[[Any], object] | None
 class AsyncResult:
     """The result of ``apply_async`` (and the base of :class:`MapResult`)."""
 
-    def __init__(self, callback: Callback = None, error_callback: Callback = None) -> None:
+    def __init__(
+        self, callback: Callback = None, error_callback: Callback = None, progress: ProgressSink | None = None
+    ) -> None:
         self._event = threading.Event()
+        self._progress = progress  # progress=: counts items as chunks arrive, closed at the end
         self._callback = callback
         self._error_callback = error_callback
         self._success = False
@@ -66,6 +70,8 @@ class AsyncResult:
             return
         self._success, self._value = success, value
         self._owner = None
+        if self._progress is not None:
+            self._progress.close()
         callback = self._callback if success else self._error_callback
         if callback is not None:
             try:
@@ -81,8 +87,14 @@ class AsyncResult:
 class MapResult(AsyncResult):
     """The result of ``map_async``/``starmap_async``: a list once every chunk is in."""
 
-    def __init__(self, chunks: int, callback: Callback = None, error_callback: Callback = None) -> None:
-        super().__init__(callback, error_callback)
+    def __init__(
+        self,
+        chunks: int,
+        callback: Callback = None,
+        error_callback: Callback = None,
+        progress: ProgressSink | None = None,
+    ) -> None:
+        super().__init__(callback, error_callback, progress)
         self._chunks: list[list[Any] | None] = [None] * chunks
         self._missing = chunks
         self._failure: BaseException | None = None
@@ -98,6 +110,8 @@ class MapResult(AsyncResult):
             return
         self._chunks[index] = outcomes.items
         self._missing -= 1
+        if self._progress is not None:
+            self._progress.update(len(outcomes.items))
         failed = outcomes.first_failure()
         if failed is not None and self._failure is None:
             self._failure = failed  # the first failure is the map's result, as in the stdlib...
@@ -121,8 +135,14 @@ class IMapIterator:
     it: the job has ended, and those items will not come.
     """
 
-    def __init__(self, ordered: bool, on_consumed: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        ordered: bool,
+        on_consumed: Callable[[], None] = lambda: None,
+        progress: ProgressSink | None = None,
+    ) -> None:
         self._ordered = ordered
+        self._progress = progress  # progress=: counts items as chunks arrive, closed at the end
         self._on_consumed = on_consumed
         self._cond = threading.Condition()
         self._reorder: ReorderBuffer[Outcomes] = ReorderBuffer()
@@ -190,6 +210,9 @@ class IMapIterator:
         )
         if done:
             self._owner = None
+            if self._progress is not None:
+                self._progress.close()
+                self._progress = None
         return done
 
     def sink_for(self, index: int) -> Sink:
@@ -204,6 +227,8 @@ class IMapIterator:
             if self._failed:
                 return
             self._chunks_in += 1
+            if self._progress is not None:
+                self._progress.update(len(outcomes.items))
             if not self._ordered:
                 self._append(outcomes)
             else:
@@ -219,6 +244,7 @@ class IMapIterator:
     def _set_length(self, chunks: int) -> None:
         with self._cond:
             self._total_chunks = chunks
+            self._finished()  # closes the progress bar if everything is in already
             self._cond.notify_all()
 
     def _fail(self, error: BaseException) -> None:
@@ -232,4 +258,7 @@ class IMapIterator:
                 self._offset = 0
             self._chunks.append(Outcomes(False, [(False, error)]))
             self._total_chunks = self._chunks_in
+            if self._progress is not None:
+                self._progress.close()
+                self._progress = None
             self._cond.notify_all()
