@@ -18,7 +18,6 @@ results are the stdlib's kinds of objects (see ``client/results.py``).
 
 from __future__ import annotations
 
-import os
 import secrets
 import weakref
 from collections.abc import Callable, Iterable
@@ -31,7 +30,7 @@ from achilles_like.client.results import AsyncResult, IMapIterator, MapResult
 from achilles_like.client.session import Session
 from achilles_like.client.sources import ApplySource, IMapSource, MapSource
 from achilles_like.client.target import pool_cluster
-from achilles_like.config import Settings
+from achilles_like.config import Settings, usable_cpus
 from achilles_like.errors import ClusterConnectionError
 from achilles_like.local import LocalCluster
 
@@ -112,7 +111,7 @@ class Pool:
         check_timeout(timeout)
         self._state = PoolState.RUN
         settings, self._cluster = pool_cluster(processes, host, port, username, secret_key)
-        self._processes = processes or os.cpu_count() or 1
+        self._processes = processes or usable_cpus()
         try:
             self._session = start_session(
                 settings,

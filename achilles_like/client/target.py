@@ -11,9 +11,7 @@ Admin calls (status, kill) never start a cluster just to query it.
 
 from __future__ import annotations
 
-import os
-
-from achilles_like.config import Settings, load_settings
+from achilles_like.config import Settings, load_settings, usable_cpus
 from achilles_like.local import LocalCluster, active_cluster, default_cluster, running_default_cluster
 
 
@@ -61,5 +59,5 @@ def pool_cluster(
     settings = _configured(host, port, username, secret_key)
     if settings is not None:
         return settings, None
-    cluster = LocalCluster(nodes=1, processes=processes or os.cpu_count() or 1).start()
+    cluster = LocalCluster(nodes=1, processes=processes or usable_cpus()).start()
     return cluster.settings, cluster
