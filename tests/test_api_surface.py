@@ -90,7 +90,7 @@ def test_error_classes_share_one_root() -> None:
 @pytest.mark.parametrize("name", ["map", "imap", "imap_unordered"])
 def test_map_family_keeps_the_achilles_signature(name: str) -> None:
     """The map family takes achilles' (func, args, callback=None, chunksize=1, host, port, username,
-    secret_key) positionally, plus a keyword-only per-task ``timeout``."""
+    secret_key) positionally, plus a keyword-only per-task ``timeout`` and ``progress`` bar."""
     func = getattr(achilles_like, name)
     assert inspect.signature(func).parameters["timeout"].kind is inspect.Parameter.KEYWORD_ONLY
     assert params(func) == [
@@ -103,7 +103,8 @@ def test_map_family_keeps_the_achilles_signature(name: str) -> None:
         ("username", None),
         ("secret_key", None),
     ]
-    assert extra_params(func) == [("timeout", inspect.Parameter.KEYWORD_ONLY)]
+    keyword_only = inspect.Parameter.KEYWORD_ONLY
+    assert extra_params(func) == [("timeout", keyword_only), ("progress", keyword_only)]
 
 
 def test_run_achilles_server_signature() -> None:

@@ -617,7 +617,7 @@ def test_signature_matches_the_stdlib_executor() -> None:
 
 
 def test_map_signature_has_buffersize() -> None:
-    """map(fn, *iterables, timeout=None, chunksize=1, buffersize=None), as in Python 3.14."""
+    """map(fn, *iterables, timeout=None, chunksize=1, buffersize=None), as in Python 3.14, then progress."""
     require_ours()
     parameters = inspect.signature(achilles_like.ProcessPoolExecutor.map).parameters
     assert [
@@ -626,6 +626,7 @@ def test_map_signature_has_buffersize() -> None:
         ("timeout", None),
         ("chunksize", 1),
         ("buffersize", None),
+        ("progress", None),  # beyond the stdlib, keyword-only and off by default
     ]
     assert parameters["iterables"].kind is inspect.Parameter.VAR_POSITIONAL
 

@@ -52,6 +52,13 @@ class _Wake:
 _WAKE = _Wake()
 
 
+class _NoJob:
+    """What the session thread waits on when no job is open: its inbox."""
+
+
+_NO_JOB = _NoJob()
+
+
 class Session:
     """Drives one job for one Pool or executor, in its own thread."""
 
@@ -77,6 +84,9 @@ class Session:
         self.job_failure_breaks = job_failure_breaks
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        # Held by whichever thread feeds the driver or hands it events (the session thread,
+        # or a caller sending its own work); re-entrant, for a callback that submits work.
+        self._driving = threading.RLock()
         self._sources: deque[PoolSource] = deque()
         self._closing = False
         self._terminating = False
@@ -96,7 +106,26 @@ class Session:
             if self._closing:
                 raise ValueError("Pool not running")
             self._sources.append(source)
-        self.inbox.put(_WAKE)
+        if not self._feed_now():
+            self.inbox.put(_WAKE)
+
+    def _feed_now(self) -> bool:
+        """Send from the caller's own thread when the job is open and nobody else is driving it.
+
+        This saves a hop through the session thread: a round trip then wakes
+        the reactor once, the session thread once (for the result, as the
+        stdlib's result handler) and the caller once.
+        """
+        driver = self._driver
+        if driver is None or driver.ended is not None or not self._driving.acquire(blocking=False):
+            return False
+        try:
+            if driver is not self._driver or driver.ended is not None:
+                return False
+            driver.feed(self._snapshot())
+            return True
+        finally:
+            self._driving.release()
 
     def wake(self) -> None:
         """Look at the sources again (a throttled one may have room now)."""
@@ -149,9 +178,26 @@ class Session:
             return list(self._sources)
 
     def _step(self) -> bool:
+        with self._driving:
+            wait_for = self._prepare()
+        if wait_for is None:
+            return False
+        if wait_for is _NO_JOB:
+            event = self.inbox.get()  # wake-ups, or the loss of an idle connection
+            if isinstance(event, Lost):
+                raise ClusterConnectionError(event.message)
+            return True
+        assert isinstance(wait_for, JobDriver)
+        event = wait_for.next_event()
+        with self._driving:
+            wait_for.handle(event)
+        return True
+
+    def _prepare(self) -> JobDriver | _NoJob | None:
+        """Open, feed or end the job; what to wait on next (None: the session is over)."""
         if self._terminating:
             self._break(self.broken or self.broken_type("the pool was terminated"))
-            return False
+            return None
         sources = self._snapshot()
         driver = self._driver
         if driver is not None and driver.ended is not None:
@@ -164,16 +210,10 @@ class Session:
             done = self._closing and not self._sources
         if done:
             if driver is None:
-                return False
+                return None
             if driver.idle:
                 driver.end()  # the server ends the job: ENDED comes back
-        if driver is None:
-            event = self.inbox.get()  # wake-ups, or the loss of an idle connection
-            if isinstance(event, Lost):
-                raise ClusterConnectionError(event.message)
-        else:
-            driver.handle(driver.next_event())
-        return True
+        return _NO_JOB if driver is None else driver
 
     def _open_job(self) -> JobDriver:
         if self._connection is None:
