@@ -6,6 +6,13 @@ Change one import and ``map`` runs on every machine of a cluster::
     squares = map(square, range(1000))
 
 With nothing configured, an embedded local cluster is started on 127.0.0.1.
+
+Three roles, each a package over the pure core (``protocol/``, ``scheduling/``):
+``server/`` (Twisted glue, the dashboard), ``node/`` (the agent, its watched
+worker processes, the code that runs inside a worker) and ``client/`` (which
+cluster a call reaches, the session and job driver, sources and sinks, and
+the ``map``/``Pool``/``Executor`` facades). ``docs/architecture.md`` draws
+every process and thread of all three in one picture.
 """
 
 from __future__ import annotations

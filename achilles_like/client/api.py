@@ -35,7 +35,8 @@ from achilles_like.client.results import IMapIterator
 from achilles_like.client.shared import shared_connection
 from achilles_like.client.sources import IterSource
 from achilles_like.client.target import admin_settings, resolve_settings
-from achilles_like.errors import JobFailedError, ProtocolViolationError
+from achilles_like.errors import JobFailedError
+from achilles_like.protocol import messages as msg
 
 
 def _label(func: Callable[..., Any]) -> str:
@@ -165,9 +166,7 @@ def getClusterStatus(  # noqa: N802 - achilles' public name style
     """Return the server's view: ``nodes``, the running ``job`` and the ``queue``."""
     settings = admin_settings(host, port, username, secret_key)
     with Connection.open(settings, role="admin") as connection:
-        reply = connection.request("STATUS")
-    if reply.verb != "STATUS":
-        raise ProtocolViolationError(f"expected STATUS from the server, got {reply.verb}")
+        reply = connection.request(msg.Status(), msg.Status)
     status: dict[str, Any] = json.loads(reply.body)
     return status
 
@@ -195,5 +194,5 @@ def killCluster(  # noqa: N802 - achilles' public name
         if answer.strip().lower() not in ("y", "yes"):
             return 0
     with Connection.open(settings, role="admin") as connection:
-        reply = connection.request("KILL", server=stop_server)
-    return reply.integer("nodes", 0)
+        reply = connection.request(msg.Kill(server=stop_server), msg.Killed)
+    return reply.nodes

@@ -18,7 +18,7 @@ from __future__ import annotations
 import queue
 import secrets
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import defer, error
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
@@ -28,10 +28,16 @@ from twisted.python.failure import Failure
 from achilles_like import tcp
 from achilles_like.client import reactor_thread
 from achilles_like.config import Settings
-from achilles_like.errors import AuthenticationError, ClusterConnectionError, ProtocolError
+from achilles_like.errors import (
+    AuthenticationError,
+    ClusterConnectionError,
+    ProtocolError,
+    ProtocolViolationError,
+)
 from achilles_like.liveness import enable_keepalive
 from achilles_like.plain_or_tls import PREAMBLE, explain_early_close, server_is_plain
-from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder, encode_frame
+from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder
+from achilles_like.protocol import messages as msg
 from achilles_like.protocol.handshake import NONCE_BYTES
 from achilles_like.secret_strength import check_peer_secret
 from achilles_like.tls import client_creator
@@ -40,6 +46,10 @@ CONNECT_TIMEOUT = 10.0
 # The server pings every peer every 2 s; this long without a byte from it
 # (a dead machine, a silent partition) ends the wait with a clear error.
 SERVER_SILENCE_TIMEOUT = 30.0
+
+
+M = TypeVar("M", bound=msg.Message)
+_PONG = msg.Pong().to_bytes()
 
 
 class Lost:
@@ -97,10 +107,10 @@ class ClientProtocol(Protocol):
     def _route(self, frames: list[Frame]) -> None:
         batches: dict[int, tuple[queue.SimpleQueue[Any], list[Frame]]] = {}
         for frame in frames:
-            if frame.verb == "PING":
+            if frame.verb == msg.Ping.VERB:
                 # Answered here, in the reactor thread, so a busy caller still looks alive.
                 if self.transport is not None:
-                    self.transport.write(encode_frame("PONG"))
+                    self.transport.write(_PONG)
                 continue
             inbox = self._inbox(frame)
             if inbox is not None:
@@ -126,7 +136,7 @@ class ClientProtocol(Protocol):
         inbox = self.by_job.get(int(job)) if job.isdigit() else None
         if inbox is None:
             return None
-        if frame.verb == "ENDED":
+        if frame.verb == msg.Ended.VERB:
             del self.by_job[int(job or 0)]
         return inbox
 
@@ -279,16 +289,21 @@ class Connection:
                         f"no word from the server at {where} for {silent:.0f}s; it is down or unreachable"
                     ) from None
 
-    def request(self, verb: str, **fields: Any) -> Frame:
-        """Send one frame and wait for the next frame back (admin calls)."""
-        self.send(encode_frame(verb, **fields))
+    def request(self, message: msg.Message, answer: type[M]) -> M:
+        """Send one message and wait for the answer of type ``answer`` (admin calls)."""
+        self.send(*message.encode())
         while True:
             event: Event = self.next_event()
             if isinstance(event, Lost):
                 raise ClusterConnectionError(event.message)
             for frame in event:
-                if frame.verb not in ("PING", "PONG"):
-                    return frame
+                reply = msg.decode(frame)
+                if isinstance(reply, answer):
+                    return reply
+                if isinstance(reply, msg.Error):
+                    raise ClusterConnectionError(f"the server refused the request: {reply.msg}")
+                if not isinstance(reply, msg.Pong):
+                    raise ProtocolViolationError(f"expected {answer.VERB} from the server, got {reply.VERB}")
 
     def close(self) -> None:
         """Close the connection (idempotent, from any thread)."""
