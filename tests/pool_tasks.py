@@ -40,6 +40,24 @@ class Unpicklable:
         return "<Unpicklable>"
 
 
+class ReduceRaises:
+    """An argument whose pickling raises RuntimeError (its ``__reduce__`` refuses)."""
+
+    def __reduce__(self) -> Any:
+        raise RuntimeError("ReduceRaises will not be pickled")
+
+
+class UnpicklesBadly:
+    """An argument that pickles, but whose unpickling in the worker raises ValueError."""
+
+    def __reduce__(self) -> Any:
+        return (_refuse_to_load, ())
+
+
+def _refuse_to_load() -> Any:
+    raise ValueError("UnpicklesBadly cannot be rebuilt here")
+
+
 def _wait_for_file(path: str, timeout: float = GATE_TIMEOUT) -> bool:
     """Wait until ``path`` exists; return whether it appeared before ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -756,3 +756,23 @@ def test_unconfigured_executor_runs_two_workers(impl: str, tmp_path: Path) -> No
     assert output["met"] == [True, True]
     assert len(set(output["pids"])) == 2
     assert output["me"] not in output["pids"]
+
+
+# -- errors keep their own type ----------------------------------------------------------------
+
+
+def test_an_argument_whose_pickling_raises_raises_that_error(executor: cf.Executor) -> None:
+    """submit with an argument whose __reduce__ raises RuntimeError: result() raises that RuntimeError."""
+    future = executor.submit(pool_tasks.square, pool_tasks.ReduceRaises())
+    with pytest.raises(RuntimeError, match="ReduceRaises will not be pickled"):
+        future.result(RESULT_TIMEOUT)
+    assert executor.submit(pool_tasks.square, 5).result(RESULT_TIMEOUT) == 25
+
+
+def test_a_remote_error_carries_the_executor_s_remote_traceback_type(executor: cf.Executor) -> None:
+    """An exception from the function has a concurrent.futures.process._RemoteTraceback as its cause."""
+    future = executor.submit(pool_tasks.fail_on_three, 3)
+    with pytest.raises(pool_tasks.TaskError) as caught:
+        future.result(RESULT_TIMEOUT)
+    assert isinstance(caught.value.__cause__, concurrent.futures.process._RemoteTraceback)
+    assert "fail_on_three" in str(caught.value.__cause__)

@@ -884,3 +884,28 @@ def test_unclosed_pool_does_not_hang_the_interpreter(
         env=clean_env(CONFORMANCE_POOL_KWARGS=json.dumps(kwargs)),
     )
     assert output["squares"] == [x * x for x in range(10)]
+
+
+# -- errors keep their own type ----------------------------------------------------------------
+
+
+def test_an_argument_whose_pickling_raises_raises_that_error(pool: Any) -> None:
+    """apply and map with an argument whose __reduce__ raises RuntimeError raise that RuntimeError."""
+    with pytest.raises(RuntimeError, match="ReduceRaises will not be pickled"):
+        pool.apply(pool_tasks.square, (pool_tasks.ReduceRaises(),))
+    with pytest.raises(RuntimeError, match="ReduceRaises will not be pickled"):
+        pool.map(pool_tasks.square, [1, pool_tasks.ReduceRaises(), 3])
+    assert pool.apply(pool_tasks.square, (3,)) == 9  # the pool goes on
+
+
+def test_an_argument_whose_unpickling_raises_in_the_worker_raises_that_error(impl: str, pool: Any) -> None:
+    """An argument that fails to unpickle in the worker raises the original exception type.
+
+    Ours only: the stdlib's worker dies on this and its ``apply`` never returns (a documented,
+    deliberate difference).
+    """
+    if impl == "stdlib":
+        pytest.skip("multiprocessing.Pool hangs on this")
+    with pytest.raises(ValueError, match="UnpicklesBadly cannot be rebuilt here"):
+        pool.apply(pool_tasks.square, (pool_tasks.UnpicklesBadly(),))
+    assert pool.apply(pool_tasks.square, (4,)) == 16

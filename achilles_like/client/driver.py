@@ -313,15 +313,16 @@ def _deliver(batch: Batch, outcomes: Outcomes) -> None:
 
 
 def _unpicklable(error: Exception, batch: Batch) -> Exception:
-    """The error a call gets when its arguments cannot be pickled."""
+    """The error a call gets when its arguments cannot be pickled: that very error, with a note.
+
+    As with the standard library, the caller catches the type pickling raised
+    (a ``PicklingError``, a ``TypeError``, whatever a ``__reduce__`` raises).
+    """
     if batch.first_index is None:
         where = "the call's arguments"
     elif len(batch.items) == 1:
         where = f"input item {batch.first_index}"
     else:
         where = f"input items {batch.first_index}..{batch.first_index + len(batch.items) - 1}"
-    failure = TypeError(
-        f"{where} cannot be pickled ({type(error).__name__}: {error}); every item must be picklable by dill"
-    )
-    failure.__cause__ = error
-    return failure
+    error.add_note(f"achilles_like: {where} cannot be pickled; every item must be picklable by dill")
+    return error

@@ -12,7 +12,9 @@ as the stdlib's do when a worker dies.
 
 from __future__ import annotations
 
+import concurrent.futures.process as cf_process
 import itertools
+import multiprocessing.pool as mp_pool
 import threading
 import time
 import weakref
@@ -32,9 +34,19 @@ from achilles_like.client.target import pool_cluster
 from achilles_like.local import LocalCluster
 
 
+def _as_executor_error(error: BaseException) -> BaseException:
+    """Give a remote error the cause type ``concurrent.futures`` uses (``_RemoteTraceback``)."""
+    cause = error.__cause__
+    if isinstance(cause, mp_pool.RemoteTraceback):  # type: ignore[attr-defined]
+        error.__cause__ = cf_process._RemoteTraceback(str(cause))  # type: ignore[arg-type]  # takes the text
+    return error
+
+
 def _future_sink(future: Future[Any]) -> Sink:
     def sink(outcomes: Outcomes) -> None:
         ok, value = outcomes.pairs()[0]
+        if not ok:
+            value = _as_executor_error(value)
         if future.done():
             return
         if ok:
