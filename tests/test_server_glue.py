@@ -140,3 +140,25 @@ def test_an_admin_cannot_make_the_server_buffer_a_large_body() -> None:
     assert b"ERROR code=protocol" in transport.value()
     assert b"limit%20for%20STATUS" in transport.value()
     assert protocol.closed and protocol.decoder.buffered == 0
+
+
+def test_a_flood_of_stalled_connections_cannot_keep_a_real_peer_out() -> None:
+    """Past the per-address cap the oldest stalled connection is closed, so a peer from there gets in."""
+    server, _ = make_server(max_pending=100, max_pending_per_address=5)
+    stalled = [connect(server, host="10.0.0.1") for _ in range(20)]
+    assert [transport.disconnected for _, transport in stalled] == [True] * 15 + [False] * 5
+    protocol, transport = connect(server, host="10.0.0.1")
+    assert stalled[15][1].disconnected and not transport.disconnected
+    assert authenticate(protocol, transport, SECRET, "controller").startswith(b"WELCOME")
+    assert server.status()["unauthenticated"] == {"pending": 4, "evicted": 16}
+
+
+def test_authenticated_peers_are_never_evicted() -> None:
+    """Only unauthenticated connections count against the caps: an authenticated peer outlives a flood."""
+    server, _ = make_server(max_pending=3, max_pending_per_address=3)
+    protocol, transport = connect(server, host="10.0.0.1")
+    authenticate(protocol, transport, SECRET, "admin")
+    for index in range(10):
+        connect(server, host=f"10.0.1.{index}")
+    assert not transport.disconnected
+    assert len(server.pending) == 3

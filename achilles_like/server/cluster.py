@@ -28,7 +28,9 @@ nothing for ``heartbeat_timeout`` seconds (stopped, partitioned) is
 disconnected: a node's tasks are re-queued, a controller's job cancelled. A
 running job left with no node at all fails after ``no_node_timeout``
 seconds. Peers that do not finish the handshake within ``auth_timeout``
-seconds are disconnected, and an address that keeps failing the handshake
+seconds are disconnected; past ``max_pending`` unauthenticated connections
+(``max_pending_per_address`` from one address) the oldest is closed to admit
+the newest (``server/guard.py``); and an address that keeps failing the handshake
 waits longer and longer (up to ``max_auth_delay``) for its next HELLO.
 """
 
@@ -63,7 +65,7 @@ from achilles_like.scheduling import actions as act
 from achilles_like.scheduling.scheduler import Scheduler
 from achilles_like.secret_store import ensure_secret
 from achilles_like.secret_strength import check_secret_strength
-from achilles_like.server.guard import raise_open_file_limit
+from achilles_like.server.guard import PendingConnections, raise_open_file_limit
 from achilles_like.server.metrics import ServerStats
 from achilles_like.tls import server_context
 
@@ -79,6 +81,9 @@ class ServerOptions:
     auth_timeout: float = 5.0  # a real peer authenticates in milliseconds; a stalled one holds a socket
     no_node_timeout: float = 60.0  # a running job with no node at all fails after this
     max_auth_delay: float = 5.0  # the longest a repeatedly failing address waits for HELLO
+    # Unauthenticated connections held at once; past a cap the oldest is closed (server/guard.py).
+    max_pending: int = 1024
+    max_pending_per_address: int = 256
 
 
 def _describe(address: IAddress) -> str:
@@ -110,6 +115,7 @@ class ServerProtocol(Protocol):
         enable_keepalive(self.transport)
         self.address = _describe(self.transport.getPeer())
         self.last_seen = self.cluster.clock.seconds()
+        self.cluster.admit_pending(self)  # flood guard: may close older unauthenticated connections
         self.cluster.clock.callLater(self.cluster.options.auth_timeout, self._check_authenticated)
         delay = self.cluster.auth_delay(self.host)
         if delay:
@@ -150,6 +156,7 @@ class ServerProtocol(Protocol):
             self.send(self.handshake.receive(frame))
             assert self.handshake.identity is not None
             self.role = self.handshake.identity.role
+            self.cluster.pending.settle(self)  # flood guard: no longer pending
             self.cluster.auth_succeeded(self.host)
             self.decoder.max_body = self.cluster.settings.max_body
             self.decoder.body_limit = body_limits(self.role, self.decoder.max_body)
@@ -194,6 +201,13 @@ class ServerProtocol(Protocol):
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
+    def evict(self) -> None:
+        """Close this unauthenticated connection to admit a newer one (a pending cap was reached)."""
+        self.close_reason = "closed to admit a newer connection (too many unauthenticated connections)"
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
     def _check_authenticated(self) -> None:
         if not self.handshake.authenticated and not self.closed:
             self.abort("no handshake within the time limit")
@@ -201,6 +215,7 @@ class ServerProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self.closed = True
         self.close_reason = self.close_reason or reason.getErrorMessage()
+        self.cluster.pending.settle(self)  # flood guard
         if self.peer_id:
             self.cluster.unregister(self)
 
@@ -230,6 +245,9 @@ class ClusterServer(ServerFactory):
         self.on_stop_requested: Any = None  # set by start_server: stops the process
         self.dashboard_url = ""  # set by start_server when the dashboard is on
         self._auth_failures: dict[str, int] = {}
+        self.pending: PendingConnections[ServerProtocol] = PendingConnections(
+            self.options.max_pending, self.options.max_pending_per_address
+        )
         self._heartbeat = task.LoopingCall(self._heartbeat_tick)
         self._heartbeat.clock = clock
         # Metrics, the dashboard's history and job log lines: one observer, fed by one-line hooks.
@@ -237,6 +255,12 @@ class ClusterServer(ServerFactory):
 
     def buildProtocol(self, addr: IAddress | None) -> ServerProtocol:  # noqa: N802 - Twisted's name
         return ServerProtocol(self)
+
+    def admit_pending(self, peer: ServerProtocol) -> None:
+        """Track a new unauthenticated connection; close the oldest ones past a cap."""
+        for old in self.pending.admit(peer, peer.host):
+            log.debug("closing unauthenticated %s to admit %s", old.address, peer.address)
+            old.evict()
 
     def start_heartbeats(self) -> None:
         """Begin pinging nodes and dropping silent ones."""
@@ -390,6 +414,7 @@ class ClusterServer(ServerFactory):
             nodes.append(info)
         status["nodes"] = nodes
         status["connections"] = dict(self.authenticated)
+        status["unauthenticated"] = {"pending": len(self.pending), "evicted": self.pending.evicted}
         status["now"] = self.clock.seconds()
         return self.events.decorate(status)
 

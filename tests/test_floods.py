@@ -1,0 +1,83 @@
+"""Floods against a real server: stalled connections and wrong MACs must not keep a real user out.
+
+Each test starts a small cluster of its own on 127.0.0.1, floods it from
+raw sockets the way an attacker on the same machine would (bounded: a few
+hundred sockets at most), and checks that a controller holding the secret
+still gets its ``map`` through.
+"""
+
+from __future__ import annotations
+
+import resource
+import select
+import socket
+from collections.abc import Iterator
+
+import pytest
+import tasks
+from conftest import status_of, target, wait_until
+
+import achilles_like as al
+from achilles_like import LocalCluster
+
+FD_LIMIT = 128  # the server's open-file limit during the flood: the issue's 1,024 scaled down
+FLOOD = 200  # stalled connections: more than the server has file descriptors
+PENDING_CAP, PENDING_PER_ADDRESS = 40, 20
+
+
+def stalled_socket(port: int) -> socket.socket:
+    """A connection to the server that will never say anything (connected without blocking)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    sock.connect_ex(("127.0.0.1", port))
+    return sock
+
+
+def all_heard_from(sockets: list[socket.socket], waiting: set[int]) -> bool:
+    """Whether the server has accepted every socket: each one got its HELLO (or was closed after it)."""
+    ready, _, _ = select.select([s for s in sockets if s.fileno() in waiting], [], [], 0)
+    waiting.difference_update(s.fileno() for s in ready)
+    return not waiting
+
+
+def open_stalled(port: int, count: int, flood: list[socket.socket]) -> None:
+    """Add ``count`` stalled connections to ``flood``, each one accepted by the server.
+
+    In rounds smaller than the listen backlog, so the kernel never drops a
+    connection: every one reaches the server, which must make room for it.
+    """
+    while count > 0:
+        batch = [stalled_socket(port) for _ in range(min(count, 20))]
+        flood += batch
+        count -= len(batch)
+        waiting = {sock.fileno() for sock in batch}
+        wait_until(lambda: all_heard_from(batch, waiting), 10, f"the server to accept socket {len(flood)}")  # noqa: B023
+
+
+@pytest.fixture
+def flooded_cluster() -> Iterator[LocalCluster]:
+    """A cluster whose server may hold few file descriptors and few unauthenticated connections.
+
+    The long auth timeout stands for an attacker that reconnects as fast as
+    the server drops it: no stalled connection goes away on its own.
+    """
+    args = ["--auth-timeout", "60", "--max-pending", str(PENDING_CAP)]
+    args += ["--max-pending-per-address", str(PENDING_PER_ADDRESS)]
+    with LocalCluster(nodes=1, processes=1, server_args=tuple(args)) as cluster:
+        assert cluster.server is not None
+        resource.prlimit(cluster.server.pid, resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+        yield cluster
+
+
+def test_a_controller_gets_in_through_a_flood_of_stalled_connections(flooded_cluster: LocalCluster) -> None:
+    """With more stalled connections from its address than the server has descriptors, a map succeeds."""
+    flood: list[socket.socket] = []
+    try:
+        open_stalled(flooded_cluster.port, FLOOD, flood)
+        assert al.map(tasks.square, range(20), **target(flooded_cluster)) == [x * x for x in range(20)]
+        guard = status_of(flooded_cluster)["unauthenticated"]
+        assert guard["pending"] <= PENDING_PER_ADDRESS
+        assert guard["evicted"] >= FLOOD - PENDING_PER_ADDRESS
+    finally:
+        for sock in flood:
+            sock.close()
