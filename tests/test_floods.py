@@ -9,16 +9,18 @@ still gets its ``map`` through.
 from __future__ import annotations
 
 import resource
+import secrets
 import select
 import socket
 from collections.abc import Iterator
 
 import pytest
 import tasks
-from conftest import status_of, target, wait_until
+from conftest import recv_line, status_of, target, wait_until
 
 import achilles_like as al
 from achilles_like import LocalCluster
+from achilles_like.protocol import ClientHandshake, FrameDecoder
 
 FD_LIMIT = 128  # the server's open-file limit during the flood: the issue's 1,024 scaled down
 FLOOD = 200  # stalled connections: more than the server has file descriptors
@@ -81,3 +83,36 @@ def test_a_controller_gets_in_through_a_flood_of_stalled_connections(flooded_clu
     finally:
         for sock in flood:
             sock.close()
+
+
+def wrong_macs(port: int, count: int, source: str = "127.0.0.1") -> None:
+    """``count`` handshakes with a wrong secret from ``source``, connected at once, each refused."""
+    peers = [
+        socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+        for _ in range(count)
+    ]
+    try:
+        for peer in peers:
+            hello = FrameDecoder().feed(recv_line(peer))[0]
+            peer.sendall(
+                ClientHandshake(b"wrong secret", secrets.token_bytes(32), "controller").receive(hello)
+            )
+        for peer in peers:
+            assert recv_line(peer).startswith(b"ERROR code=auth")
+    finally:
+        for peer in peers:
+            peer.close()
+
+
+def test_wrong_macs_from_the_users_address_do_not_slow_the_user() -> None:
+    """Wrong MACs from the user's address add no wait to the user's calls; from elsewhere they do."""
+    with LocalCluster(nodes=1, processes=1) as cluster:
+        status_of(cluster)  # the user has just authenticated from 127.0.0.1
+        for _ in range(3):
+            wrong_macs(cluster.port, 10)
+            assert al.map(tasks.square, range(10), **target(cluster)) == [x * x for x in range(10)]
+            guard = status_of(cluster)["unauthenticated"]  # a new handshake from 127.0.0.1
+            assert "127.0.0.1" not in guard["slowed"]
+        assert guard["delayed"] == 0  # no connection waited for its HELLO
+        wrong_macs(cluster.port, 10, source="127.0.0.2")
+        assert status_of(cluster)["unauthenticated"]["slowed"]["127.0.0.2"] > 0  # the budget does hold

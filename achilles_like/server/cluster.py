@@ -30,8 +30,10 @@ running job left with no node at all fails after ``no_node_timeout``
 seconds. Peers that do not finish the handshake within ``auth_timeout``
 seconds are disconnected; past ``max_pending`` unauthenticated connections
 (``max_pending_per_address`` from one address) the oldest is closed to admit
-the newest (``server/guard.py``); and an address that keeps failing the handshake
-waits longer and longer (up to ``max_auth_delay``) for its next HELLO.
+the newest (``server/guard.py``). Failed handshakes spend from a budget per
+address and one for the server; past them a new connection waits for its
+HELLO, except from an address that has just authenticated, so guessing is
+slow and the people who hold the secret never wait (``server/auth_throttle.py``).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import json
 import logging
 import secrets
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.internet import task
@@ -65,6 +67,7 @@ from achilles_like.scheduling import actions as act
 from achilles_like.scheduling.scheduler import Scheduler
 from achilles_like.secret_store import ensure_secret
 from achilles_like.secret_strength import check_secret_strength
+from achilles_like.server.auth_throttle import FailedHandshakes, HandshakeBudget
 from achilles_like.server.guard import PendingConnections, raise_open_file_limit
 from achilles_like.server.metrics import ServerStats
 from achilles_like.tls import server_context
@@ -80,7 +83,8 @@ class ServerOptions:
     heartbeat_timeout: float = 10.0
     auth_timeout: float = 5.0  # a real peer authenticates in milliseconds; a stalled one holds a socket
     no_node_timeout: float = 60.0  # a running job with no node at all fails after this
-    max_auth_delay: float = 5.0  # the longest a repeatedly failing address waits for HELLO
+    # Failed handshakes allowed before new connections wait for HELLO (server/auth_throttle.py).
+    auth_budget: HandshakeBudget = field(default_factory=HandshakeBudget)
     # Unauthenticated connections held at once; past a cap the oldest is closed (server/guard.py).
     max_pending: int = 1024
     max_pending_per_address: int = 256
@@ -116,10 +120,11 @@ class ServerProtocol(Protocol):
         self.address = _describe(self.transport.getPeer())
         self.last_seen = self.cluster.clock.seconds()
         self.cluster.admit_pending(self)  # flood guard: may close older unauthenticated connections
-        self.cluster.clock.callLater(self.cluster.options.auth_timeout, self._check_authenticated)
-        delay = self.cluster.auth_delay(self.host)
+        delay = self.cluster.throttle.on_connect(self.host, self.last_seen)
+        # The auth timeout runs from HELLO: a slowed peer that holds the secret still gets all of it.
+        self.cluster.clock.callLater(delay + self.cluster.options.auth_timeout, self._check_authenticated)
         if delay:
-            # This address failed the handshake recently: make guessing slow.
+            # Too many failed handshakes from here or everywhere: make guessing slow.
             self.cluster.clock.callLater(delay, self.send, self.handshake.hello())
         else:
             self.transport.write(self.handshake.hello())
@@ -143,7 +148,7 @@ class ServerProtocol(Protocol):
                 raise self.decoder.error
         except AuthenticationError as error:
             log.warning("refused %s: %s", self.address, error)
-            self.cluster.auth_failed(self.host)
+            self.cluster.throttle.failed(self.host, self.cluster.clock.seconds())
             self.cluster.events.auth_failed(self.address, str(error))  # metrics hook
             self._close(getattr(error, "reply", b""))
         except ProtocolError as error:
@@ -157,7 +162,7 @@ class ServerProtocol(Protocol):
             assert self.handshake.identity is not None
             self.role = self.handshake.identity.role
             self.cluster.pending.settle(self)  # flood guard: no longer pending
-            self.cluster.auth_succeeded(self.host)
+            self.cluster.throttle.succeeded(self.host, self.cluster.clock.seconds())
             self.decoder.max_body = self.cluster.settings.max_body
             self.decoder.body_limit = body_limits(self.role, self.decoder.max_body)
             self.peer_id = self.cluster.register(self)
@@ -244,7 +249,7 @@ class ClusterServer(ServerFactory):
         self.authenticated: dict[str, int] = {"node": 0, "controller": 0, "admin": 0}  # connections, by role
         self.on_stop_requested: Any = None  # set by start_server: stops the process
         self.dashboard_url = ""  # set by start_server when the dashboard is on
-        self._auth_failures: dict[str, int] = {}
+        self.throttle = FailedHandshakes(self.options.auth_budget)  # slows secret guessing
         self.pending: PendingConnections[ServerProtocol] = PendingConnections(
             self.options.max_pending, self.options.max_pending_per_address
         )
@@ -328,21 +333,6 @@ class ClusterServer(ServerFactory):
                 peer.send(msg.Ping().to_bytes())
         self.execute(self.scheduler.tick(now, self.options.no_node_timeout))
 
-    def auth_delay(self, host: str) -> float:
-        """How long a new connection from ``host`` waits for HELLO after failed handshakes."""
-        failures = self._auth_failures.get(host, 0)
-        return 0.0 if failures < 3 else min(self.options.max_auth_delay, 0.1 * 2 ** (failures - 3))
-
-    def auth_succeeded(self, host: str) -> None:
-        """A good handshake from ``host`` clears its record."""
-        self._auth_failures.pop(host, None)
-
-    def auth_failed(self, host: str) -> None:
-        """Count a failed handshake from ``host`` (bounded memory: the table is reset when full)."""
-        if len(self._auth_failures) >= 10_000:
-            self._auth_failures.clear()
-        self._auth_failures[host] = self._auth_failures.get(host, 0) + 1
-
     # -- controllers ---------------------------------------------------------
 
     def controller_message(self, peer: ServerProtocol, message: msg.Message) -> None:
@@ -414,7 +404,12 @@ class ClusterServer(ServerFactory):
             nodes.append(info)
         status["nodes"] = nodes
         status["connections"] = dict(self.authenticated)
-        status["unauthenticated"] = {"pending": len(self.pending), "evicted": self.pending.evicted}
+        status["unauthenticated"] = {
+            "pending": len(self.pending),
+            "evicted": self.pending.evicted,
+            "delayed": self.throttle.delayed,
+            "slowed": self.throttle.slowed(self.clock.seconds()),
+        }
         status["now"] = self.clock.seconds()
         return self.events.decorate(status)
 
