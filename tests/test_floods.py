@@ -1,9 +1,9 @@
-"""Floods against a real server: stalled connections and wrong MACs must not keep a real user out.
+"""Floods against a real server: stalled connections, wrong MACs and too many jobs.
 
 Each test starts a small cluster of its own on 127.0.0.1, floods it from
 raw sockets the way an attacker on the same machine would (bounded: a few
 hundred sockets at most), and checks that a controller holding the secret
-still gets its ``map`` through.
+still gets its ``map`` through, or a clear refusal when the queue is full.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from collections.abc import Iterator
 import pytest
 import tasks
 from conftest import recv_line, status_of, target, wait_until
+from test_attacks import Peer
 
 import achilles_like as al
 from achilles_like import LocalCluster
-from achilles_like.protocol import ClientHandshake, FrameDecoder
+from achilles_like.errors import JobFailedError
+from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder, encode_frame
 
 FD_LIMIT = 128  # the server's open-file limit during the flood: the issue's 1,024 scaled down
 FLOOD = 200  # stalled connections: more than the server has file descriptors
@@ -116,3 +118,32 @@ def test_wrong_macs_from_the_users_address_do_not_slow_the_user() -> None:
         assert guard["delayed"] == 0  # no connection waited for its HELLO
         wrong_macs(cluster.port, 10, source="127.0.0.2")
         assert status_of(cluster)["unauthenticated"]["slowed"]["127.0.0.2"] > 0  # the budget does hold
+
+
+def reply(peer: Peer) -> Frame:
+    """The server's next frame to ``peer`` other than a heartbeat."""
+    while (frame := peer.next_frame()).verb == "PING":
+        peer.send(encode_frame("PONG"))
+    return frame
+
+
+def test_a_job_past_the_queue_cap_is_refused_and_the_queued_one_is_kept() -> None:
+    """With the queue full a map or a Pool fails at once naming the cap; the queued job still starts."""
+    full = r"queue is full \(1 jobs waiting, the limit is 1\)"
+    with LocalCluster(nodes=1, processes=1, server_args=("--max-queued-jobs", "1")) as cluster:
+        with Peer(cluster.port) as holder:
+            holder.authenticate(cluster.secret_key.encode(), "controller")
+            running = holder.submit()  # started with no task yet: the next job must wait
+            holder.send(encode_frame("SUBMIT", label="queued", ref=7))
+            queued = reply(holder)
+            assert (queued.verb, queued.text("ref")) == ("QUEUED", "7")
+            with pytest.raises(JobFailedError, match=full):
+                al.map(tasks.square, range(5), **target(cluster))
+            with al.Pool(**target(cluster)) as pool, pytest.raises(JobFailedError, match=full):
+                pool.map(tasks.square, range(5))  # failed, not resubmitted in a loop
+            assert status_of(cluster)["jobs"][0]["job_id"] == running
+            holder.send(encode_frame("CANCEL", job=running))
+            assert reply(holder).verb == "ENDED"
+            started = reply(holder)
+            assert (started.verb, started.text("ref")) == ("STARTED", "7")
+        assert al.map(tasks.square, range(5), **target(cluster)) == [0, 1, 4, 9, 16]

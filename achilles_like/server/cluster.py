@@ -88,6 +88,9 @@ class ServerOptions:
     # Unauthenticated connections held at once; past a cap the oldest is closed (server/guard.py).
     max_pending: int = 1024
     max_pending_per_address: int = 256
+    # A bounded queue: a SUBMIT past either cap is refused with ENDED outcome=failed (scheduler.py).
+    max_queued_jobs: int = 1000
+    max_held_bytes: int = 4 << 30
 
 
 def _describe(address: IAddress) -> str:
@@ -238,7 +241,9 @@ class ClusterServer(ServerFactory):
         self.settings = settings
         self.clock = clock
         self.options = options or ServerOptions()
-        self.scheduler = scheduler or Scheduler()
+        self.scheduler = scheduler or Scheduler(
+            max_queued_jobs=self.options.max_queued_jobs, max_held_bytes=self.options.max_held_bytes
+        )
         self.peers: dict[str, ServerProtocol] = {}
         self.node_info: dict[str, dict[str, Any]] = {}
         # Per-job options the nodes need (time limit, tasks per worker), passed on in JOB,
@@ -441,8 +446,8 @@ class ClusterServer(ServerFactory):
                 self._send(controller_id, msg.Started(job=job_id, ref=self.job_refs.get(job_id)))
             case act.JobEnded(controller_id, job_id, outcome, reason, task_id):
                 self.job_options.pop(job_id, None)
-                self.job_refs.pop(job_id, None)
-                ended = msg.Ended(job=job_id, outcome=outcome.value, reason=reason, task=task_id)
+                ref = self.job_refs.pop(job_id, None)  # routes a job refused at SUBMIT to its caller
+                ended = msg.Ended(job=job_id, outcome=outcome.value, reason=reason, task=task_id, ref=ref)
                 self._send(controller_id, ended)
             case act.ReleaseOnNode(node_id, job_id):
                 self._send(node_id, msg.Release(job=job_id))
