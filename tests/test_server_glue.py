@@ -6,8 +6,10 @@ the reactor's time, so an hour of heartbeats takes a millisecond.
 
 from __future__ import annotations
 
+import logging
 import secrets
 
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -170,3 +172,45 @@ def test_authenticated_peers_are_never_evicted() -> None:
         connect(server, host=f"10.0.1.{index}")
     assert not transport.disconnected
     assert len(server.pending) == 3
+
+
+FORGED = "ok\n2026-01-01 00:00:00,000 WARNING achilles_like.server: forged line"
+
+
+def test_peer_supplied_strings_cannot_forge_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    """Node names, job labels, loss reasons and protocol versions from peers are logged quoted."""
+    caplog.set_level(logging.INFO, logger="achilles_like")
+    server, _ = make_server()
+    node, node_transport = connect(server, host="10.0.0.1")
+    authenticate(node, node_transport, SECRET, "node")
+    node.dataReceived(encode_frame("REGISTER", slots=1, processes=1, name=FORGED, pid=1))
+    controller, controller_transport = connect(server, host="10.0.0.2")
+    authenticate(controller, controller_transport, SECRET, "controller")
+    controller.dataReceived(encode_frame("SUBMIT", label=FORGED, ref=1))
+    controller.dataReceived(
+        encode_frame("FUNC", b"f", job=1, fn=0) + encode_frame("TASK", b"t", job=1, task=0, fn=0)
+    )
+    for attempt in range(1, 5):  # lost every time: the job fails with the node's reason in it
+        node.dataReceived(encode_frame("LOST", job=1, task=0, attempt=attempt, reason=FORGED))
+    stranger, _ = connect(server, host="10.0.0.3")
+    stranger.dataReceived(encode_frame("AUTH", proto=FORGED, role="node", user="", nonce="0" * 64, mac="0"))
+    node.connectionLost()
+    messages = [record.getMessage() for record in caplog.records]
+    assert [m for m in messages if "\n" in m] == []
+    quoted = [m for m in messages if repr(FORGED) in m or repr(FORGED)[1:-1] in m]
+    assert len(quoted) >= 4  # job started, job ended, node left, version refused
+
+
+def test_repeated_warnings_from_one_address_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    """Fifty garbage connections from one address write five warnings, then one that counts the rest."""
+    caplog.set_level(logging.WARNING, logger="achilles_like.server")
+    server, clock = make_server()
+    for _ in range(50):
+        protocol, _ = connect(server, host="10.0.0.7")
+        protocol.dataReceived(b"\x16garbage")
+    assert len(caplog.records) == 5
+    clock.advance(60.0)
+    protocol, _ = connect(server, host="10.0.0.7")
+    protocol.dataReceived(b"\x16garbage")
+    assert len(caplog.records) == 6
+    assert "(and 45 similar warnings from 10.0.0.7 not logged)" in caplog.records[-1].getMessage()

@@ -69,6 +69,7 @@ from achilles_like.secret_store import ensure_secret
 from achilles_like.secret_strength import check_secret_strength
 from achilles_like.server.auth_throttle import FailedHandshakes, HandshakeBudget
 from achilles_like.server.guard import PendingConnections, raise_open_file_limit
+from achilles_like.server.log_limit import WarningLimiter
 from achilles_like.server.metrics import ServerStats
 from achilles_like.tls import server_context
 
@@ -150,12 +151,14 @@ class ServerProtocol(Protocol):
             if self.decoder.error is not None:
                 raise self.decoder.error
         except AuthenticationError as error:
-            log.warning("refused %s: %s", self.address, error)
+            self.cluster.warn(self.host, "refused %s: %r", self.address, str(error))
             self.cluster.throttle.failed(self.host, self.cluster.clock.seconds())
             self.cluster.events.auth_failed(self.address, str(error))  # metrics hook
             self._close(getattr(error, "reply", b""))
         except ProtocolError as error:
-            log.warning("protocol error from %s %s: %s", self.role or "peer", self.address, error)
+            self.cluster.warn(
+                self.host, "protocol error from %s %s: %r", self.role or "peer", self.address, str(error)
+            )
             self.close_reason = f"protocol error: {error}"
             self._close(msg.Error(code="protocol", msg=str(error)).to_bytes())
 
@@ -203,7 +206,7 @@ class ServerProtocol(Protocol):
 
     def abort(self, reason: str) -> None:
         """Drop the connection at once (a peer that stopped answering)."""
-        log.warning("dropping %s %s: %s", self.role, self.address, reason)
+        self.cluster.warn(self.host, "dropping %s %s: %s", self.role or "peer", self.address, reason)
         self.close_reason = reason
         self.closed = True
         if self.transport is not None:
@@ -255,6 +258,7 @@ class ClusterServer(ServerFactory):
         self.on_stop_requested: Any = None  # set by start_server: stops the process
         self.dashboard_url = ""  # set by start_server when the dashboard is on
         self.throttle = FailedHandshakes(self.options.auth_budget)  # slows secret guessing
+        self.warnings = WarningLimiter()  # a few warnings a minute per address: floods cannot fill the log
         self.pending: PendingConnections[ServerProtocol] = PendingConnections(
             self.options.max_pending, self.options.max_pending_per_address
         )
@@ -269,8 +273,21 @@ class ClusterServer(ServerFactory):
     def admit_pending(self, peer: ServerProtocol) -> None:
         """Track a new unauthenticated connection; close the oldest ones past a cap."""
         for old in self.pending.admit(peer, peer.host):
-            log.debug("closing unauthenticated %s to admit %s", old.address, peer.address)
+            self.warn(
+                peer.host,
+                "too many unauthenticated connections: closed %s to admit %s",
+                old.address,
+                peer.address,
+            )
             old.evict()
+
+    def warn(self, host: str, message: str, *args: object) -> None:
+        """Log a warning about a peer at ``host``, rate-limited per address (quote peers' words with %r)."""
+        allowed, held_back = self.warnings.allow(host, self.clock.seconds())
+        if allowed and held_back:
+            log.warning(message + " (and %d similar warnings from %s not logged)", *args, held_back, host)
+        elif allowed:
+            log.warning(message, *args)
 
     def start_heartbeats(self) -> None:
         """Begin pinging nodes and dropping silent ones."""
