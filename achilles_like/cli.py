@@ -134,6 +134,10 @@ def _server(args: argparse.Namespace) -> int:
         heartbeat_timeout=args.heartbeat_timeout,
         auth_timeout=args.auth_timeout,
         no_node_timeout=args.no_node_timeout,
+        max_pending=args.max_pending,
+        max_pending_per_address=args.max_pending_per_address,
+        max_queued_jobs=args.max_queued_jobs,
+        max_held_bytes=args.max_held_bytes,
     )
     cluster, listening = start_server(settings, reactor, options)
     announce(cluster, listening)
@@ -261,6 +265,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server.add_argument(
         "--auth-timeout", type=float, default=5.0, help="close a connection not authenticated by then"
+    )
+    server.add_argument(
+        "--max-pending",
+        type=int,
+        default=1024,
+        help="unauthenticated connections held at once; past it the oldest is closed",
+    )
+    server.add_argument(
+        "--max-pending-per-address",
+        type=int,
+        default=256,
+        help="unauthenticated connections held at once from one address; past it its oldest is closed",
+    )
+    server.add_argument(
+        "--max-queued-jobs", type=int, default=1000, help="jobs that may wait; a job past it is refused"
+    )
+    server.add_argument(
+        "--max-held-bytes",
+        type=int,
+        default=4 << 30,
+        help="bytes of setups, functions and tasks held for live jobs; a new job past it is refused",
     )
     server.add_argument(
         "--no-node-timeout",

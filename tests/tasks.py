@@ -8,6 +8,7 @@ its nodes the caller's ``sys.path``, which includes this directory.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Any
 
@@ -121,4 +122,21 @@ def hang_on_three(x: int) -> int:
     """Never finish on item 3 (until killed); square the rest."""
     if x == 3:
         time.sleep(3600)
+    return x * x
+
+
+def allocate_in_cgroup(cgroup: str, megabytes: int, x: int) -> int:
+    """Join the memory cgroup ``cgroup`` and touch ``megabytes`` of memory (past its limit); square x.
+
+    With ``cgroup`` empty (no cgroup could be made) the worker delivers itself
+    SIGKILL halfway through the allocation instead, as the OOM killer would.
+    """
+    if cgroup:
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
+            procs.write(str(os.getpid()))
+    block = bytearray(megabytes << 20)
+    for offset in range(0, len(block), 4096):  # touch every page: that is what gets charged
+        block[offset] = 1
+        if not cgroup and offset >= len(block) // 2:
+            os.kill(os.getpid(), signal.SIGKILL)
     return x * x

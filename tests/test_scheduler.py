@@ -814,3 +814,73 @@ def test_a_failing_task_of_a_job_that_goes_on_is_done_not_fatal() -> None:
     ]
     assert status(s)["job"]["tasks_failed"] == 1
     assert s.running_job_id == 1
+
+
+# -- a bounded queue ---------------------------------------------------------
+
+
+QUEUE_FULL = "the server's queue is full (2 jobs waiting, the limit is 2)"
+
+
+def test_a_job_past_the_queue_cap_is_refused_and_the_queue_is_kept() -> None:
+    """With max_queued_jobs waiting, a new job ends failed at once, naming the cap; the queued ones stay."""
+    s = Scheduler(max_queued_jobs=2)
+    s.submit_job("a", FUNC)
+    s.submit_job("b", b"g")
+    s.submit_job("c", b"h")
+    job_id, actions = s.submit_job("d", b"i")
+    assert job_id == 4
+    assert [type(a) for a in actions] == [JobEnded]
+    assert (actions[0].controller_id, actions[0].job_id, actions[0].outcome) == ("d", 4, JobOutcome.FAILED)
+    assert actions[0].reason.startswith(QUEUE_FULL)
+    assert "--max-queued-jobs" in actions[0].reason
+    assert [job["job_id"] for job in status(s)["queue"]] == [2, 3]
+    assert s.job_controller(4) is None
+
+
+def test_a_refused_jobs_late_frames_are_ignored() -> None:
+    """FUNC for a refused job, sent before the refusal was read, is a late frame, not a violation."""
+    s = Scheduler(max_queued_jobs=1)
+    s.submit_job("a", FUNC)
+    s.submit_job("b", b"g")
+    job_id, _ = s.submit_job("c", b"h")
+    assert s.function_received(job_id, 0, FUNC) == []
+
+
+def test_the_queue_takes_jobs_again_once_one_has_started() -> None:
+    """The cap counts waiting jobs: when the running job ends and a queued one starts, a new job is queued."""
+    s = Scheduler(max_queued_jobs=1)
+    s.submit_job("a", FUNC)
+    s.submit_job("b", b"g")
+    s.cancel_job(1)
+    assert s.submit_job("c", b"h") == (3, [JobQueued("c", 3, 1)])
+
+
+def test_a_job_past_the_byte_cap_is_refused() -> None:
+    """Setups, functions and undone tasks of live jobs count; a setup past max_held_bytes is refused."""
+    s = Scheduler(max_held_bytes=100)
+    s.submit_job("a", b"s" * 10)
+    s.function_received(1, 0, b"f" * 20)
+    s.task_received(1, 0, b"t" * 30, 0)
+    assert s.held_bytes() == 60
+    assert s.submit_job("b", b"x" * 40)[1] == [JobQueued("b", 2, 1)]
+    _, actions = s.submit_job("c", b"y")
+    assert [type(a) for a in actions] == [JobEnded]
+    assert actions[0].reason.startswith(
+        "the server already holds 100 bytes for queued and running jobs, and this job's 1-byte setup"
+        " would pass the limit of 100 bytes"
+    )
+    assert s.held_bytes() == 100
+
+
+def test_bytes_of_finished_tasks_and_ended_jobs_are_released() -> None:
+    """A done task's blob and an ended job's setup and functions no longer count against the byte cap."""
+    s = Scheduler(max_held_bytes=100)
+    s.node_joined("n1", 1)
+    s.submit_job("a", b"s" * 10)
+    s.function_received(1, 0, b"f" * 20)
+    [assign] = assigns(s.task_received(1, 0, b"t" * 30, 0))
+    succeed(s, assign)
+    assert s.held_bytes() == 30
+    s.input_ended(1, 1)
+    assert s.held_bytes() == 0

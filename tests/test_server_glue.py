@@ -6,8 +6,10 @@ the reactor's time, so an hour of heartbeats takes a millisecond.
 
 from __future__ import annotations
 
+import logging
 import secrets
 
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -50,42 +52,49 @@ def test_hello_is_sent_at_once_to_a_new_address() -> None:
 
 
 def test_repeated_failed_handshakes_slow_down_that_address_only() -> None:
-    """After three failed handshakes an address waits for HELLO, longer each time; others do not."""
+    """Past its budget of failed handshakes an address waits for HELLO as the budget says; others do not."""
     server, clock = make_server()
-    for _ in range(3):
+    for _ in range(5):
         protocol, transport = connect(server)
         assert b"ERROR code=auth msg=authentication%20failed" in authenticate(
             protocol, transport, "wrong", "controller"
         )
+    wait = server.throttle.delay("10.0.0.1", clock.seconds())
+    assert wait == 2.0  # one failure over a burst of 5, refilled at 0.5 a second
     _, slowed = connect(server)
     assert slowed.value() == b""
-    clock.advance(0.099)
+    clock.advance(wait - 0.01)
     assert slowed.value() == b""
-    clock.advance(0.002)
+    clock.advance(0.02)
     assert slowed.value().startswith(b"HELLO")
     _, other = connect(server, host="10.0.0.2")
     assert other.value().startswith(b"HELLO")
+    assert server.status()["unauthenticated"]["delayed"] == 1
 
 
-def test_a_good_handshake_clears_the_slowdown() -> None:
-    """A successful handshake from a slowed address resets its record."""
-    server, clock = make_server()
-    for _ in range(4):
-        protocol, transport = connect(server)
-        clock.advance(server.auth_delay("10.0.0.1"))  # let a delayed HELLO out
-        authenticate(protocol, transport, "wrong", "admin")
+def test_a_slowed_connection_gets_the_whole_auth_timeout_after_its_hello() -> None:
+    """The auth timeout counts from the delayed HELLO, so a slowed peer holding the secret still gets in."""
+    server, clock = make_server(auth_timeout=5.0)
+    for _ in range(20):
+        server.throttle.failed("10.0.0.1", 0.0)
     protocol, transport = connect(server)
-    clock.advance(server.auth_delay("10.0.0.1"))
+    clock.advance(server.options.auth_budget.max_delay + 4.9)
+    assert not transport.disconnecting
     assert authenticate(protocol, transport, SECRET, "admin").startswith(b"WELCOME")
-    assert server.auth_delay("10.0.0.1") == 0.0
 
 
-def test_slowdown_is_capped() -> None:
-    """However many failures, the wait never exceeds max_auth_delay."""
-    server, _ = make_server(max_auth_delay=5.0)
-    for _ in range(100):
-        server.auth_failed("10.0.0.9")
-    assert server.auth_delay("10.0.0.9") == 5.0
+def test_an_attacker_on_the_users_address_does_not_slow_the_user() -> None:
+    """Right after a good handshake from an address, wrong MACs from it do not delay its next connection."""
+    server, clock = make_server()
+    protocol, transport = connect(server, host="127.0.0.1")
+    assert authenticate(protocol, transport, SECRET, "controller").startswith(b"WELCOME")
+    for _ in range(50):
+        clock.advance(0.01)
+        protocol, transport = connect(server, host="127.0.0.1")
+        authenticate(protocol, transport, "wrong", "controller")
+    _, user = connect(server, host="127.0.0.1")
+    assert user.value().startswith(b"HELLO")
+    assert server.status()["unauthenticated"]["delayed"] == 0
 
 
 def test_unauthenticated_connection_is_dropped_at_the_auth_timeout() -> None:
@@ -191,3 +200,68 @@ def test_only_a_job_s_first_task_may_be_sent_before_it_starts() -> None:
     late.dataReceived(encode_frame("SUBMIT", ref=9) + encode_frame("FUNC", b"g", job=0, ref=9, fn=0) + tasks)
     [*_, (verb, fields)] = _said(late_transport)
     assert verb == "ERROR" and "only a job's first task may be sent before it starts" in fields["msg"]
+
+
+def test_a_flood_of_stalled_connections_cannot_keep_a_real_peer_out() -> None:
+    """Past the per-address cap the oldest stalled connection is closed, so a peer from there gets in."""
+    server, _ = make_server(max_pending=100, max_pending_per_address=5)
+    stalled = [connect(server, host="10.0.0.1") for _ in range(20)]
+    assert [transport.disconnected for _, transport in stalled] == [True] * 15 + [False] * 5
+    protocol, transport = connect(server, host="10.0.0.1")
+    assert stalled[15][1].disconnected and not transport.disconnected
+    assert authenticate(protocol, transport, SECRET, "controller").startswith(b"WELCOME")
+    guard = server.status()["unauthenticated"]
+    assert (guard["pending"], guard["evicted"]) == (4, 16)
+
+
+def test_authenticated_peers_are_never_evicted() -> None:
+    """Only unauthenticated connections count against the caps: an authenticated peer outlives a flood."""
+    server, _ = make_server(max_pending=3, max_pending_per_address=3)
+    protocol, transport = connect(server, host="10.0.0.1")
+    authenticate(protocol, transport, SECRET, "admin")
+    for index in range(10):
+        connect(server, host=f"10.0.1.{index}")
+    assert not transport.disconnected
+    assert len(server.pending) == 3
+
+
+FORGED = "ok\n2026-01-01 00:00:00,000 WARNING achilles_like.server: forged line"
+
+
+def test_peer_supplied_strings_cannot_forge_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    """Node names, job labels, loss reasons and protocol versions from peers are logged quoted."""
+    caplog.set_level(logging.INFO, logger="achilles_like")
+    server, _ = make_server()
+    node, node_transport = connect(server, host="10.0.0.1")
+    authenticate(node, node_transport, SECRET, "node")
+    node.dataReceived(encode_frame("REGISTER", slots=1, processes=1, name=FORGED, pid=1))
+    controller, controller_transport = connect(server, host="10.0.0.2")
+    authenticate(controller, controller_transport, SECRET, "controller")
+    controller.dataReceived(encode_frame("SUBMIT", label=FORGED, ref=1))
+    controller.dataReceived(
+        encode_frame("FUNC", b"f", job=1, fn=0) + encode_frame("TASK", b"t", job=1, task=0, fn=0)
+    )
+    for attempt in range(1, 5):  # lost every time: the job fails with the node's reason in it
+        node.dataReceived(encode_frame("LOST", job=1, task=0, attempt=attempt, reason=FORGED))
+    stranger, _ = connect(server, host="10.0.0.3")
+    stranger.dataReceived(encode_frame("AUTH", proto=FORGED, role="node", user="", nonce="0" * 64, mac="0"))
+    node.connectionLost()
+    messages = [record.getMessage() for record in caplog.records]
+    assert [m for m in messages if "\n" in m] == []
+    quoted = [m for m in messages if repr(FORGED) in m or repr(FORGED)[1:-1] in m]
+    assert len(quoted) >= 4  # job started, job ended, node left, version refused
+
+
+def test_repeated_warnings_from_one_address_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    """Fifty garbage connections from one address write five warnings, then one that counts the rest."""
+    caplog.set_level(logging.WARNING, logger="achilles_like.server")
+    server, clock = make_server()
+    for _ in range(50):
+        protocol, _ = connect(server, host="10.0.0.7")
+        protocol.dataReceived(b"\x16garbage")
+    assert len(caplog.records) == 5
+    clock.advance(60.0)
+    protocol, _ = connect(server, host="10.0.0.7")
+    protocol.dataReceived(b"\x16garbage")
+    assert len(caplog.records) == 6
+    assert "(and 45 similar warnings from 10.0.0.7 not logged)" in caplog.records[-1].getMessage()

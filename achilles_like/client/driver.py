@@ -262,6 +262,7 @@ class JobDriver:
             case msg.Queued(job=job):
                 self.job_id = job
             case msg.Ended() as ended:
+                self.job_id = ended.job if self.job_id is None else self.job_id  # refused at SUBMIT
                 self.ended = ended
                 self.release()
                 if ended.outcome != "done" or self.inflight:

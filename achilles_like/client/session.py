@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from achilles_like.client.connection import Connection, Lost
 from achilles_like.client.driver import JobDriver, Source
 from achilles_like.config import Settings
-from achilles_like.errors import ClusterConnectionError
+from achilles_like.errors import ClusterConnectionError, JobFailedError
 
 log = logging.getLogger("achilles_like.session")
 
@@ -201,6 +201,8 @@ class Session:
         sources = self._snapshot()
         driver = self._driver
         if driver is not None and driver.ended is not None:
+            if not driver.started:  # refused at SUBMIT (queue full): fail the waiting work, no retry loop
+                self._fail_waiting(JobFailedError(driver.ended_message()))
             driver = self._driver = None  # the job failed: the next work opens another
         if driver is None and any(source.has_batch for source in sources):
             driver = self._open_job()
@@ -240,6 +242,13 @@ class Session:
             self.broken = broken
         self._terminating = True
         return broken
+
+    def _fail_waiting(self, error: BaseException) -> None:
+        """Fail the work waiting now; the session stays usable for later work."""
+        with self._lock:
+            sources, self._sources = list(self._sources), deque()
+        for source in sources:
+            source.fail(error)
 
     def _break(self, error: BaseException) -> None:
         if self._driver is not None:

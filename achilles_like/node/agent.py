@@ -226,7 +226,7 @@ class NodeProtocol(Protocol):
             if self.transport is not None:
                 self.transport.loseConnection()
         except ProtocolError as error:
-            log.error("protocol error from the server: %s", error)
+            log.error("protocol error from the server: %r", str(error))
             self.send(msg.Error(code="protocol", msg=str(error)).to_bytes())
             if self.transport is not None:
                 self.transport.loseConnection()
@@ -261,7 +261,7 @@ class NodeProtocol(Protocol):
                 log.warning("the server asked this node to shut down")
                 self.factory.shutdown()
             case msg.Error(msg=text):
-                log.error("the server reported: %s", text)
+                log.error("the server reported: %r", text)
             case other:
                 raise ProtocolViolationError(f"a server may not send {other.VERB} to a node")
 
@@ -330,8 +330,9 @@ class NodeFactory(ReconnectingClientFactory):
         """Say why the handshake failed (once per distinct reason); the factory retries with backoff."""
         if message and message != self.last_complaint:
             self.last_complaint = message
-            log.error("%s", message)
-            print(f"achilles_like node: {message}; retrying with backoff", file=sys.stderr, flush=True)
+            log.error("%r", message)  # may come from an unauthenticated server: quoted
+            line = repr(message)[1:-1]  # control characters escaped: one line, whatever the server sent
+            print(f"achilles_like node: {line}; retrying with backoff", file=sys.stderr, flush=True)
 
     def fatal(self, message: str) -> None:
         """Give up for good (authentication failed)."""

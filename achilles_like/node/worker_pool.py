@@ -42,6 +42,7 @@ from typing import Any
 
 import multiprocess
 
+from achilles_like.node.exit_reason import describe_exit
 from achilles_like.node.in_worker import JOB_CACHE_SIZE, worker_main
 
 log = logging.getLogger("achilles_like.node.worker_pool")
@@ -250,7 +251,7 @@ class WorkerPool:
         worker.process.join(1)  # reap it, so its exit code is known
         code = worker.process.exitcode
         if item is not None:
-            detail = f"its worker process died (exit code {code})"
+            detail = describe_exit(code)  # names memory when the kernel's OOM killer is the likely cause
             log.warning("task %d of job %d lost: %s", item.task_id, item.job_id, detail)
             self._deliver(item, Outcome.LOST, b"", detail)
         self._replace(worker)

@@ -309,12 +309,16 @@ class End(Message):
 @message("ENDED")
 @dataclass(frozen=True)
 class Ended(Message):
-    """The job is over: ``done``, ``failed`` or ``cancelled``; ``task`` names the task that failed it."""
+    """The job is over: ``done``, ``failed`` or ``cancelled``; ``task`` names the task that failed it.
+
+    ``ref`` echoes the SUBMIT's, so a job refused at once (queue full) reaches its caller.
+    """
 
     job: int
     outcome: str
     reason: str = ""
     task: int | None = None
+    ref: int | None = None
 
 
 # -- admin ----------------------------------------------------------------------

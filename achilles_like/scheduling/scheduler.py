@@ -34,6 +34,11 @@ thought dead harmless. A lost node's tasks go back to the front of their job's
 queue, so the oldest work finishes first and an ordered ``imap`` never waits
 long on a hole; a task lost ``max_attempts`` times fails its job.
 
+Bounds. At most ``max_queued_jobs`` jobs wait, and a new job is refused
+(ended as failed at once, with the reason) when the queue is full or the
+blobs held for live jobs (setups, functions, tasks not yet done) plus its
+setup would pass ``max_held_bytes``; no job already queued is touched.
+
 Credit. The controller sends a task only against credit the scheduler granted.
 A started job holds at most ``window`` tasks plus unused credit, where the
 window grows with the cluster's slots, so memory stays bounded whatever the
@@ -182,8 +187,14 @@ class Scheduler:
         max_attempts: int = 4,
         min_window: int = 16,
         window_per_slot: int = 2,
+        max_queued_jobs: int = 1000,
+        max_held_bytes: int = 4 << 30,
     ) -> None:
         _require_at_least("max_attempts", max_attempts, 1)
+        _require_at_least("max_queued_jobs", max_queued_jobs, 1)
+        _require_at_least("max_held_bytes", max_held_bytes, 1)
+        self._max_queued_jobs = max_queued_jobs  # bounded queue: a SUBMIT past either cap is refused
+        self._max_held_bytes = max_held_bytes
         _require_at_least("min_window", min_window, 1)
         _require_at_least("window_per_slot", window_per_slot, 0)
         self._max_attempts = max_attempts
@@ -289,9 +300,12 @@ class Scheduler:
         now: float = 0.0,
         stop_on_failure: bool = True,
     ) -> tuple[int, list[Action]]:
-        """A controller submits a job; it starts now or waits behind the others."""
+        """A controller submits a job; it starts now, waits behind the others, or is refused (queue full)."""
         job = _Job(self._next_job_id, controller_id, setup_blob, label, now, stop_on_failure)
         self._next_job_id += 1
+        refusal = self._refusal(len(setup_blob))
+        if refusal:  # never queued: nothing held for it, and no job already queued is touched
+            return job.job_id, [JobEnded(controller_id, job.job_id, JobOutcome.FAILED, refusal)]
         self._queue.append(job)
         actions = self._start_waiting()
         if job.job_id not in self._started:
@@ -415,7 +429,30 @@ class Scheduler:
             "jobs_done": self._jobs_done,
         }
 
+    def held_bytes(self) -> int:
+        """The bytes held for live jobs: setups, functions, and tasks not yet done."""
+        jobs = [*self._queue, *self._started.values()]
+        held = sum(len(job.setup_blob) + sum(map(len, job.functions.values())) for job in jobs)
+        return held + sum(len(task.blob) for job in jobs for task in job.held.values())
+
     # -- internals ---------------------------------------------------------
+
+    def _refusal(self, setup_bytes: int) -> str:
+        """Why a new job cannot be queued (empty if it can): the queue is bounded in jobs and bytes."""
+        waiting = len(self._queue)
+        if waiting >= self._max_queued_jobs:
+            return (
+                f"the server's queue is full ({waiting} jobs waiting, the limit is {self._max_queued_jobs});"
+                " resubmit when some have finished, or raise the server's --max-queued-jobs"
+            )
+        held = self.held_bytes()
+        if held + setup_bytes > self._max_held_bytes:
+            return (
+                f"the server already holds {held} bytes for queued and running jobs, and this job's"
+                f" {setup_bytes}-byte setup would pass the limit of {self._max_held_bytes} bytes;"
+                " resubmit when some have finished, or raise the server's --max-held-bytes"
+            )
+        return ""
 
     def _owner(self) -> _Job | None:
         busy = next((job for job in self._started.values() if not job.idle), None)

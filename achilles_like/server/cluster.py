@@ -28,8 +28,12 @@ nothing for ``heartbeat_timeout`` seconds (stopped, partitioned) is
 disconnected: a node's tasks are re-queued, a controller's job cancelled. A
 running job left with no node at all fails after ``no_node_timeout``
 seconds. Peers that do not finish the handshake within ``auth_timeout``
-seconds are disconnected, and an address that keeps failing the handshake
-waits longer and longer (up to ``max_auth_delay``) for its next HELLO.
+seconds are disconnected; past ``max_pending`` unauthenticated connections
+(``max_pending_per_address`` from one address) the oldest is closed to admit
+the newest (``server/guard.py``). Failed handshakes spend from a budget per
+address and one for the server; past them a new connection waits for its
+HELLO, except from an address that has just authenticated, so guessing is
+slow and the people who hold the secret never wait (``server/auth_throttle.py``).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import json
 import logging
 import secrets
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.internet import task
@@ -64,7 +68,9 @@ from achilles_like.scheduling import actions as act
 from achilles_like.scheduling.scheduler import Scheduler
 from achilles_like.secret_store import ensure_secret
 from achilles_like.secret_strength import check_secret_strength
-from achilles_like.server.guard import raise_open_file_limit
+from achilles_like.server.auth_throttle import FailedHandshakes, HandshakeBudget
+from achilles_like.server.guard import PendingConnections, raise_open_file_limit
+from achilles_like.server.log_limit import WarningLimiter
 from achilles_like.server.metrics import ServerStats
 from achilles_like.tls import server_context
 
@@ -79,7 +85,14 @@ class ServerOptions:
     heartbeat_timeout: float = 10.0
     auth_timeout: float = 5.0  # a real peer authenticates in milliseconds; a stalled one holds a socket
     no_node_timeout: float = 60.0  # a running job with no node at all fails after this
-    max_auth_delay: float = 5.0  # the longest a repeatedly failing address waits for HELLO
+    # Failed handshakes allowed before new connections wait for HELLO (server/auth_throttle.py).
+    auth_budget: HandshakeBudget = field(default_factory=HandshakeBudget)
+    # Unauthenticated connections held at once; past a cap the oldest is closed (server/guard.py).
+    max_pending: int = 1024
+    max_pending_per_address: int = 256
+    # A bounded queue: a SUBMIT past either cap is refused with ENDED outcome=failed (scheduler.py).
+    max_queued_jobs: int = 1000
+    max_held_bytes: int = 4 << 30
 
 
 def _describe(address: IAddress) -> str:
@@ -112,10 +125,12 @@ class ServerProtocol(Protocol):
         enable_keepalive(self.transport)
         self.address = _describe(self.transport.getPeer())
         self.last_seen = self.cluster.clock.seconds()
-        self.cluster.clock.callLater(self.cluster.options.auth_timeout, self._check_authenticated)
-        delay = self.cluster.auth_delay(self.host)
+        self.cluster.admit_pending(self)  # flood guard: may close older unauthenticated connections
+        delay = self.cluster.throttle.on_connect(self.host, self.last_seen)
+        # The auth timeout runs from HELLO: a slowed peer that holds the secret still gets all of it.
+        self.cluster.clock.callLater(delay + self.cluster.options.auth_timeout, self._check_authenticated)
         if delay:
-            # This address failed the handshake recently: make guessing slow.
+            # Too many failed handshakes from here or everywhere: make guessing slow.
             self.cluster.clock.callLater(delay, self.send, self.handshake.hello())
         else:
             self.transport.write(self.handshake.hello())
@@ -138,12 +153,14 @@ class ServerProtocol(Protocol):
             if self.decoder.error is not None:
                 raise self.decoder.error
         except AuthenticationError as error:
-            log.warning("refused %s: %s", self.address, error)
-            self.cluster.auth_failed(self.host)
+            self.cluster.warn(self.host, "refused %s: %r", self.address, str(error))
+            self.cluster.throttle.failed(self.host, self.cluster.clock.seconds())
             self.cluster.events.auth_failed(self.address, str(error))  # metrics hook
             self._close(getattr(error, "reply", b""))
         except ProtocolError as error:
-            log.warning("protocol error from %s %s: %s", self.role or "peer", self.address, error)
+            self.cluster.warn(
+                self.host, "protocol error from %s %s: %r", self.role or "peer", self.address, str(error)
+            )
             self.close_reason = f"protocol error: {error}"
             self._close(msg.Error(code="protocol", msg=str(error)).to_bytes())
 
@@ -152,7 +169,8 @@ class ServerProtocol(Protocol):
             self.send(self.handshake.receive(frame))
             assert self.handshake.identity is not None
             self.role = self.handshake.identity.role
-            self.cluster.auth_succeeded(self.host)
+            self.cluster.pending.settle(self)  # flood guard: no longer pending
+            self.cluster.throttle.succeeded(self.host, self.cluster.clock.seconds())
             self.decoder.max_body = self.cluster.settings.max_body
             self.decoder.body_limit = body_limits(self.role, self.decoder.max_body)
             self.peer_id = self.cluster.register(self)
@@ -190,8 +208,15 @@ class ServerProtocol(Protocol):
 
     def abort(self, reason: str) -> None:
         """Drop the connection at once (a peer that stopped answering)."""
-        log.warning("dropping %s %s: %s", self.role, self.address, reason)
+        self.cluster.warn(self.host, "dropping %s %s: %s", self.role or "peer", self.address, reason)
         self.close_reason = reason
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def evict(self) -> None:
+        """Close this unauthenticated connection to admit a newer one (a pending cap was reached)."""
+        self.close_reason = "closed to admit a newer connection (too many unauthenticated connections)"
         self.closed = True
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
@@ -203,6 +228,7 @@ class ServerProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self.closed = True
         self.close_reason = self.close_reason or reason.getErrorMessage()
+        self.cluster.pending.settle(self)  # flood guard
         if self.peer_id:
             self.cluster.unregister(self)
 
@@ -220,7 +246,9 @@ class ClusterServer(ServerFactory):
         self.settings = settings
         self.clock = clock
         self.options = options or ServerOptions()
-        self.scheduler = scheduler or Scheduler()
+        self.scheduler = scheduler or Scheduler(
+            max_queued_jobs=self.options.max_queued_jobs, max_held_bytes=self.options.max_held_bytes
+        )
         self.peers: dict[str, ServerProtocol] = {}
         self.node_info: dict[str, dict[str, Any]] = {}
         # Per-job options the nodes need (time limit, tasks per worker), passed on in JOB,
@@ -234,7 +262,11 @@ class ClusterServer(ServerFactory):
         self.authenticated: dict[str, int] = {"node": 0, "controller": 0, "admin": 0}  # connections, by role
         self.on_stop_requested: Any = None  # set by start_server: stops the process
         self.dashboard_url = ""  # set by start_server when the dashboard is on
-        self._auth_failures: dict[str, int] = {}
+        self.throttle = FailedHandshakes(self.options.auth_budget)  # slows secret guessing
+        self.warnings = WarningLimiter()  # a few warnings a minute per address: floods cannot fill the log
+        self.pending: PendingConnections[ServerProtocol] = PendingConnections(
+            self.options.max_pending, self.options.max_pending_per_address
+        )
         self._heartbeat = task.LoopingCall(self._heartbeat_tick)
         self._heartbeat.clock = clock
         # Metrics, the dashboard's history and job log lines: one observer, fed by one-line hooks.
@@ -242,6 +274,25 @@ class ClusterServer(ServerFactory):
 
     def buildProtocol(self, addr: IAddress | None) -> ServerProtocol:  # noqa: N802 - Twisted's name
         return ServerProtocol(self)
+
+    def admit_pending(self, peer: ServerProtocol) -> None:
+        """Track a new unauthenticated connection; close the oldest ones past a cap."""
+        for old in self.pending.admit(peer, peer.host):
+            self.warn(
+                peer.host,
+                "too many unauthenticated connections: closed %s to admit %s",
+                old.address,
+                peer.address,
+            )
+            old.evict()
+
+    def warn(self, host: str, message: str, *args: object) -> None:
+        """Log a warning about a peer at ``host``, rate-limited per address (quote peers' words with %r)."""
+        allowed, held_back = self.warnings.allow(host, self.clock.seconds())
+        if allowed and held_back:
+            log.warning(message + " (and %d similar warnings from %s not logged)", *args, held_back, host)
+        elif allowed:
+            log.warning(message, *args)
 
     def start_heartbeats(self) -> None:
         """Begin pinging nodes and dropping silent ones."""
@@ -308,21 +359,6 @@ class ClusterServer(ServerFactory):
             else:
                 peer.send(msg.Ping().to_bytes())
         self.execute(self.scheduler.tick(now, self.options.no_node_timeout))
-
-    def auth_delay(self, host: str) -> float:
-        """How long a new connection from ``host`` waits for HELLO after failed handshakes."""
-        failures = self._auth_failures.get(host, 0)
-        return 0.0 if failures < 3 else min(self.options.max_auth_delay, 0.1 * 2 ** (failures - 3))
-
-    def auth_succeeded(self, host: str) -> None:
-        """A good handshake from ``host`` clears its record."""
-        self._auth_failures.pop(host, None)
-
-    def auth_failed(self, host: str) -> None:
-        """Count a failed handshake from ``host`` (bounded memory: the table is reset when full)."""
-        if len(self._auth_failures) >= 10_000:
-            self._auth_failures.clear()
-        self._auth_failures[host] = self._auth_failures.get(host, 0) + 1
 
     # -- controllers ---------------------------------------------------------
 
@@ -424,6 +460,12 @@ class ClusterServer(ServerFactory):
             nodes.append(info)
         status["nodes"] = nodes
         status["connections"] = dict(self.authenticated)
+        status["unauthenticated"] = {
+            "pending": len(self.pending),
+            "evicted": self.pending.evicted,
+            "delayed": self.throttle.delayed,
+            "slowed": self.throttle.slowed(self.clock.seconds()),
+        }
         status["now"] = self.clock.seconds()
         return self.events.decorate(status)
 
@@ -459,11 +501,11 @@ class ClusterServer(ServerFactory):
             case act.JobEnded(controller_id, job_id, outcome, reason, task_id):
                 self.job_options.pop(job_id, None)
                 self.early.pop(job_id, None)
-                ref = self.job_refs.pop(job_id, None)
+                ref = self.job_refs.pop(job_id, None)  # routes a job refused at SUBMIT to its caller
                 controller = self.peers.get(controller_id)
                 if controller is not None and ref is not None:
                     controller.refs.pop(ref, None)
-                ended = msg.Ended(job=job_id, outcome=outcome.value, reason=reason, task=task_id)
+                ended = msg.Ended(job=job_id, outcome=outcome.value, reason=reason, task=task_id, ref=ref)
                 self._send(controller_id, ended)
             case act.ReleaseOnNode(node_id, job_id):
                 self._send(node_id, msg.Release(job=job_id))

@@ -146,7 +146,7 @@ class ServerStats:
         self.node_losses.inc()
         name = info.get("name") or info.get("node_id", "?")
         # A dropped node was already logged as a warning with its reason (ServerProtocol.abort).
-        log.info("node %s (%s, %s) left: %s", info.get("node_id"), name, info.get("address"), reason)
+        log.info("node %s (%r, %s) left: %r", info.get("node_id"), name, info.get("address"), reason)
         self._remember("node left", f"{name} ({info.get('address')}): {reason}")
 
     # -- reading ---------------------------------------------------------------
@@ -200,13 +200,13 @@ class ServerStats:
         job = self._status().get("job") or {}
         label = str(job.get("label", "")) if job.get("job_id") == job_id else ""
         self._jobs[job_id] = _JobRecord(label=label, started_at=self._now())
-        log.info("job %d started: %s", job_id, label or "(no label)")
+        log.info("job %d started: %r", job_id, label)
 
     def _ended(self, job_id: int, outcome: act.JobOutcome, reason: str, task_id: int | None) -> None:
         self.jobs.labels(outcome.value).inc()
         record = self._jobs.pop(job_id, None)
         if record is None:  # ended while queued: it never started
-            log.info("job %d ended while queued: %s %s", job_id, outcome.value, reason)
+            log.info("job %d ended while queued: %s %r", job_id, outcome.value, reason)
             return
         if outcome is act.JobOutcome.FAILED and task_id is not None and not record.raised:
             self.failed.inc()  # out of attempts: no failed result was forwarded for it
@@ -219,7 +219,7 @@ class ServerStats:
             record.tasks_done,
             record.retries,
             record.failures,
-            f": {reason}" if reason else "",
+            f": {reason!r}" if reason else "",  # peers' words, quoted: they cannot forge a line
         )
         if outcome is act.JobOutcome.FAILED:
             self._remember("job failed", f"job {job_id} {record.label}: {reason}".strip())
