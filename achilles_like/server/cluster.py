@@ -113,7 +113,8 @@ class ServerProtocol(Protocol):
         )
         self.peer_id = ""
         self.role = ""
-        self.refs: dict[int, int] = {}  # a controller's own job references -> job ids
+        self.refs: dict[int, int] = {}  # a controller's own job references -> live job ids
+        self.max_ref = 0  # refs only grow: a lower unknown one names a job that has ended
         self.address = "?"
         self.last_seen = 0.0
         self.closed = False
@@ -375,6 +376,7 @@ class ClusterServer(ServerFactory):
             if message.ref is not None:
                 self.job_refs[job_id] = message.ref
                 peer.refs[message.ref] = job_id
+                peer.max_ref = max(peer.max_ref, message.ref)
             if message.timeout is not None or message.maxtasks is not None:
                 max_tasks = None if message.maxtasks is None else max(1, message.maxtasks)
                 self.job_options[job_id] = (message.timeout, max_tasks)
@@ -383,7 +385,10 @@ class ClusterServer(ServerFactory):
         if not isinstance(message, msg.Func | msg.Task | msg.End | msg.Cancel):
             raise ProtocolViolationError(f"a controller may not send {message.VERB}")
         if message.job == 0:  # addressed by the controller's own reference
-            referenced = peer.refs.get(message.ref if message.ref is not None else -1)
+            ref = -1 if message.ref is None else message.ref
+            referenced = peer.refs.get(ref)
+            if referenced is None and 0 <= ref <= peer.max_ref:
+                return  # a late message for a job that has already ended (refused, or cancelled)
             if referenced is None:
                 raise ProtocolViolationError(f"{message.VERB} job=0 must name the ref of a job it submitted")
             message = dataclasses.replace(message, job=referenced)
