@@ -85,6 +85,8 @@ class WorkItem:
     max_tasks: int | None = None  # replace a worker once it has run this many tasks
 
 
+READ_BUDGET = 4 << 20  # bytes of a result read per reactor turn, at most (about, plus one read)
+
 Deliver = Callable[[WorkItem, Outcome, bytes, str], None]
 
 
@@ -327,8 +329,10 @@ class _WorkerLink:
 
     def doRead(self) -> None:  # noqa: N802 - Twisted's name
         """Read what has arrived of the worker's result; hand it on once complete."""
+        start = self.receiving
         try:
-            while self.connected:
+            # A budget per call: a 64 MiB result arrives over several reactor turns, heartbeats between.
+            while self.connected and self.receiving - start < READ_BUDGET:
                 if self._body is None:
                     if not self._read_header():
                         return
