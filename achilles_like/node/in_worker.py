@@ -48,7 +48,7 @@ from achilles_like.protocol.body_buffer import BodyBuffer
 from achilles_like.serialization import RemoteFailure, dumps, loads
 
 _CACHE_SIZE = 4
-JOB_CACHE_SIZE = _CACHE_SIZE  # the manager tracks which jobs a worker has by the same bound
+JOB_CACHE_SIZE = _CACHE_SIZE  # the worker pool tracks which jobs a worker has by the same bound
 
 
 @dataclass
