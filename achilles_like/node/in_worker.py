@@ -91,6 +91,11 @@ def init_worker() -> None:
     """Make the worker die with its node and leave Ctrl-C to the node agent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Forked from the node's reactor thread: a signal here must not wake the node's reactor.
+    try:
+        signal.set_wakeup_fd(-1)
+    except ValueError:
+        pass  # forked from a thread other than the main one: no wakeup fd was set there
     if sys.platform.startswith("linux"):
         # PR_SET_PDEATHSIG: if the node agent is killed (even SIGKILL), the
         # kernel kills this worker too, so no orphan keeps computing.
