@@ -7,6 +7,7 @@ No sockets, no reactor, no clock.
 from __future__ import annotations
 
 import pickle
+import tracemalloc
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -128,6 +129,64 @@ def test_ten_megabyte_body() -> None:
     assert len(frames) == 1
     assert frames[0].body == body
     assert frames[0].fields == {"job": "9", "task": "0", "attempt": "1"}
+
+
+def _peak_while_feeding(decoder: FrameDecoder, pieces: list[bytes]) -> tuple[list[Frame], int]:
+    """Feed ``pieces`` and return the frames and the peak of memory allocated meanwhile."""
+    tracemalloc.start()
+    try:
+        frames = [frame for piece in pieces for frame in decoder.feed(piece)]
+        return frames, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_large_body_in_socket_sized_pieces_is_held_once() -> None:
+    """A 16 MiB body fed in 64 KiB pieces peaks at one body (plus a piece), not two or three."""
+    size = 16 << 20
+    data = encode_frame("TASK", b"\x07" * size, job=1, task=2, attempt=1)
+    pieces = [data[i : i + 65_536] for i in range(0, len(data), 65_536)]
+    del data
+    decoder = FrameDecoder()
+    frames, peak = _peak_while_feeding(decoder, pieces)
+    assert [len(frame.body) for frame in frames] == [size]
+    assert frames[0].body.count(b"\x07") == size
+    assert peak <= 1.05 * size
+    assert decoder.buffered == 0
+
+
+def test_body_arriving_whole_in_one_chunk_is_that_chunk() -> None:
+    """A chunk that is exactly one body is handed on as it is, without a copy."""
+    decoder = FrameDecoder()
+    assert decoder.feed(encode_header("TASK", 100_000, job=1)) == []
+    body = bytes(range(256)) * 390 + b"x" * 160
+    (frame,) = decoder.feed(body)
+    assert frame.body is body
+
+
+def test_buffered_counts_the_partial_body() -> None:
+    """While a body is incomplete, ``buffered`` counts its bytes received so far, and only those."""
+    decoder = FrameDecoder()
+    decoder.feed(encode_header("TASK", 1_000, job=1) + b"a" * 300)
+    assert decoder.buffered == 300
+    decoder.feed(b"b" * 600)
+    assert decoder.buffered == 900
+    frame, ping = decoder.feed(b"c" * 100 + b"PING\r\nPO")
+    assert ping.verb == "PING"
+    assert frame.body == b"a" * 300 + b"b" * 600 + b"c" * 100
+    assert decoder.buffered == 2  # "PO", the start of the next header
+
+
+@given(
+    body=st.binary(min_size=1, max_size=2_000),
+    cuts=st.lists(st.integers(min_value=0, max_value=2_100), max_size=12),
+)
+def test_property_body_split_anywhere_comes_out_intact(body: bytes, cuts: list[int]) -> None:
+    """A body between two frames, cut at any offsets, comes out byte for byte with its neighbours."""
+    data = encode_frame("PING") + encode_frame("RESULT", body, job=1, task=2) + encode_frame("PONG")
+    frames = feed_in_chunks(FrameDecoder(), data, sorted({min(cut, len(data)) for cut in cuts}))
+    assert [frame.verb for frame in frames] == ["PING", "RESULT", "PONG"]
+    assert frames[1].body == body
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,11 @@
 ::
 
     server ──JOB/FUNC/TASK/CANCEL──▶ NodeProtocol ──▶ NodeAgent ──submit──▶ WorkerPool ──▶ worker processes
-           ◀──RESULT/LOST/PONG─────── (reactor thread)     ▲                  (manager thread)
-                                                           └── callFromThread ◀── deliver
+           ◀──RESULT/LOST/PONG─────── NodeProtocol ◀── NodeAgent._finished ◀── deliver ◀─┘
+                                      (all on the reactor thread: no thread hand-off on the node)
 
-The reactor thread only moves bytes. User code runs in worker processes
+The reactor thread only moves bytes: the worker processes' sockets are served
+by the reactor like the server's connection. User code runs in worker processes
 (``achilles_like.node.in_worker``), never on the reactor thread, so the node answers
 heartbeats however long a task runs. ``WorkerPool`` (``worker_pool.py``) knows
 which worker holds which task: a worker that dies costs that one task,
@@ -77,7 +78,7 @@ class NodeAgent:
         self.settings = settings
         self.reactor = reactor
         self.processes = processes or settings.processes or usable_cpus()
-        self.workers = WorkerPool(self.processes, self._deliver_from_thread)
+        self.workers = WorkerPool(self.processes, self._finished, reactor)
         self.jobs: dict[int, tuple[bytes, JobOptions]] = {}  # job id -> setup blob, options
         self.functions: dict[tuple[int, int], bytes] = {}  # (job id, fn) -> function blob
         self.cancelled: deque[int] = deque(maxlen=_REMEMBERED_JOBS)
@@ -147,15 +148,8 @@ class NodeAgent:
         for key in [key for key in self.functions if key[0] == job_id]:
             del self.functions[key]
 
-    def _deliver_from_thread(self, item: WorkItem, outcome: Outcome, blob: bytes, detail: str) -> None:
-        self.reactor.callFromThread(self._finished, item, outcome, blob, detail)
-
     def _finished(self, item: WorkItem, outcome: Outcome, blob: bytes, detail: str) -> None:
-        if self.workers.dead is not None and not self.closed:
-            # The manager thread failed (its tasks come back LOST): start a fresh pool.
-            log.error("restarting the worker processes after: %r", self.workers.dead)
-            failed, self.workers = self.workers, WorkerPool(self.processes, self._deliver_from_thread)
-            failed.close()
+        """A task left the worker pool (called by it, on the reactor thread): tell the server."""
         stale = item.job_key >> 32 != self.generation or item.job_id in self.cancelled
         if stale or self.protocol is None:
             return

@@ -1,7 +1,8 @@
 """What runs inside a node's worker processes: one task, from blobs to blobs.
 
-A worker receives ``(job key, setup blob or None, fn, function blob or None,
-items blob)`` messages on its own pipe (see ``worker_pool.py``). The setup
+A worker receives tasks on its own socket (see ``worker_pool.py``) in the
+``pipe_format`` layout: a struct header (job key, function id, which blobs
+follow and their lengths), then the blobs as the node received them. The setup
 blob, ``(initializer, initargs, session token)``, comes with the first task of
 a job the worker sees; a function blob, ``(func, mode, callback)``, with the
 first task that calls it. The worker unpickles each once, makes the job's
@@ -25,7 +26,8 @@ function's callback to each value (the original achilles meaning of
 
 Whether a failure ends the job is the server's and the controller's business,
 not the worker's. Nothing here touches the network: the node forwards the
-returned blob untouched.
+returned blob untouched. The worker writes it behind a ``pipe_format`` result
+header (``os.writev``: header and blob are not joined).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from __future__ import annotations
 import ctypes
 import multiprocessing.pool as mp_pool
 import os
-import pickle
 import signal
 import sys
 import types
@@ -42,10 +43,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from achilles_like.node import pipe_format
+from achilles_like.protocol.body_buffer import BodyBuffer
 from achilles_like.serialization import RemoteFailure, dumps, loads
 
 _CACHE_SIZE = 4
-JOB_CACHE_SIZE = _CACHE_SIZE  # the manager tracks which jobs a worker has by the same bound
+JOB_CACHE_SIZE = _CACHE_SIZE  # the worker pool tracks which jobs a worker has by the same bound
 
 
 @dataclass
@@ -88,6 +91,11 @@ def init_worker() -> None:
     """Make the worker die with its node and leave Ctrl-C to the node agent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Forked from the node's reactor thread: a signal here must not wake the node's reactor.
+    try:
+        signal.set_wakeup_fd(-1)
+    except ValueError:
+        pass  # forked from a thread other than the main one: no wakeup fd was set there
     if sys.platform.startswith("linux"):
         # PR_SET_PDEATHSIG: if the node agent is killed (even SIGKILL), the
         # kernel kills this worker too, so no orphan keeps computing.
@@ -215,24 +223,61 @@ def _encodable(outcome: tuple[bool, Any], index: int) -> tuple[bool, Any]:
         return False, RemoteFailure.capture(wrapped, index)
 
 
-def worker_main(conn: Any) -> None:
-    """A worker process's loop: read a task from the pipe, run it, write the outcome."""
+def worker_main(fd: int) -> None:
+    """A worker process's loop: read a task from its socket, run it, write the outcome."""
     init_worker()
+    os.set_blocking(fd, True)
     jobs: OrderedDict[int, JobCode] = OrderedDict()
     while True:
         try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):
-            return  # the node closed the pipe: it is shutting down
-        key, setup_blob, fn, func_blob, items_blob = pickle.loads(data)
+            header = pipe_format.decode_task(read_exactly(fd, pipe_format.TASK_HEADER_SIZE))
+            setup_blob = None if header.setup_length is None else read_exactly(fd, header.setup_length)
+            func_blob = None if header.function_length is None else read_exactly(fd, header.function_length)
+            items_blob = read_exactly(fd, header.items_length)
+        except EOFError:
+            return  # the node closed the socket: it is shutting down
         if setup_blob is not None:
-            jobs[key] = load_job(setup_blob)
+            jobs[header.key] = load_job(setup_blob)
             while len(jobs) > _CACHE_SIZE:
                 jobs.popitem(last=False)
-        code = jobs.get(key)
+        code = jobs.get(header.key)
         if code is None:  # the pool sends the setup first; this is a node bug
             code = JobCode(_missing(-1))
         if func_blob is not None:
-            code.add_function(fn, func_blob)
-        outcome = run_task(code, fn, items_blob)
-        conn.send_bytes(pickle.dumps(outcome, pickle.HIGHEST_PROTOCOL))
+            code.add_function(header.fn, func_blob)
+        ok, blob = run_task(code, header.fn, items_blob)
+        del items_blob
+        try:
+            write_all(fd, [pipe_format.encode_result(ok, len(blob)), blob])
+        except OSError:
+            return  # the node is gone
+
+
+def read_exactly(fd: int, length: int) -> bytes:
+    """Read ``length`` bytes from a blocking descriptor into one buffer (EOFError if it closes first)."""
+    buffer = BodyBuffer(length)
+    while buffer.missing:
+        view = buffer.view()
+        try:
+            count = os.readv(fd, [view])
+        except OSError as error:
+            raise EOFError(str(error)) from error
+        finally:
+            view.release()
+        if count == 0:
+            raise EOFError(f"the node closed the pipe {buffer.missing} bytes short")
+        buffer.advance(count)
+    return buffer.value()
+
+
+def write_all(fd: int, parts: list[bytes]) -> None:
+    """Write ``parts`` in order to a blocking descriptor, without joining them."""
+    views = [memoryview(part) for part in parts if part]
+    while views:
+        sent = os.writev(fd, views)
+        while sent:
+            if sent >= len(views[0]):
+                sent -= len(views.pop(0))
+            else:
+                views[0] = views[0][sent:]
+                sent = 0

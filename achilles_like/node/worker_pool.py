@@ -1,49 +1,61 @@
-"""A node's worker processes, watched one by one (what ``multiprocess.Pool`` does not do).
+"""A node's worker processes, watched one by one (what ``multiprocess.Pool`` does not do), on the reactor.
 
 ::
 
-    reactor thread                manager thread ("achilles-workers")         worker processes
-    ──────────────                ───────────────────────────────────         ────────────────
-    submit(item) ──queue+wake──▶  assign to an idle worker ──send_bytes──▶    run_task(...)
-    cancel(job)  ──queue+wake──▶  drop queued, kill running ones              │
-    deliver(item, outcome) ◀───── recv_bytes ◀──────────────────────────────── result
-                                  sentinel fired: worker died → LOST, respawn
-                                  deadline passed: kill worker → TIMEOUT, respawn
+    reactor thread (the node's only thread)                           worker processes
+    ───────────────────────────────────────                           ────────────────
+    submit(item) → idle worker? ── TaskHeader + blobs, non-blocking ──▶ worker_main: run_task(...)
+    _WorkerLink.doRead ◀──────────── ResultHeader + result blob ◀────── (blocking pipe end)
+      └─ deliver(item, OK/ERROR, blob)
+    _Sentinel.doRead: the process exited → deliver(item, LOST), spawn a replacement
+    callLater(timeout): kill that worker → deliver(item, TIMEOUT), spawn a replacement
+    cancel(job): drop its queued tasks, kill the workers running one
 
 ``multiprocess.Pool.map`` hangs forever when a worker dies: the task it held
 never completes and, if the worker died holding the shared queue's lock,
-neither does any other. Here every worker has its own pipe, so the manager
-knows which task each one holds. A worker that dies (SIGKILL, segfault,
-``os._exit``, out of memory) costs exactly its one task, reported as LOST so
-the server can retry it; a task over its time limit has only its own worker
-killed and is reported as TIMEOUT. Either way a fresh worker replaces it.
+neither does any other. Here every worker has its own socket pair, so the
+pool knows which task each one holds. A worker that dies (SIGKILL, segfault,
+``os._exit``, out of memory), even in the middle of writing a large result,
+costs exactly its one task, reported as LOST so the server can retry it; a
+task over its time limit has only its own worker killed and is reported as
+TIMEOUT. Either way a fresh worker replaces it.
 
-The manager thread is the only one that touches the pipes and processes. The
-reactor thread talks to it through a queue and a wake-up pipe, and gets
-outcomes back through ``deliver``, which the node wraps in
-``callFromThread``. Workers are forked; they die with the node
-(``PR_SET_PDEATHSIG`` on Linux) and ignore Ctrl-C, which is the node's.
+Everything here runs on the node's reactor thread: each worker's socket and
+its process sentinel are Twisted file descriptors (``addReader``), time
+limits are ``callLater`` calls, and outcomes go to ``deliver`` directly, so
+a task costs no thread hand-off on the node. Nothing here blocks the
+reactor: the node's end of each socket is non-blocking; a task is written
+only to an idle worker (one at a time, so a worker never holds more than
+the task it runs), and what the socket does not take at once stays queued on
+that worker and is written as the socket drains (``addWriter``), so a 64 MiB
+task or a stopped worker does not stall the heartbeats. A result is read
+into one buffer of its announced length (``BodyBuffer``) and forwarded as
+those very bytes. The bytes on the socket are ``pipe_format``: a struct
+header and the blobs as they came off the wire, nothing pickled around them.
+
+A killed worker is reaped when its sentinel fires, never waited for on the
+reactor. Workers are forked; they die with the node (``PR_SET_PDEATHSIG`` on
+Linux) and ignore Ctrl-C, which is the node's.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
-import queue
-import threading
-import time
+import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from multiprocessing.connection import wait
 from typing import Any
 
 import multiprocess
+from twisted.python.failure import Failure
 
+from achilles_like.node import pipe_format
 from achilles_like.node.exit_reason import describe_exit
 from achilles_like.node.in_worker import JOB_CACHE_SIZE, worker_main
+from achilles_like.protocol.body_buffer import BodyBuffer
 
 log = logging.getLogger("achilles_like.node.worker_pool")
 _context = multiprocess.get_context("fork")
@@ -53,7 +65,7 @@ class Outcome(Enum):
     """How a task left the worker pool."""
 
     OK = "ok"  # blob: the pickled results
-    ERROR = "error"  # blob: a pickled RemoteFailure from the user's code
+    ERROR = "error"  # blob: a pickled RemoteFailure (or per-item outcomes) from the user's code
     LOST = "lost"  # the worker died while running it
     TIMEOUT = "timeout"  # it ran over its time limit and its worker was killed
 
@@ -69,144 +81,64 @@ class WorkItem:
     setup_blob: bytes = field(repr=False)  # the job's initializer, sent with a worker's first task of it
     fn: int
     func_blob: bytes = field(repr=False)  # the function, sent with a worker's first task calling it
-    items_blob: bytes = field(repr=False)
+    items_blob: bytes = field(repr=False)  # dropped once written to the worker
     timeout: float | None = None
     max_tasks: int | None = None  # replace a worker once it has run this many tasks
 
 
-@dataclass
-class _Worker:
-    process: Any
-    conn: Any
-    item: WorkItem | None = None
-    deadline: float | None = None
-    # Jobs whose setup this worker has (the same last few the worker caches), with their functions.
-    jobs_seen: deque[int] = field(default_factory=lambda: deque(maxlen=JOB_CACHE_SIZE))
-    functions_seen: dict[int, set[int]] = field(default_factory=dict)
-    tasks_run: int = 0  # since this process started, for max_tasks (maxtasksperchild)
-
+READ_BUDGET = 4 << 20  # bytes of a result read per reactor turn, at most (about, plus one read)
 
 Deliver = Callable[[WorkItem, Outcome, bytes, str], None]
 
 
 class WorkerPool:
-    """``processes`` watched worker processes and the thread that drives them."""
+    """``processes`` watched worker processes, served by ``reactor`` (call everything on its thread)."""
 
-    def __init__(self, processes: int, deliver: Deliver) -> None:
+    def __init__(self, processes: int, deliver: Deliver, reactor: Any) -> None:
         self.processes = processes
         self._deliver = deliver
-        self._requests: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_write, False)  # a wake-up must never block the reactor
+        self._reactor = reactor
         self._pending: deque[WorkItem] = deque()
-        self._workers: list[_Worker] = [self._spawn() for _ in range(processes)]
         self._closed = False
-        self._fd_lock = threading.Lock()  # the wake pipe is written by callers, closed by close()
-        self._fds_open = True
-        self.dead: BaseException | None = None  # set if the manager thread failed
-        self._thread = threading.Thread(target=self._run, name="achilles-workers", daemon=True)
-        self._thread.start()
-
-    # -- called from other threads ----------------------------------------------
+        self._retired: list[_Worker] = []  # killed, waiting for their sentinel to be reaped
+        self._workers: list[_Worker] = [self._spawn() for _ in range(processes)]
 
     def submit(self, item: WorkItem) -> None:
-        """Queue a task; it starts as soon as a worker is idle (reported LOST if the pool is dead)."""
-        if self.dead is not None:
-            self._deliver(item, Outcome.LOST, b"", f"the node's worker manager failed: {self.dead}")
-            return
-        self._request("submit", item)
+        """Queue a task; it starts as soon as a worker is idle."""
+        if not self._closed:
+            self._pending.append(item)
+            self._assign()
 
     def cancel(self, should_drop: Callable[[WorkItem], bool]) -> None:
-        """Drop queued tasks matching ``should_drop`` and kill workers running one."""
-        self._request("cancel", should_drop)
-
-    def close(self) -> None:
-        """Stop every worker and the manager thread (idempotent)."""
-        if not self._closed:
-            self._closed = True
-            self._request("close", None)
-            self._thread.join(timeout=10)
-            with self._fd_lock:
-                self._fds_open = False
-                for fd in (self._wake_read, self._wake_write):
-                    os.close(fd)
-
-    def _request(self, verb: str, argument: Any) -> None:
-        self._requests.put((verb, argument))
-        with self._fd_lock:
-            if self._fds_open:  # never write to a closed descriptor: its number may be reused
-                try:
-                    os.write(self._wake_write, b"x")
-                except BlockingIOError:
-                    pass  # the pipe is full of wake-ups already
-
-    # -- the manager thread ---------------------------------------------------
-
-    def _run(self) -> None:
-        try:
-            while self._serve_once():
-                pass
-        except BaseException as error:
-            log.exception("the node's worker manager failed")
-            self.dead = error
-            held = [w.item for w in self._workers if w.item is not None] + list(self._pending)
-            for item in held:  # handed back to the server, which runs them elsewhere
-                self._deliver(item, Outcome.LOST, b"", f"the node's worker manager failed: {error}")
-        finally:
-            self._shutdown()
-
-    def _serve_once(self) -> bool:
-        self._assign()
-        owners = {
-            id(handle): worker
-            for worker in self._workers
-            for handle in (worker.conn, worker.process.sentinel)
-        }
-        ready = wait(self._waitables(), timeout=self._next_timeout())
-        for handle in ready:
-            if handle == self._wake_read:
-                os.read(self._wake_read, 65536)
-                if not self._handle_requests():
-                    return False
-                continue
-            # Match by the worker this round waited on: a replacement made earlier in the
-            # round may have been given the same descriptor number.
-            worker = owners.get(id(handle))
-            if worker is not None and worker in self._workers:
-                self._handle_worker(worker, handle)
-        self._expire(time.monotonic())
-        return True
-
-    def _waitables(self) -> list[Any]:
-        handles: list[Any] = [self._wake_read]
-        for worker in self._workers:
-            handles += [worker.conn, worker.process.sentinel]
-        return handles
-
-    def _next_timeout(self) -> float | None:
-        deadlines = [w.deadline for w in self._workers if w.deadline is not None]
-        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-
-    def _handle_requests(self) -> bool:
-        while True:
-            try:
-                verb, argument = self._requests.get_nowait()
-            except queue.Empty:
-                return True
-            if verb == "submit":
-                self._pending.append(argument)
-            elif verb == "cancel":
-                self._cancel(argument)
-            else:
-                return False
-
-    def _cancel(self, should_drop: Callable[[WorkItem], bool]) -> None:
+        """Drop queued tasks matching ``should_drop`` and kill the workers running one."""
         self._pending = deque(item for item in self._pending if not should_drop(item))
-        for worker in self._workers:
+        for worker in list(self._workers):
             if worker.item is not None and should_drop(worker.item):
                 # Nobody wants the result: free the process for the next job now.
                 worker.item = None
                 self._replace(worker)
+        self._assign()
+
+    @property
+    def result_bytes_in_flight(self) -> int:
+        """Bytes of results read so far but not yet complete (a test's view of a result mid-transfer)."""
+        return sum(worker.link.receiving for worker in self._workers)
+
+    def close(self) -> None:
+        """Stop every worker (idempotent; waits up to a few seconds for them to exit: node shutdown)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pending.clear()
+        for worker in self._workers + self._retired:
+            self._detach(worker)
+            worker.sentinel.close()
+            if worker.process.exitcode is None:
+                worker.process.kill()
+            worker.process.join(5)
+        self._workers, self._retired = [], []
+
+    # -- tasks to workers ------------------------------------------------------------------
 
     def _assign(self) -> None:
         for worker in self._workers:
@@ -225,73 +157,278 @@ class WorkerPool:
         functions = worker.functions_seen[item.job_key]
         new_function = item.fn not in functions
         functions.add(item.fn)
-        message = (
+        header = pipe_format.TaskHeader(
             item.job_key,
-            item.setup_blob if first else None,
             item.fn,
-            item.func_blob if new_function else None,
-            item.items_blob,
+            len(item.setup_blob) if first else None,
+            len(item.func_blob) if new_function else None,
+            len(item.items_blob),
         )
+        parts = [header.encode()]
+        parts += [item.setup_blob] if first else []
+        parts += [item.func_blob] if new_function else []
+        parts.append(item.items_blob)
         worker.item = item
-        worker.deadline = None if item.timeout is None else time.monotonic() + item.timeout
-        try:
-            worker.conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
-        except OSError:
-            pass  # it died: its sentinel fires and the task is reported LOST
+        if item.timeout is not None:
+            worker.timer = self._reactor.callLater(item.timeout, self._expire, worker)
+        worker.link.send(parts)
+        item.items_blob = b""  # the socket or the link's queue holds it now; the server retries, not us
 
-    def _handle_worker(self, worker: _Worker, handle: Any) -> None:
-        if handle is worker.conn:
-            try:
-                ok, blob = pickle.loads(worker.conn.recv_bytes())
-            except (EOFError, OSError):
-                return  # it died: its sentinel is ready too
-            self._finish(worker, Outcome.OK if ok else Outcome.ERROR, blob, "")
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def _result(self, worker: _Worker, ok: bool, blob: bytes) -> None:
+        item, worker.item = worker.item, None
+        worker.cancel_timer()
+        if item is None:
+            return  # cancelled or timed out meanwhile
+        worker.tasks_run += 1
+        self._deliver(item, Outcome.OK if ok else Outcome.ERROR, blob, "")
+        if item.max_tasks is not None and worker.tasks_run >= item.max_tasks and worker in self._workers:
+            self._replace(worker)
+        self._assign()
+
+    def _expire(self, worker: _Worker) -> None:
+        worker.timer = None
+        item, worker.item = worker.item, None
+        if item is None or worker not in self._workers:
+            return
+        self._deliver(item, Outcome.TIMEOUT, b"", f"it ran over its {item.timeout:g}s time limit")
+        self._replace(worker)
+        self._assign()
+
+    def _died(self, worker: _Worker) -> None:
+        """A worker's process exited (its sentinel fired): reap it, report its task, replace it."""
+        if worker.link.connected:
+            worker.link.doRead()  # a result it wrote in full before dying still counts
+        self._detach(worker)
+        worker.sentinel.close()
+        worker.process.join(1)  # its sentinel fired: it has exited, this only collects the status
+        if worker in self._retired:
+            self._retired.remove(worker)
             return
         item, worker.item = worker.item, None
-        worker.process.join(1)  # reap it, so its exit code is known
-        code = worker.process.exitcode
         if item is not None:
-            detail = describe_exit(code)  # names memory when the kernel's OOM killer is the likely cause
+            # Names memory when the kernel's OOM killer is the likely cause.
+            detail = describe_exit(worker.process.exitcode)
             log.warning("task %d of job %d lost: %s", item.task_id, item.job_id, detail)
             self._deliver(item, Outcome.LOST, b"", detail)
-        self._replace(worker)
+        if worker in self._workers and not self._closed:
+            self._workers[self._workers.index(worker)] = self._spawn()
+            self._assign()
 
-    def _finish(self, worker: _Worker, outcome: Outcome, blob: bytes, detail: str) -> None:
-        item, worker.item, worker.deadline = worker.item, None, None
-        if item is None:
-            return  # cancelled meanwhile
-        worker.tasks_run += 1
-        self._deliver(item, outcome, blob, detail)
-        if item.max_tasks is not None and worker.tasks_run >= item.max_tasks:
-            self._replace(worker)
+    def _link_broken(self, worker: _Worker) -> None:
+        """The worker wrote something that is not a result (or its socket failed): treat it as dead."""
+        if worker.process.exitcode is None:
+            worker.process.kill()  # its sentinel fires next, and _died reports its task LOST
 
-    def _expire(self, now: float) -> None:
-        for worker in self._workers:
-            if worker.deadline is not None and worker.deadline <= now and worker.item is not None:
-                item, worker.item = worker.item, None
-                self._deliver(item, Outcome.TIMEOUT, b"", f"it ran over its {item.timeout:g}s time limit")
-                self._replace(worker)
+    # -- processes ---------------------------------------------------------------------------
 
     def _spawn(self) -> _Worker:
-        parent_end, child_end = _context.Pipe(duplex=True)
-        process = _context.Process(target=worker_main, args=(child_end,), daemon=True, name="achilles-worker")
+        node_end, worker_end = socket.socketpair()
+        process = _context.Process(
+            target=worker_main, args=(worker_end.fileno(),), daemon=True, name="achilles-worker"
+        )
         process.start()
-        child_end.close()
-        return _Worker(process, parent_end)
+        worker_end.close()
+        node_end.setblocking(False)
+        worker = _Worker(process)
+        worker.link = _WorkerLink(self, worker, node_end)
+        worker.sentinel = _Sentinel(self, worker)
+        self._reactor.addReader(worker.link)
+        self._reactor.addReader(worker.sentinel)
+        return worker
 
     def _replace(self, worker: _Worker) -> None:
-        _kill(worker)
-        index = self._workers.index(worker)
-        self._workers[index] = self._spawn()
+        """Kill a worker that is still running and put a fresh one in its place."""
+        self._detach(worker)
+        if worker.process.exitcode is None:
+            worker.process.kill()
+        self._retired.append(worker)  # reaped when its sentinel fires
+        self._workers[self._workers.index(worker)] = self._spawn()
 
-    def _shutdown(self) -> None:
-        for worker in self._workers:
-            _kill(worker)  # the wake pipe stays open until close(): callers may still write
+    def _detach(self, worker: _Worker) -> None:
+        worker.cancel_timer()
+        worker.link.close()
 
 
-def _kill(worker: _Worker) -> None:
-    worker.deadline = None
-    if worker.process.exitcode is None:
-        worker.process.kill()
-    worker.process.join(5)
-    worker.conn.close()
+@dataclass(eq=False)
+class _Worker:
+    process: Any
+    link: _WorkerLink = field(init=False)
+    sentinel: _Sentinel = field(init=False)
+    item: WorkItem | None = None
+    timer: Any = None  # the IDelayedCall of its task's time limit
+    # Jobs whose setup this worker has (the same last few the worker caches), with their functions.
+    jobs_seen: deque[int] = field(default_factory=lambda: deque(maxlen=JOB_CACHE_SIZE))
+    functions_seen: dict[int, set[int]] = field(default_factory=dict)
+    tasks_run: int = 0  # since this process started, for max_tasks (maxtasksperchild)
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+
+class _WorkerLink:
+    """The node's non-blocking end of one worker's socket pair, as a Twisted read/write descriptor."""
+
+    def __init__(self, pool: WorkerPool, worker: _Worker, sock: socket.socket) -> None:
+        self._pool = pool
+        self._worker = worker
+        self._sock = sock
+        self._reactor = pool._reactor
+        self._out: deque[memoryview] = deque()  # what the socket has not taken yet
+        self._header = bytearray()
+        self._ok = False
+        self._body: BodyBuffer | None = None
+        self.connected = True
+
+    @property
+    def receiving(self) -> int:
+        """Bytes of a result received so far, while it is incomplete."""
+        return len(self._header) + (0 if self._body is None else self._body.filled)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def logPrefix(self) -> str:  # noqa: N802 - Twisted's name
+        return "achilles-worker"
+
+    def send(self, parts: list[bytes]) -> None:
+        """Write ``parts`` without blocking; what does not fit now is written as the socket drains."""
+        self._out.extend(memoryview(part) for part in parts if part)
+        if self._write_some():
+            self._reactor.addWriter(self)
+
+    def doWrite(self) -> None:  # noqa: N802 - Twisted's name
+        if not self._write_some():
+            self._reactor.removeWriter(self)
+
+    def _write_some(self) -> bool:
+        """Write what the socket takes; True if something is left."""
+        while self._out and self.connected:
+            try:
+                sent = os.writev(self._sock.fileno(), list(self._out)[:64])
+            except BlockingIOError:
+                return True
+            except OSError:
+                self._out.clear()  # it died: its sentinel fires and the task is reported LOST
+                return False
+            while sent and self._out:
+                head = self._out[0]
+                if sent >= len(head):
+                    sent -= len(head)
+                    self._out.popleft()
+                else:
+                    self._out[0] = head[sent:]
+                    sent = 0
+        return bool(self._out) and self.connected
+
+    def doRead(self) -> None:  # noqa: N802 - Twisted's name
+        """Read what has arrived of the worker's result; hand it on once complete."""
+        start = self.receiving
+        try:
+            # A budget per call: a 64 MiB result arrives over several reactor turns, heartbeats between.
+            while self.connected and self.receiving - start < READ_BUDGET:
+                if self._body is None:
+                    if not self._read_header():
+                        return
+                elif not self._read_body():
+                    return
+                if self._body is not None and not self._body.missing:
+                    blob, self._body = self._body.value(), None
+                    self._pool._result(self._worker, self._ok, blob)
+                    return
+        except pipe_format.PipeFormatError as error:
+            log.error("worker %s wrote garbage to its pipe: %s", self._worker.process.pid, error)
+            self.close()
+            self._pool._link_broken(self._worker)
+
+    def _read_header(self) -> bool:
+        missing = pipe_format.RESULT_HEADER_SIZE - len(self._header)
+        try:
+            chunk = os.read(self._sock.fileno(), missing)
+        except BlockingIOError:
+            return False
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._eof()
+            return False
+        self._header += chunk
+        if len(self._header) == pipe_format.RESULT_HEADER_SIZE:
+            self._ok, length = pipe_format.decode_result(self._header)
+            self._header.clear()
+            self._body = BodyBuffer(length)
+        return True
+
+    def _read_body(self) -> bool:
+        assert self._body is not None
+        if not self._body.missing:
+            return True
+        view = self._body.view()
+        try:
+            count = os.readv(self._sock.fileno(), [view])
+        except BlockingIOError:
+            return False
+        except OSError:
+            count = 0
+        finally:
+            view.release()
+        if count == 0:
+            self._eof()
+            return False
+        self._body.advance(count)
+        return True
+
+    def _eof(self) -> None:
+        # The worker is gone (or closing): stop listening; its sentinel reports the death.
+        if self.connected:
+            self._reactor.removeReader(self)
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+        """Twisted calls this if doRead or doWrite raised: the worker cannot be trusted any more."""
+        log.error("worker %s link failed: %s", self._worker.process.pid, reason.getErrorMessage())
+        self.close()
+        self._pool._link_broken(self._worker)
+
+    def close(self) -> None:
+        """Stop serving this socket and close it (idempotent)."""
+        if self.connected:
+            self.connected = False
+            self._reactor.removeReader(self)
+            self._reactor.removeWriter(self)
+            self._sock.close()
+            self._out.clear()
+            self._body = None
+
+
+class _Sentinel:
+    """A worker process's exit, as a Twisted read descriptor (readable once the process has exited)."""
+
+    def __init__(self, pool: WorkerPool, worker: _Worker) -> None:
+        self._pool = pool
+        self._worker = worker
+        self._fd = worker.process.sentinel
+        self._watched = True
+
+    def fileno(self) -> int:
+        return int(self._fd)
+
+    def logPrefix(self) -> str:  # noqa: N802 - Twisted's name
+        return "achilles-worker-sentinel"
+
+    def doRead(self) -> None:  # noqa: N802 - Twisted's name
+        self._pool._died(self._worker)
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+        # epoll reports a pipe whose writer has gone as a hang-up without input, so
+        # Twisted calls this rather than doRead: it is the same news.
+        self._watched = False
+        self._pool._died(self._worker)
+
+    def close(self) -> None:
+        """Stop watching (the process object keeps and closes the descriptor itself)."""
+        if self._watched:
+            self._watched = False
+            self._pool._reactor.removeReader(self)

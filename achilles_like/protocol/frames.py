@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
 from achilles_like.errors import FrameTooLargeError, ProtocolError, ProtocolViolationError
+from achilles_like.protocol.body_buffer import BodyBuffer
 
 DEFAULT_MAX_LINE = 4096
 DEFAULT_MAX_BODY = 1 << 30  # 1 GiB: one task's items or one chunk's results
@@ -156,6 +157,13 @@ class FrameDecoder:
     Frames completed before the bad one in the same chunk are still returned,
     and the error is kept in :attr:`error` (raised by the next ``feed``): a
     peer's AUTH is answered even if garbage follows it in the same packet.
+
+    One copy per body: a body that lies whole inside one received chunk is
+    sliced out of it once (or is the chunk itself); a body spread over
+    chunks goes into one :class:`BodyBuffer` of its announced length, handed
+    on without another copy. Only a partial header line (at most ``max_line``
+    bytes) is kept between calls, so nothing large is ever moved to the
+    front of a buffer.
     """
 
     def __init__(
@@ -168,23 +176,27 @@ class FrameDecoder:
         self.max_body = max_body
         # Per-verb limits under max_body (see body_limits); None: max_body for every verb.
         self.body_limit = body_limit
-        self._buffer = bytearray()
+        self._line = bytearray()  # the start of a header line that has no newline yet
         # Header of the frame whose body we are waiting for, or None in line mode.
         self._pending: tuple[str, dict[str, str], int] | None = None
+        self._body: BodyBuffer | None = None
         self._error: ProtocolError | None = None
 
     def feed(self, data: bytes) -> list[Frame]:
         """Consume ``data`` and return the frames it completed, in order."""
         if self._error is not None:
             raise self._error
-        self._buffer += data
         frames: list[Frame] = []
+        position = 0
         try:
-            while (frame := self._next_frame()) is not None:
-                frames.append(frame)
+            while position < len(data):
+                position, frame = self._step(data, position)
+                if frame is not None:
+                    frames.append(frame)
         except ProtocolError as error:
             self._error = error
-            self._buffer.clear()
+            self._line.clear()
+            self._pending = self._body = None
             if not frames:
                 raise
         return frames
@@ -197,38 +209,59 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a returned frame."""
-        return len(self._buffer)
+        return len(self._line) + (0 if self._body is None else self._body.filled)
 
-    def _next_frame(self) -> Frame | None:
+    def _step(self, data: bytes, position: int) -> tuple[int, Frame | None]:
+        """Consume what one step can from ``data[position:]``: a header line, or body bytes."""
         if self._pending is None:
-            while self._buffer and self._buffer[0] in (0x0D, 0x0A):
-                del self._buffer[:1]  # blank lines between frames are ignored (a client's preamble)
-            if self._buffer and not 0x41 <= self._buffer[0] <= 0x5A:
+            return self._header(data, position)
+        verb, fields, length = self._pending
+        if self._body is None:
+            end = position + length
+            if end <= len(data):  # the whole body is in this chunk: one slice, or the chunk itself
+                self._pending = None
+                body = data if position == 0 and end == len(data) else data[position:end]
+                return end, Frame(verb, fields, body)
+            self._body = BodyBuffer(length)
+        position += self._body.write(memoryview(data)[position:])
+        if self._body.missing:
+            return position, None
+        body, self._body, self._pending = self._body.value(), None, None
+        return position, Frame(verb, fields, body)
+
+    def _header(self, data: bytes, position: int) -> tuple[int, Frame | None]:
+        """Consume a header line (or the part of one that has arrived) from ``data[position:]``."""
+        if not self._line:
+            while position < len(data) and data[position] in (0x0D, 0x0A):
+                position += 1  # blank lines between frames are ignored (a client's preamble)
+            if position == len(data):
+                return position, None
+            if not 0x41 <= data[position] <= 0x5A:
                 # Every header starts with an uppercase verb: refuse a TLS hello or
                 # binary noise at its first byte instead of waiting for a newline.
-                raise ProtocolError(_first_byte_problem(self._buffer[0]))
-            end = self._buffer.find(b"\n", 0, self.max_line + 1)
-            if end < 0:
-                if len(self._buffer) > self.max_line:
-                    raise FrameTooLargeError(
-                        f"header line is over the {self.max_line}-byte limit (is this an achilles_like peer?)"
-                    )
-                return None
-            line = bytes(self._buffer[:end]).rstrip(b"\r")
-            del self._buffer[: end + 1]
-            verb, fields, length = parse_header(line, self.max_body)
-            if self.body_limit is not None and length > (limit := self.body_limit(verb)):
+                raise ProtocolError(_first_byte_problem(data[position]))
+        room = self.max_line + 1 - len(self._line)  # the newline may be at most max_line bytes in
+        end = data.find(b"\n", position, position + room)
+        if end < 0:
+            self._line += data[position : position + room]
+            if len(self._line) > self.max_line:
                 raise FrameTooLargeError(
-                    f"{verb} frame announces a {length}-byte body, over the {limit}-byte limit"
-                    f" for {verb} (only task, function and result frames may be large)"
+                    f"header line is over the {self.max_line}-byte limit (is this an achilles_like peer?)"
                 )
-            if length == 0:
-                return Frame(verb, fields)
-            self._pending = (verb, fields, length)
-        verb, fields, length = self._pending
-        if len(self._buffer) < length:
-            return None
-        body = bytes(self._buffer[:length])
-        del self._buffer[:length]
-        self._pending = None
-        return Frame(verb, fields, body)
+            return len(data), None
+        if self._line:
+            self._line += data[position:end]
+            line = bytes(self._line).rstrip(b"\r")
+            self._line.clear()
+        else:
+            line = data[position:end].rstrip(b"\r")
+        verb, fields, length = parse_header(line, self.max_body)
+        if self.body_limit is not None and length > (limit := self.body_limit(verb)):
+            raise FrameTooLargeError(
+                f"{verb} frame announces a {length}-byte body, over the {limit}-byte limit"
+                f" for {verb} (only task, function and result frames may be large)"
+            )
+        if length == 0:
+            return end + 1, Frame(verb, fields)
+        self._pending = (verb, fields, length)
+        return end + 1, None

@@ -1,0 +1,143 @@
+"""The bytes on a worker's pipes: a fixed struct header, then the blobs as they came off the wire.
+
+::
+
+    node → worker   TASK    [ 40-byte TaskHeader ][ setup blob? ][ function blob? ][ items blob ]
+    worker → node   RESULT  [ 16-byte ResultHeader ][ result blob ]
+
+Nothing is pickled around the blobs: the node writes the bytes it received
+from the server behind a header, and forwards the worker's result blob
+untouched, so a 64 MiB body is neither copied into an envelope nor unpickled
+on the node. The header says which blobs follow and how long each is:
+
+- ``TaskHeader``: ``kind`` (:data:`TASK`), ``flags`` (:data:`HAS_SETUP`:
+  the job's setup blob follows, sent with a worker's first task of the job;
+  :data:`HAS_FUNCTION`: the function blob follows, sent with the worker's
+  first task calling it), the job key (u64), the function id (u32) and the
+  three lengths (u64 each; an absent blob has length 0).
+- ``ResultHeader``: ``kind`` (:data:`RESULT_OK`: the pickled values;
+  :data:`RESULT_FAILED`: a pickled failure or per-item outcomes, see
+  ``in_worker.py``) and the blob's length.
+
+Pure: bytes in, values out, no I/O. A header that is short, of another kind,
+with unknown flags or a length over :data:`MAX_BLOB` raises
+:class:`PipeFormatError`: the pipe is a private channel to our own child, so
+that means a bug or a dying worker, and the node treats it as the worker's
+death.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+TASK = 1
+RESULT_OK = 2
+RESULT_FAILED = 3
+
+HAS_SETUP = 0x01
+HAS_FUNCTION = 0x02
+_TASK_FLAGS = HAS_SETUP | HAS_FUNCTION
+
+MAX_BLOB = (1 << 48) - 1  # far over any frame's body limit: catches a garbled length
+MAX_KEY = (1 << 64) - 1
+MAX_FN = (1 << 32) - 1
+
+# kind, flags, 2 pad bytes, fn, key, setup length, function length, items length
+_TASK = struct.Struct("<BBxxIQQQQ")
+# kind, 7 pad bytes, blob length
+_RESULT = struct.Struct("<B7xQ")
+TASK_HEADER_SIZE = _TASK.size
+RESULT_HEADER_SIZE = _RESULT.size
+
+
+class PipeFormatError(ValueError):
+    """Bytes on a worker pipe that are not a header this module wrote."""
+
+
+@dataclass(frozen=True)
+class TaskHeader:
+    """What precedes a task's blobs on the pipe to a worker."""
+
+    key: int  # the job key: the worker caches the job's setup and functions by it
+    fn: int
+    setup_length: int | None  # None: no setup blob follows (the worker has the job)
+    function_length: int | None  # None: no function blob follows (the worker has it)
+    items_length: int
+
+    def encode(self) -> bytes:
+        """The 40 header bytes; ValueError if a field is out of its range."""
+        _check("job key", self.key, MAX_KEY)
+        _check("function id", self.fn, MAX_FN)
+        _check("items length", self.items_length, MAX_BLOB)
+        flags = 0
+        if self.setup_length is not None:
+            _check("setup length", self.setup_length, MAX_BLOB)
+            flags |= HAS_SETUP
+        if self.function_length is not None:
+            _check("function length", self.function_length, MAX_BLOB)
+            flags |= HAS_FUNCTION
+        return _TASK.pack(
+            TASK,
+            flags,
+            self.fn,
+            self.key,
+            self.setup_length or 0,
+            self.function_length or 0,
+            self.items_length,
+        )
+
+    @property
+    def body_length(self) -> int:
+        """How many blob bytes follow the header."""
+        return (self.setup_length or 0) + (self.function_length or 0) + self.items_length
+
+
+def decode_task(data: bytes | bytearray | memoryview) -> TaskHeader:
+    """Read a task header (exactly ``TASK_HEADER_SIZE`` bytes)."""
+    if len(data) != _TASK.size:
+        raise PipeFormatError(f"a task header is {_TASK.size} bytes, got {len(data)}")
+    kind, flags, fn, key, setup, function, items = _TASK.unpack(data)
+    if kind != TASK:
+        raise PipeFormatError(f"expected a task header (kind {TASK}), got kind {kind}")
+    if flags & ~_TASK_FLAGS:
+        raise PipeFormatError(f"unknown task header flags 0x{flags:02x}")
+    for name, length in (("setup", setup), ("function", function), ("items", items)):
+        if length > MAX_BLOB:
+            raise PipeFormatError(f"task header announces a {length}-byte {name} blob")
+    if not flags & HAS_SETUP and setup:
+        raise PipeFormatError("task header has a setup length but no setup flag")
+    if not flags & HAS_FUNCTION and function:
+        raise PipeFormatError("task header has a function length but no function flag")
+    return TaskHeader(
+        key,
+        fn,
+        setup if flags & HAS_SETUP else None,
+        function if flags & HAS_FUNCTION else None,
+        items,
+    )
+
+
+def encode_result(ok: bool, length: int) -> bytes:
+    """The 16 header bytes before a result blob of ``length`` bytes."""
+    _check("result length", length, MAX_BLOB)
+    return _RESULT.pack(RESULT_OK if ok else RESULT_FAILED, length)
+
+
+def decode_result(data: bytes | bytearray | memoryview) -> tuple[bool, int]:
+    """Read a result header (exactly ``RESULT_HEADER_SIZE`` bytes): whether it succeeded, blob length."""
+    if len(data) != _RESULT.size:
+        raise PipeFormatError(f"a result header is {_RESULT.size} bytes, got {len(data)}")
+    kind, length = _RESULT.unpack(data)
+    if kind not in (RESULT_OK, RESULT_FAILED):
+        raise PipeFormatError(
+            f"expected a result header (kind {RESULT_OK} or {RESULT_FAILED}), got kind {kind}"
+        )
+    if length > MAX_BLOB:
+        raise PipeFormatError(f"result header announces a {length}-byte blob")
+    return kind == RESULT_OK, length
+
+
+def _check(name: str, value: int, maximum: int) -> None:
+    if not 0 <= value <= maximum:
+        raise ValueError(f"{name} {value} is outside 0..{maximum}")
