@@ -191,3 +191,22 @@ def test_only_a_job_s_first_task_may_be_sent_before_it_starts() -> None:
     late.dataReceived(encode_frame("SUBMIT", ref=9) + encode_frame("FUNC", b"g", job=0, ref=9, fn=0) + tasks)
     [*_, (verb, fields)] = _said(late_transport)
     assert verb == "ERROR" and "only a job's first task may be sent before it starts" in fields["msg"]
+
+
+def test_only_quiet_peers_are_pinged() -> None:
+    """A peer that talks and is answered every second gets no PING; an idle one does, every 2 s."""
+    server, clock = make_server(heartbeat_interval=2.0, heartbeat_timeout=5.0)
+    server.start_heartbeats()
+    busy, busy_transport = connect(server)
+    authenticate(busy, busy_transport, SECRET, "admin")
+    idle, idle_transport = connect(server, "10.0.0.2")
+    authenticate(idle, idle_transport, SECRET, "admin")
+    busy_transport.clear()
+    for _ in range(30):
+        busy.dataReceived(encode_frame("STATUS"))  # answered with a STATUS: traffic both ways
+        clock.advance(1.0)
+        idle.dataReceived(encode_frame("PONG"))
+    assert b"STATUS" in busy_transport.value() and b"PING" not in busy_transport.value()
+    assert idle_transport.value().count(b"PING") >= 10  # 15 ticks in 30 s
+    assert not busy_transport.disconnecting and not idle_transport.disconnecting
+    server.stop_heartbeats()
