@@ -66,6 +66,7 @@ from achilles_like.scheduling import actions as act
 from achilles_like.scheduling.scheduler import Scheduler
 from achilles_like.secret_store import ensure_secret
 from achilles_like.secret_strength import check_secret_strength
+from achilles_like.server.backlog import listen_backlog
 from achilles_like.server.guard import raise_open_file_limit
 from achilles_like.server.heartbeat import Heartbeat
 from achilles_like.server.metrics import ServerStats
@@ -539,10 +540,12 @@ def start_server(
     cluster = ClusterServer(settings, reactor, options)
     context = server_context(settings)
     if context is not None:
-        port = reactor.listenSSL(settings.port, cluster, context, interface=settings.host)
+        port = reactor.listenSSL(
+            settings.port, cluster, context, backlog=listen_backlog(), interface=settings.host
+        )
     else:
         tcp: IReactorTCP = reactor
-        port = tcp.listenTCP(settings.port, cluster, interface=settings.host)
+        port = tcp.listenTCP(settings.port, cluster, backlog=listen_backlog(), interface=settings.host)
     cluster.start_heartbeats()
     cluster.on_stop_requested = reactor.stop
     if settings.dashboard_port is not None:
