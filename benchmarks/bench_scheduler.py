@@ -8,7 +8,21 @@ tasks in the order they got them, each result freeing a slot that the
 scheduler fills again. The figure is process CPU time over the whole run
 (scheduler and this small driver) divided by the tasks finished, so it shows
 how the cost of one task's dispatch, result and credit grows with N. Run the
-same script on an older commit for the before figures. Nothing is asserted.
+same script on an older commit for the before figures (``git archive <commit>
+achilles_like | tar -x -C DIR``, then ``PYTHONPATH=DIR:<site-packages> python
+-S benchmarks/bench_scheduler.py``: ``-S`` keeps an editable install from
+shadowing DIR). Nothing is asserted.
+
+Measured on the 2-core shared machine, 10,000 tasks, 4 slots per node:
+
+======  ===========  ==========
+nodes   before       after
+======  ===========  ==========
+1       13.7 µs      13.7 µs
+100     42.7 µs      15.2 µs
+1,000   321.6 µs     21.4 µs
+2,000   642.1 µs     16.5 µs
+======  ===========  ==========
 """
 
 from __future__ import annotations
