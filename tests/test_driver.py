@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import tasks
 
+from achilles_like.client.calls import DEFAULT_MAX_AHEAD
 from achilles_like.client.driver import Batch, JobDriver, Outcomes
 from achilles_like.client.results import IMapIterator
 from achilles_like.client.sources import IterSource
@@ -148,7 +149,7 @@ def test_cancel_is_sent_when_a_caller_abandons_its_job() -> None:
 
 
 def test_lazy_input_is_pulled_only_within_its_memory_bound() -> None:
-    """An endless input is pulled until max_ahead items are unconsumed (plus one chunk), then waits."""
+    """An endless input is pulled until max_ahead results are unconsumed, then waits until they are."""
     pulled: list[int] = []
 
     def endless() -> Any:
@@ -160,16 +161,34 @@ def test_lazy_input_is_pulled_only_within_its_memory_bound() -> None:
 
     results = IMapIterator(ordered=True)
     source = IterSource(b"f", endless(), 2, results, max_ahead=6)
-    batches = []
-    while (batch := source.next_batch()) is not None:
-        batches.append(batch)
-    assert [b.first_index for b in batches] == [0, 2, 4]
-    assert len(pulled) == 8  # the bound, and one chunk read ahead
-    batches[1].sink(Outcomes(True, [20, 30]))  # out of order: held by the reorder buffer
-    assert results.pop_ready() is None
+    batches = [source.next_batch() for _ in range(5)]  # in flight: bounded by credit, not here
+    assert [b.first_index for b in batches if b is not None] == [0, 2, 4, 6, 8]
+    assert len(pulled) == 12  # five chunks, and one read ahead
+    batches[1].sink(Outcomes(True, [20, 30]))  # out of order: held by the reorder buffer, still counted
+    assert results.pop_ready() is None and results.unconsumed == 2
+    batches[2].sink(Outcomes(True, [40, 50]))
+    assert source.next_batch() is not None  # 4 unconsumed: under the bound
+    batches[3].sink(Outcomes(True, [60, 70]))
+    assert source.next_batch() is None  # 6 unconsumed: the bound
+    assert len(pulled) == 14
     batches[0].sink(Outcomes(True, [0, 10]))
     assert [results.pop_ready() for _ in range(4)] == [(True, 0), (True, 10), (True, 20), (True, 30)]
     assert source.next_batch() is not None  # consumed: room again
+
+
+def test_a_large_credit_keeps_more_than_max_ahead_tasks_in_flight() -> None:
+    """Tasks in flight are not capped at max_ahead: 3,000 one-item tasks go out while no result is back."""
+    results = IMapIterator(ordered=False)
+    source = IterSource(b"f", iter(range(10_000)), 1, results, max_ahead=DEFAULT_MAX_AHEAD)
+    batches = [source.next_batch() for _ in range(3000)]
+    assert all(batch is not None for batch in batches) and DEFAULT_MAX_AHEAD < 3000
+    for batch in batches[:DEFAULT_MAX_AHEAD]:
+        assert batch is not None
+        batch.sink(Outcomes(True, batch.items))
+    assert source.next_batch() is None  # nobody consumes: the input is not pulled further
+    for _ in range(DEFAULT_MAX_AHEAD // 2):
+        results.next()
+    assert source.next_batch() is not None
 
 
 class _ListSource:

@@ -233,7 +233,7 @@ def test_lost_slots_shrink_the_window_without_negative_credit() -> None:
 
 
 def test_dispatch_spreads_tasks_across_nodes() -> None:
-    """Each task goes to the node with the most free slots, ties to the earliest joined."""
+    """Each task goes to the node with the most free slots, ties to the one that waited longest."""
     s = Scheduler()
     s.node_joined("n1", 2)
     s.node_joined("n2", 3)
@@ -298,6 +298,43 @@ def test_tasks_wait_for_a_node() -> None:
     ]
 
 
+def test_ties_spread_over_thousands_of_nodes() -> None:
+    """With 2,000 equal nodes, 2,000 tasks sent one by one land on 2,000 different nodes."""
+    s = Scheduler()
+    for n in range(2000):
+        s.node_joined(f"n{n}", 4)
+    s.submit_job("c", FUNC)
+    placed = assigns(send_tasks(s, 1, range(2000)))
+    assert len({a.node_id for a in placed}) == 2000
+    assert s.slot_totals() == (8000, 6000)
+
+
+def test_a_freed_slot_gets_the_next_task_among_thousands_of_full_nodes() -> None:
+    """When every node is full, the one node whose task finished receives the next task."""
+    s = Scheduler(window_per_slot=3)
+    for n in range(1000):
+        s.node_joined(f"n{n}", 4)
+    s.submit_job("c", FUNC)
+    placed = assigns(send_tasks(s, 1, range(4001)))  # the pending 4,001st fills every node in turns
+    assert len(placed) == 4000 and s.slot_totals() == (4000, 0)
+    assert all(status(s)["nodes"][n]["busy"] == 4 for n in (0, 517, 999))
+    freed = placed[1234]
+    assert assigns(succeed(s, freed)) == [at(freed.node_id, 4000)]
+    assert s.slot_totals() == (4000, 0)
+
+
+def test_a_batch_fills_the_freest_node_when_work_exceeds_free_slots() -> None:
+    """A node joining while more tasks wait than it has slots gets them all in one go, oldest first."""
+    s = Scheduler()
+    s.submit_job("c", FUNC)
+    s.node_joined("n1", 1)
+    s.node_joined("n2", 1)
+    send_tasks(s, 1, range(16))  # 2 run, 14 wait
+    assert [(a.node_id, a.task_id) for a in assigns(s.node_joined("n3", 5))] == [
+        ("n3", task_id) for task_id in range(2, 7)
+    ]
+
+
 # -- node loss -----------------------------------------------------------------
 
 
@@ -310,14 +347,14 @@ def test_node_loss_requeues_to_the_front_with_the_next_attempt() -> None:
     actions = send_tasks(s, 1, range(5))
     assert [(a.node_id, a.task_id) for a in assigns(actions)] == [
         ("n1", 0),
-        ("n1", 1),
-        ("n2", 2),
+        ("n2", 1),  # a tie (one free slot each): n2 has waited longer at one free slot
+        ("n1", 2),
     ]
-    assert s.node_lost("n1") == []  # n2 is busy; tasks 0 and 1 wait in front of 3 and 4
+    assert s.node_lost("n1") == []  # n2 is busy; tasks 0 and 2 wait in front of 3 and 4
     assert s.node_joined("n3", 3) == [
         SendJob("n3", 1, FUNC),
         at("n3", 0, attempt=2),
-        at("n3", 1, attempt=2),
+        at("n3", 2, attempt=2),
         at("n3", 3),
     ]
 

@@ -341,6 +341,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert [q["job_id"] for q in status["queue"]] == self.queued
 
     @invariant()
+    def running_slot_totals_match_a_recount(self) -> None:
+        total = sum(self.nodes.values())
+        assert self.s.slot_totals() == (total, total - len(self.current))
+
+    @invariant()
     def no_slot_idles_while_work_waits(self) -> None:
         if any(self.waiting(job_id) for job_id in self.started):
             assert sum(self.nodes.values()) == len(self.current)

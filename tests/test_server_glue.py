@@ -265,3 +265,22 @@ def test_repeated_warnings_from_one_address_are_rate_limited(caplog: pytest.LogC
     protocol.dataReceived(b"\x16garbage")
     assert len(caplog.records) == 6
     assert "(and 45 similar warnings from 10.0.0.7 not logged)" in caplog.records[-1].getMessage()
+
+
+def test_only_quiet_peers_are_pinged() -> None:
+    """A peer that talks and is answered every second gets no PING; an idle one does, every 2 s."""
+    server, clock = make_server(heartbeat_interval=2.0, heartbeat_timeout=5.0)
+    server.start_heartbeats()
+    busy, busy_transport = connect(server)
+    authenticate(busy, busy_transport, SECRET, "admin")
+    idle, idle_transport = connect(server, "10.0.0.2")
+    authenticate(idle, idle_transport, SECRET, "admin")
+    busy_transport.clear()
+    for _ in range(30):
+        busy.dataReceived(encode_frame("STATUS"))  # answered with a STATUS: traffic both ways
+        clock.advance(1.0)
+        idle.dataReceived(encode_frame("PONG"))
+    assert b"STATUS" in busy_transport.value() and b"PING" not in busy_transport.value()
+    assert idle_transport.value().count(b"PING") >= 10  # 15 ticks in 30 s
+    assert not busy_transport.disconnecting and not idle_transport.disconnecting
+    server.stop_heartbeats()

@@ -17,7 +17,7 @@ from typing import Any
 
 from achilles_like.serialization import dumps_function
 
-#: The most items a lazy ``imap`` holds that its caller has not consumed yet.
+#: The most results a lazy ``imap`` holds that arrived and its caller has not consumed yet.
 DEFAULT_MAX_AHEAD = 1024
 
 #: How a job function is called on each item.

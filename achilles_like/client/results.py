@@ -153,6 +153,7 @@ class IMapIterator:
         self._failed = False
         self.stop_at_failure = False
         self.yielded = 0
+        self.received = 0  # items of the chunks that arrived (ready or held for order)
         # Set by a throttled source: called with nothing held, true when it wants a wake-up.
         self.wake_when: Callable[[], bool] | None = None
         self._owner: object = None  # the pool, kept alive while results are still coming
@@ -202,6 +203,11 @@ class IMapIterator:
         self.yielded += 1
         return (True, item) if chunk.ok else item
 
+    @property
+    def unconsumed(self) -> int:
+        """Results received and not handed out yet: what a lazy source bounds."""
+        return self.received - self.yielded
+
     def _finished(self) -> bool:
         done = (
             self._total_chunks is not None
@@ -227,6 +233,7 @@ class IMapIterator:
             if self._failed:
                 return
             self._chunks_in += 1
+            self.received += len(outcomes.items)
             if self._progress is not None:
                 self._progress.update(len(outcomes.items))
             if not self._ordered:

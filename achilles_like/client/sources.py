@@ -3,8 +3,10 @@
 A source hands the driver one batch (one task on the wire) at a time and
 routes each batch's outcomes to the result object the caller holds. Lazy
 sources stop handing out batches (*throttled*) while their caller holds
-``max_ahead`` items it has not consumed yet, so an endless input runs in
-bounded memory; that one bound, counted in items, serves every lazy path.
+``max_ahead`` results it has received and not consumed yet, so an endless
+input runs in bounded memory; that one bound, counted in items, serves every
+lazy path. Tasks in flight are not counted: the server's credit bounds them,
+and it grows with the cluster's slots, so a big cluster is kept busy.
 
 - :class:`ApplySource`: one call, for ``apply_async`` and ``submit``.
 - :class:`MapSource`: a whole ``map_async``/``starmap_async`` list.
@@ -107,7 +109,12 @@ class MapSource:
 
 
 class _Throttle:
-    """The one memory bound of lazy sources: at most ``max_ahead`` items sent and not consumed."""
+    """The one memory bound of lazy sources: at most ``max_ahead`` results received and not consumed.
+
+    Results still on their way are not counted: the server's credit bounds
+    those. So the caller holds at most ``max_ahead`` plus one credit's worth
+    of results it has not consumed.
+    """
 
     def __init__(self, iterator: IMapIterator, max_ahead: int) -> None:
         self.iterator = iterator
@@ -116,10 +123,10 @@ class _Throttle:
 
     @property
     def throttled(self) -> bool:
-        if self.sent_items - self.iterator.yielded < self.max_ahead:
+        if self.iterator.unconsumed < self.max_ahead:
             return False
         # Ask the consumer to wake the driver once it has drained half the bound.
-        self.iterator.wake_when = lambda: self.sent_items - self.iterator.yielded <= self.max_ahead // 2
+        self.iterator.wake_when = lambda: self.iterator.unconsumed <= self.max_ahead // 2
         return True
 
 
@@ -197,7 +204,7 @@ class IMapSource:
     blocks, say until another call's callback has run, must not stop the
     session delivering that result. The feeder keeps at most two chunks
     ready, and the session takes them only while the caller has fewer than
-    ``max_ahead`` items unconsumed.
+    ``max_ahead`` results received and unconsumed.
     """
 
     def __init__(

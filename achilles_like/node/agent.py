@@ -25,7 +25,9 @@ job key. A result that comes back after the connection it belongs to was
 lost is dropped: the server has already re-queued that task elsewhere. The
 node reconnects with exponential backoff and jitter, also when nothing has
 arrived from the server for ``server_timeout`` seconds (it pings every two):
-a server whose machine vanished closes nothing. A failed handshake (an ERROR,
+a server whose machine vanished closes nothing; and when no HELLO came
+within ``hello_timeout`` seconds of connecting: a server swamped by every
+node reconnecting at once may leave a connection unserved. A failed handshake (an ERROR,
 another version, a bad WELCOME, a TASK before WELCOME) is only a retry: it
 comes from something that has not proved the secret, and must not be able to
 stop the node. Only a SHUTDOWN after the server has proved itself does.
@@ -42,7 +44,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, ReconnectingClientFactory, connectionDone
 from twisted.python.failure import Failure
 
@@ -63,6 +65,7 @@ log = logging.getLogger("achilles_like.node")
 
 PREFETCH_PER_PROCESS = 2
 SERVER_TIMEOUT = 30.0  # seconds without a byte from the server before reconnecting
+HELLO_TIMEOUT = 5.0  # seconds to wait for the server's first message (HELLO) on a new connection
 _REMEMBERED_JOBS = 8
 
 
@@ -195,12 +198,33 @@ class NodeProtocol(Protocol):
         self.decoder = FrameDecoder(max_body=0)  # raised once the server has proved itself
         self.handshake = ClientHandshake(settings.secret_bytes, secrets.token_bytes(NONCE_BYTES), "node")
         self.watch = SilenceWatch(factory.clock or _reactor(), factory.server_timeout, self._silent)
+        # A server flooded with connections (all nodes reconnecting after a restart) may leave
+        # one accepted and unserved: give up soon and retry with backoff rather than wait.
+        self._hello_wait: IDelayedCall | None = None
+        self._no_hello = False
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
         tcp.tune(self.transport)
         enable_keepalive(self.transport)
         self.watch.start()
+        clock = self.factory.clock or _reactor()
+        self._hello_wait = clock.callLater(self.factory.hello_timeout, self._hello_overdue)
         self.send(PREAMBLE)
+
+    def _hello_overdue(self) -> None:
+        self._hello_wait = None
+        self._no_hello = True
+        self.factory.handshake_failed(
+            f"no HELLO from the server within {self.factory.hello_timeout:.0f}s of connecting"
+            " (overloaded, or not an achilles_like server)"
+        )
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _stop_hello_wait(self) -> None:
+        if self._hello_wait is not None and self._hello_wait.active():
+            self._hello_wait.cancel()
+        self._hello_wait = None
 
     def _silent(self, seconds: float) -> None:
         log.warning("nothing from the server for %.0fs: reconnecting", seconds)
@@ -209,6 +233,8 @@ class NodeProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
         self.watch.touch()
+        if self._hello_wait is not None:
+            self._stop_hello_wait()
         try:
             for frame in self.decoder.feed(data):
                 self._handle(frame)
@@ -279,7 +305,10 @@ class NodeProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self.watch.stop()
-        if self.handshake.state in (HandshakeState.WAITING, HandshakeState.PROVING):
+        self._stop_hello_wait()
+        if self._no_hello:
+            pass  # already said why
+        elif self.handshake.state in (HandshakeState.WAITING, HandshakeState.PROVING):
             self.factory.handshake_failed(explain_early_close(reason, self.agent.settings.client_tls))
         self.agent.detach(self)
 
@@ -296,12 +325,14 @@ class NodeFactory(ReconnectingClientFactory):
         on_fatal: Any = None,
         on_ready: Any = None,
         server_timeout: float = SERVER_TIMEOUT,
+        hello_timeout: float = HELLO_TIMEOUT,
     ) -> None:
         self.agent = agent
         self.on_fatal = on_fatal
         self.on_ready = on_ready
         self.node_id = ""
         self.server_timeout = server_timeout
+        self.hello_timeout = hello_timeout
         self.last_complaint = ""
 
     def buildProtocol(self, addr: Any) -> NodeProtocol:  # noqa: N802 - Twisted's name

@@ -47,6 +47,7 @@ length of the user's input. A task's blob is dropped once it is DONE.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
@@ -66,6 +67,7 @@ from achilles_like.scheduling.actions import (
     SendFunction,
     SendJob,
 )
+from achilles_like.scheduling.free_slots import FreeSlots
 
 
 class TaskState(Enum):
@@ -139,12 +141,9 @@ class _Node:
 
     node_id: str
     slots: int
+    joined: int  # join order: nodes are listed (and told of a job's end) in it
     inflight: set[tuple[int, int]] = field(default_factory=set)
     tasks_done: int = 0
-
-    @property
-    def free(self) -> int:
-        return self.slots - len(self.inflight)
 
 
 @dataclass(eq=False)
@@ -168,6 +167,7 @@ class _Job:
     functions_sent: dict[str, set[int]] = field(default_factory=dict)  # node -> fn ids
     fresh: bool = True  # started, and no task received since
     failed_tasks: int = 0  # tasks whose result reported a failure (jobs that go on)
+    ready: bool = False  # its id is in the scheduler's heap of jobs that may have pending tasks
 
     def received(self) -> int:
         return len(self.held) + len(self.done)
@@ -200,7 +200,10 @@ class Scheduler:
         self._max_attempts = max_attempts
         self._min_window = min_window
         self._window_per_slot = window_per_slot
-        self._nodes: dict[str, _Node] = {}  # in join order, which breaks dispatch ties
+        self._nodes: dict[str, _Node] = {}  # in join order
+        self._free = FreeSlots()  # the freest node per task without scanning the cluster
+        self._joins = 0
+        self._ready: list[int] = []  # heap of started job ids that may have pending tasks
         self._started: dict[int, _Job] = {}  # in submission order: the oldest has priority
         self._queue: deque[_Job] = deque()
         self._next_job_id = 1
@@ -225,6 +228,10 @@ class Scheduler:
         job = self._live_job(job_id)
         return None if job is None else job.controller_id
 
+    def slot_totals(self) -> tuple[int, int]:
+        """The cluster's slots and free slots, as kept by running sums."""
+        return self._free.total_slots, self._free.total_free
+
     def node_ids(self) -> list[str]:
         """Connected nodes, in join order."""
         return list(self._nodes)
@@ -239,7 +246,9 @@ class Scheduler:
             )
         if slots < 1:
             raise ProtocolViolationError(f"node {node_id!r} offered {slots} slots; at least 1 is needed")
-        self._nodes[node_id] = _Node(node_id, slots)
+        self._joins += 1
+        self._nodes[node_id] = _Node(node_id, slots, self._joins)
+        self._free.add(node_id, slots)
         return self._dispatch() + self._top_up()
 
     def node_lost(self, node_id: str) -> list[Action]:
@@ -251,11 +260,15 @@ class Scheduler:
         node = self._nodes.pop(node_id, None)
         if node is None:
             return []
+        self._free.remove(node_id)
+        by_job: dict[int, list[int]] = {}
+        for job_id, task_id in sorted(node.inflight):
+            by_job.setdefault(job_id, []).append(task_id)
         actions: list[Action] = []
         for job in list(self._started.values()):
             job.setup_sent_to.discard(node_id)
             job.functions_sent.pop(node_id, None)
-            lost = [job.held[task_id] for job_id, task_id in sorted(node.inflight) if job_id == job.job_id]
+            lost = [job.held[task_id] for task_id in by_job.get(job.job_id, ())]
             if lost and job.job_id in self._started:
                 actions += self._requeue(job, lost, node_id, "lost with its node")
         return actions + self._dispatch() + self._top_up()
@@ -271,7 +284,7 @@ class Scheduler:
         if job is None or task is None or not _is_current(task, node_id, attempt):
             self._stale_results += 1
             return []
-        self._nodes[node_id].inflight.discard((job_id, task_id))
+        self._release(self._nodes[node_id], job_id, task_id)
         return self._requeue(job, [task], node_id, f"lost ({reason})") + self._dispatch()
 
     def _requeue(self, job: _Job, lost: list[_Task], node_id: str, how: str) -> list[Action]:
@@ -287,6 +300,7 @@ class Scheduler:
             task.move_to(TaskState.PENDING)
             task.node_id = None
             job.pending.appendleft(task.task_id)
+        self._mark_ready(job)
         return []
 
     # -- jobs --------------------------------------------------------------
@@ -334,6 +348,7 @@ class Scheduler:
         job.fresh = False
         job.held[task_id] = _Task(task_id, blob, fn)
         job.pending.append(task_id)
+        self._mark_ready(job)
         job.max_task_id = max(job.max_task_id, task_id)
         return self._dispatch()
 
@@ -363,7 +378,7 @@ class Scheduler:
             job.failed_tasks += 0 if ok else 1
             return forward + self._complete(job, task)
         task.move_to(TaskState.FAILED)
-        self._nodes[node_id].inflight.discard((job_id, task_id))
+        self._release(self._nodes[node_id], job_id, task_id)
         reason = f"task {task_id} raised an exception on node {node_id}"
         return forward + self._end_job(job, JobOutcome.FAILED, reason, task_id)
 
@@ -476,23 +491,28 @@ class Scheduler:
         raise ProtocolViolationError(f"{what} for job {job_id}, which was never submitted")
 
     def _window(self) -> int:
-        slots = sum(node.slots for node in self._nodes.values())
-        return max(self._min_window, self._window_per_slot * slots)
+        return max(self._min_window, self._window_per_slot * self._free.total_slots)
 
     def _start_waiting(self) -> list[Action]:
         """Start the next queued job while every started job is idle and none is fresh."""
         actions: list[Action] = []
+        started: list[_Job] = []
         while self._queue and all(job.idle and not job.fresh for job in self._started.values()):
             job = self._queue.popleft()
             self._started[job.job_id] = job
+            started.append(job)
             actions.append(JobStarted(job.controller_id, job.job_id))
-        return actions + self._top_up()
+        return actions + self._top_up(started)
 
-    def _top_up(self) -> list[Action]:
-        """Grant every started job credit up to the window; never take any back."""
+    def _top_up(self, jobs: list[_Job] | None = None) -> list[Action]:
+        """Grant started jobs credit up to the window; never take any back.
+
+        Only ``jobs`` (default: every started job) are looked at: after any event every
+        other job is already topped up unless the window grew (a node joined).
+        """
         actions: list[Action] = []
         window = self._window()
-        for job in self._started.values():
+        for job in self._started.values() if jobs is None else jobs:
             if job.total_tasks is not None:
                 continue
             deficit = window - len(job.held) - job.credit
@@ -501,25 +521,46 @@ class Scheduler:
                 actions.append(GrantCredit(job.controller_id, job.job_id, deficit))
         return actions
 
+    def _mark_ready(self, job: _Job) -> None:
+        """Remember that ``job`` has pending tasks, for ``_dispatch``."""
+        if not job.ready:
+            job.ready = True
+            heapq.heappush(self._ready, job.job_id)
+
     def _dispatch(self) -> list[Action]:
-        """Hand pending tasks, oldest job first, to the nodes with the most free slots."""
+        """Hand pending tasks, oldest job first, to the nodes with the most free slots.
+
+        Costs O(log) per task whatever the number of nodes and jobs: jobs with
+        pending tasks wait in a heap by id (ended or drained ones are dropped
+        when met), nodes in :class:`FreeSlots`. A node gets one task per
+        decision so that ties spread, except when the job's pending tasks
+        would fill every free slot anyway: then the freest node is filled in
+        one decision.
+        """
         actions: list[Action] = []
-        for job in self._started.values():
-            while job.pending:
-                node = self._freest_node()
-                if node is None:
-                    return actions
+        while self._ready and self._free.total_free:
+            job = self._started.get(self._ready[0])
+            if job is None or not job.pending:
+                heapq.heappop(self._ready)
+                if job is not None:
+                    job.ready = False
+                continue
+            node_id = self._free.freest()
+            assert node_id is not None  # total_free > 0
+            node = self._nodes[node_id]
+            count = self._free.free(node_id) if len(job.pending) >= self._free.total_free else 1
+            for _ in range(count):
                 actions += self._assign(job, job.held[job.pending.popleft()], node)
+            self._free.change(node_id, -count)
         return actions
 
-    def _freest_node(self) -> _Node | None:
-        best: _Node | None = None
-        for node in self._nodes.values():
-            if node.free > 0 and (best is None or node.free > best.free):
-                best = node
-        return best
+    def _release(self, node: _Node, job_id: int, task_id: int) -> None:
+        """A task left ``node`` (done, failed or lost): its slot is free again."""
+        node.inflight.remove((job_id, task_id))
+        self._free.change(node.node_id, 1)
 
     def _assign(self, job: _Job, task: _Task, node: _Node) -> list[Action]:
+        """Put ``task`` on ``node`` (the caller counts the slot in ``FreeSlots``)."""
         actions: list[Action] = []
         if node.node_id not in job.setup_sent_to:
             job.setup_sent_to.add(node.node_id)
@@ -542,11 +583,11 @@ class Scheduler:
         job.done.add(task.task_id)
         assert task.node_id is not None  # an ASSIGNED task is on a connected node
         node = self._nodes[task.node_id]
-        node.inflight.remove((job.job_id, task.task_id))
+        self._release(node, job.job_id, task.task_id)
         node.tasks_done += 1
         if len(job.done) == job.total_tasks:
             return self._end_job(job, JobOutcome.DONE)
-        actions = self._dispatch() + self._top_up()
+        actions = self._dispatch() + self._top_up([job])
         return actions + self._start_waiting() if job.idle else actions
 
     def _end_job(
@@ -560,14 +601,18 @@ class Scheduler:
             # Nodes keep a job's setup and functions until told: a Pool's job may idle for long.
             actions += [ReleaseOnNode(node_id, job.job_id) for node_id in self._involved(job)]
             self._jobs_done += 1
-        for node in self._nodes.values():
-            node.inflight = {pair for pair in node.inflight if pair[0] != job.job_id}
+        for node_id in job.setup_sent_to:  # only these may hold its tasks
+            node = self._nodes[node_id]
+            mine = {pair for pair in node.inflight if pair[0] == job.job_id}
+            if mine:
+                node.inflight -= mine
+                self._free.change(node_id, len(mine))
         del self._started[job.job_id]
         return actions + self._dispatch() + self._start_waiting()
 
     def _involved(self, job: _Job) -> list[str]:
         """Connected nodes that got the job's setup (so maybe its tasks), in join order."""
-        return [node_id for node_id in self._nodes if node_id in job.setup_sent_to]
+        return sorted(job.setup_sent_to, key=lambda node_id: self._nodes[node_id].joined)
 
     def _check_new_task(self, job: _Job, task_id: int, fn: int | None) -> None:
         where = f"task {task_id} of job {job.job_id}"

@@ -23,12 +23,14 @@ It turns the scheduler's actions into frames on the right connection; an
 action for a connection that has gone away is dropped, because the
 scheduler has already been told (``node_lost`` / ``controller_lost``).
 
-Every peer is pinged every ``heartbeat_interval`` seconds; one that has sent
-nothing for ``heartbeat_timeout`` seconds (stopped, partitioned) is
-disconnected: a node's tasks are re-queued, a controller's job cancelled. A
-running job left with no node at all fails after ``no_node_timeout``
-seconds. Peers that do not finish the handshake within ``auth_timeout``
-seconds are disconnected; past ``max_pending`` unauthenticated connections
+Any frame is a sign of life: a peer is pinged only when it has been silent,
+or has heard nothing from the server, for ``heartbeat_interval`` seconds
+(``server/heartbeat.py``); one that has sent nothing for
+``heartbeat_timeout`` seconds (stopped, partitioned) is disconnected: a
+node's tasks are re-queued, a controller's job cancelled. A running job
+left with no node at all fails after ``no_node_timeout`` seconds. Peers
+that do not finish the handshake within ``auth_timeout`` seconds are
+disconnected; past ``max_pending`` unauthenticated connections
 (``max_pending_per_address`` from one address) the oldest is closed to admit
 the newest (``server/guard.py``). Failed handshakes spend from a budget per
 address and one for the server; past them a new connection waits for its
@@ -69,12 +71,16 @@ from achilles_like.scheduling.scheduler import Scheduler
 from achilles_like.secret_store import ensure_secret
 from achilles_like.secret_strength import check_secret_strength
 from achilles_like.server.auth_throttle import FailedHandshakes, HandshakeBudget
+from achilles_like.server.backlog import listen_backlog
 from achilles_like.server.guard import PendingConnections, raise_open_file_limit
+from achilles_like.server.heartbeat import Heartbeat
 from achilles_like.server.log_limit import WarningLimiter
 from achilles_like.server.metrics import ServerStats
 from achilles_like.tls import server_context
 
 log = logging.getLogger("achilles_like.server")
+
+_PING = msg.Ping().to_bytes()  # encoded once: the heartbeat sends it to every silent peer
 
 
 @dataclass
@@ -116,7 +122,9 @@ class ServerProtocol(Protocol):
         self.refs: dict[int, int] = {}  # a controller's own job references -> live job ids
         self.max_ref = 0  # refs only grow: a lower unknown one names a job that has ended
         self.address = "?"
-        self.last_seen = 0.0
+        self.last_seen = 0.0  # when a byte last arrived (any frame is a sign of life)
+        self.last_sent = 0.0  # when we last wrote to it (the heartbeat pings only quiet peers)
+        self.last_ping = 0.0
         self.closed = False
         self.close_reason = ""  # why we closed it, for the log and the dashboard
 
@@ -192,6 +200,7 @@ class ServerProtocol(Protocol):
         """Write bytes unless the connection is closing."""
         if data and not self.closed and self.transport is not None:
             self.cluster.events.bytes_sent(len(data))  # metrics hook
+            self.last_sent = self.cluster.clock.seconds()
             self.transport.write(data)
 
     def send_message(self, message: msg.Message) -> None:
@@ -199,6 +208,7 @@ class ServerProtocol(Protocol):
         if not self.closed and self.transport is not None:
             parts = message.encode()
             self.cluster.events.bytes_sent(sum(len(part) for part in parts))  # metrics hook
+            self.last_sent = self.cluster.clock.seconds()
             self.transport.writeSequence(parts)
 
     def _close(self, last_words: bytes = b"") -> None:
@@ -268,6 +278,8 @@ class ClusterServer(ServerFactory):
         self.pending: PendingConnections[ServerProtocol] = PendingConnections(
             self.options.max_pending, self.options.max_pending_per_address
         )
+        interval, timeout = self.options.heartbeat_interval, self.options.heartbeat_timeout
+        self.heartbeat: Heartbeat[ServerProtocol] = Heartbeat(min(interval, timeout), timeout)
         self._heartbeat = task.LoopingCall(self._heartbeat_tick)
         self._heartbeat.clock = clock
         # Metrics, the dashboard's history and job log lines: one observer, fed by one-line hooks.
@@ -310,12 +322,14 @@ class ClusterServer(ServerFactory):
         self.authenticated[peer.role] = self.authenticated.get(peer.role, 0) + 1
         peer_id = f"{peer.role[0]}{self._counter}"
         self.peers[peer_id] = peer
+        self.heartbeat.watch(peer, self.clock.seconds())
         log.info("%s %s authenticated from %s", peer.role, peer_id, peer.address)
         return peer_id
 
     def unregister(self, peer: ServerProtocol) -> None:
         """A peer's connection is gone: re-queue or cancel what it held."""
         self.peers.pop(peer.peer_id, None)
+        self.heartbeat.forget(peer)
         if peer.role == "node" and peer.peer_id in self.node_info:
             self.events.node_left(self.node_info.pop(peer.peer_id), peer.close_reason)
             self.execute(self.scheduler.node_lost(peer.peer_id))
@@ -352,13 +366,13 @@ class ClusterServer(ServerFactory):
                 raise ProtocolViolationError(f"a node may not send {message.VERB} now")
 
     def _heartbeat_tick(self) -> None:
-        """Ping every peer, drop the silent ones, fail a job left with no node for too long."""
+        """Ping quiet peers, drop the silent ones, fail a job left with no node for too long."""
         now = self.clock.seconds()
-        for peer in list(self.peers.values()):
-            if now - peer.last_seen > self.options.heartbeat_timeout:
-                peer.abort(f"silent for {now - peer.last_seen:.1f}s (heartbeat timeout)")
-            else:
-                peer.send(msg.Ping().to_bytes())
+        ping, drop = self.heartbeat.due(now)
+        for peer in drop:
+            peer.abort(f"silent for {now - peer.last_seen:.1f}s (heartbeat timeout)")
+        for peer in ping:
+            peer.send(_PING)
         self.execute(self.scheduler.tick(now, self.options.no_node_timeout))
 
     # -- controllers ---------------------------------------------------------
@@ -573,10 +587,12 @@ def start_server(
     cluster = ClusterServer(settings, reactor, options)
     context = server_context(settings)
     if context is not None:
-        port = reactor.listenSSL(settings.port, cluster, context, interface=settings.host)
+        port = reactor.listenSSL(
+            settings.port, cluster, context, backlog=listen_backlog(), interface=settings.host
+        )
     else:
         tcp: IReactorTCP = reactor
-        port = tcp.listenTCP(settings.port, cluster, interface=settings.host)
+        port = tcp.listenTCP(settings.port, cluster, backlog=listen_backlog(), interface=settings.host)
     cluster.start_heartbeats()
     cluster.on_stop_requested = reactor.stop
     if settings.dashboard_port is not None:

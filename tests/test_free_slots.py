@@ -1,0 +1,56 @@
+"""The scheduler's free-slot index against a brute-force recount."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from achilles_like.scheduling.free_slots import FreeSlots
+
+OPS = st.lists(
+    st.tuples(st.sampled_from(["add", "remove", "take", "give"]), st.integers(0, 7), st.integers(1, 5)),
+    max_size=200,
+)
+
+
+@given(OPS)
+def test_freest_and_totals_match_a_recount(ops: list[tuple[str, int, int]]) -> None:
+    """After any joins, losses, assignments and releases the freest node and both totals are exact."""
+    index = FreeSlots()
+    slots: dict[str, int] = {}
+    free: dict[str, int] = {}
+    for op, n, amount in ops:
+        node_id = f"n{n}"
+        if op == "add" and node_id not in slots:
+            index.add(node_id, amount)
+            slots[node_id] = free[node_id] = amount
+        elif op == "remove" and node_id in slots:
+            index.remove(node_id)
+            del slots[node_id], free[node_id]
+        elif op in ("take", "give") and node_id in slots:
+            delta = (
+                -min(amount, free[node_id]) if op == "take" else min(amount, slots[node_id] - free[node_id])
+            )
+            index.change(node_id, delta)
+            free[node_id] += delta
+        freest = index.freest()
+        most = max(free.values(), default=0)
+        assert (freest is None) == (most == 0)
+        assert freest is None or free[freest] == most
+        assert (index.total_slots, index.total_free) == (sum(slots.values()), sum(free.values()))
+        assert index.recount() == (index.total_slots, index.total_free)
+
+
+def test_equal_nodes_take_turns() -> None:
+    """Among nodes with as many free slots, the one that reached that count first comes first."""
+    index = FreeSlots()
+    for node_id in ("a", "b", "c"):
+        index.add(node_id, 2)
+    order = []
+    for _ in range(6):
+        node_id = index.freest()
+        assert node_id is not None
+        order.append(node_id)
+        index.change(node_id, -1)
+    assert order == ["a", "b", "c", "a", "b", "c"]
+    assert index.freest() is None
