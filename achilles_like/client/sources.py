@@ -130,7 +130,38 @@ class _Throttle:
         return True
 
 
-class IterSource:
+class _LazySource:
+    """What the lazy sources share: chunks become batches for one IMapIterator, within the bound."""
+
+    def __init__(self, func_blob: bytes, chunksize: int, iterator: IMapIterator, max_ahead: int) -> None:
+        self._func_blob = func_blob
+        self._iterator = iterator
+        self._throttle = _Throttle(iterator, max(max_ahead, chunksize))
+        self._index = 0
+        self._done = False
+
+    def _batch(self, chunk: list[Any]) -> Batch:
+        """The next chunk as a batch whose outcomes go to the iterator, in input order."""
+        batch = Batch(self._func_blob, chunk, self._iterator.sink_for(self._index), self._throttle.sent_items)
+        self._index += 1
+        self._throttle.sent_items += len(chunk)
+        return batch
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            self._iterator._set_length(self._index)
+
+    @property
+    def exhausted(self) -> bool:
+        return self._done
+
+    def fail(self, error: BaseException) -> None:
+        self._done = True
+        self._iterator._fail(error)
+
+
+class IterSource(_LazySource):
     """An iterable pulled lazily in the driving thread (the module functions' own caller)."""
 
     def __init__(
@@ -141,13 +172,9 @@ class IterSource:
         iterator: IMapIterator,
         max_ahead: int = DEFAULT_MAX_AHEAD,
     ) -> None:
-        self._func_blob = func_blob
+        super().__init__(func_blob, chunksize, iterator, max_ahead)
         self._items = items
         self._chunksize = chunksize
-        self._iterator = iterator
-        self._throttle = _Throttle(iterator, max(max_ahead, chunksize))
-        self._index = 0
-        self._done = False
         # One chunk read ahead (from the first pull on), so the last task is known to be
         # the last as it is sent: its END can go in the same round trip.
         self._next: list[Any] | None = None
@@ -162,31 +189,15 @@ class IterSource:
         if not chunk:
             self._finish()
             return None
-        first = self._throttle.sent_items
-        batch = Batch(self._func_blob, chunk, self._iterator.sink_for(self._index), first)
-        self._index += 1
-        self._throttle.sent_items += len(chunk)
+        batch = self._batch(chunk)
         self._next = self._pull()
         if not self._next:
             self._finish()
         return batch
 
-    def _finish(self) -> None:
-        if not self._done:
-            self._done = True
-            self._iterator._set_length(self._index)
-
-    @property
-    def exhausted(self) -> bool:
-        return self._done
-
     @property
     def has_batch(self) -> bool:
         return not self._done and not self._throttle.throttled
-
-    def fail(self, error: BaseException) -> None:
-        self._done = True
-        self._iterator._fail(error)
 
 
 class _End:
@@ -196,7 +207,7 @@ class _End:
 _END = _End()
 
 
-class IMapSource:
+class IMapSource(_LazySource):
     """A lazy ``Pool.imap``/``imap_unordered``: pulls the iterable only as results are consumed.
 
     The caller's iterable is pulled in a feeder thread of its own (as the
@@ -216,11 +227,7 @@ class IMapSource:
         max_ahead: int = DEFAULT_MAX_AHEAD,
         wake: Callable[[], None] = lambda: None,
     ) -> None:
-        self._func_blob = func_blob
-        self._iterator = iterator
-        self._throttle = _Throttle(iterator, max(max_ahead, chunksize))
-        self._index = 0
-        self._done = False
+        super().__init__(func_blob, chunksize, iterator, max_ahead)
         self._ready: queue.Queue[list[Any] | _End | Exception] = queue.Queue(maxsize=2)
         self._wake = wake
         feeder = threading.Thread(
@@ -260,27 +267,11 @@ class IMapSource:
             self._index += 1
             self._finish()
             return None
-        first = self._throttle.sent_items
-        batch = Batch(self._func_blob, chunk, self._iterator.sink_for(self._index), first)
-        self._index += 1
-        self._throttle.sent_items += len(chunk)
-        return batch
-
-    def _finish(self) -> None:
-        self._done = True
-        self._iterator._set_length(self._index)
-
-    @property
-    def exhausted(self) -> bool:
-        return self._done
+        return self._batch(chunk)
 
     @property
     def has_batch(self) -> bool:
         return not self._done and not self._throttle.throttled and not self._ready.empty()
-
-    def fail(self, error: BaseException) -> None:
-        self._done = True
-        self._iterator._fail(error)
 
     def unthrottle(self) -> None:
         self._throttle.max_ahead = sys.maxsize
