@@ -213,9 +213,9 @@ class IMapSource(_LazySource):
     The caller's iterable is pulled in a feeder thread of its own (as the
     stdlib's task handler does), never in the session thread: an input that
     blocks, say until another call's callback has run, must not stop the
-    session delivering that result. The feeder keeps at most two chunks
-    ready, and the session takes them only while the caller has fewer than
-    ``max_ahead`` results received and unconsumed.
+    session delivering that result. The feeder keeps a few chunks ready (at
+    most about ``max_ahead`` items), and the session takes them only while the
+    caller has fewer than ``max_ahead`` results received and unconsumed.
     """
 
     def __init__(
@@ -228,7 +228,10 @@ class IMapSource(_LazySource):
         wake: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__(func_blob, chunksize, iterator, max_ahead)
-        self._ready: queue.Queue[list[Any] | _End | Exception] = queue.Queue(maxsize=2)
+        # Chunks read ahead, so the session thread finds one ready whenever it has credit
+        # (two made it wait on the feeder at every round trip); bounded by the memory bound.
+        ahead = max(2, min(64, max_ahead // chunksize))
+        self._ready: queue.Queue[list[Any] | _End | Exception] = queue.Queue(maxsize=ahead)
         self._wake = wake
         feeder = threading.Thread(
             target=self._feed, args=(iter(iterable), chunksize), name="achilles-imap-feeder", daemon=True
