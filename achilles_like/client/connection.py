@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import queue
 import secrets
+import threading
 import time
 from typing import Any, TypeVar
 
@@ -224,6 +225,10 @@ class Connection:
         self.events = protocol.events
         self.closed = False
         self.settings = protocol.settings
+        # Bytes waiting for the reactor thread. Sends made before it runs join the same
+        # flush: one wake-up of the reactor for a burst (an executor's submit loop).
+        self._outbox: list[bytes] = []
+        self._outbox_lock = threading.Lock()
 
     @property
     def alive(self) -> bool:
@@ -266,12 +271,19 @@ class Connection:
         return cls(protocol)
 
     def send(self, *parts: bytes) -> None:
-        """Queue bytes for the server (from any thread)."""
-        if not self.closed:
-            reactor_thread.call_soon(self._write, list(parts))
+        """Queue bytes for the server (from any thread), in order."""
+        if self.closed:
+            return
+        with self._outbox_lock:
+            wake = not self._outbox
+            self._outbox.extend(parts)
+        if wake:
+            reactor_thread.call_soon(self._flush)
 
-    def _write(self, parts: list[bytes]) -> None:
-        if self._protocol.transport is not None:
+    def _flush(self) -> None:
+        with self._outbox_lock:
+            parts, self._outbox = self._outbox, []
+        if parts and self._protocol.transport is not None:
             self._protocol.transport.writeSequence(parts)
 
     def next_event(self, inbox: queue.SimpleQueue[Any] | None = None) -> Any:
