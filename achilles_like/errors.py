@@ -10,7 +10,9 @@
     ├── AuthenticationError       the handshake failed (wrong secret, version)
     ├── ClusterConnectionError    the server could not be reached or was lost
     ├── JobFailedError            the cluster gave up on a job (no attempt left,
-    │                             no node came, job cancelled on the server)
+    │   │                         no node came, job cancelled on the server)
+    │   └── BrokenWorkerError     ... as an executor reports it: also a
+    │                             concurrent.futures BrokenProcessPool
     └── TaskTimeoutError          a task ran over its time limit (also a TimeoutError)
 
 An exception raised by the user's own function is *not* wrapped: the caller
@@ -20,6 +22,8 @@ its ``__cause__`` (a ``multiprocessing.pool.RemoteTraceback``), exactly as
 """
 
 from __future__ import annotations
+
+from concurrent.futures.process import BrokenProcessPool
 
 
 class AchillesError(Exception):
@@ -52,6 +56,10 @@ class ClusterConnectionError(AchillesError, ConnectionError):
 
 class JobFailedError(AchillesError):
     """The cluster gave up on a job for a reason other than the user's function."""
+
+
+class BrokenWorkerError(JobFailedError, BrokenProcessPool):
+    """An executor's call whose worker died on every attempt (``BrokenProcessPool``, as the stdlib raises)."""
 
 
 class TaskTimeoutError(AchillesError, TimeoutError):

@@ -40,6 +40,18 @@ class Unpicklable:
         return "<Unpicklable>"
 
 
+class Payload:
+    """An argument that can be weakly referenced (to see that nobody keeps it)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def exit_abruptly(_: object = None) -> None:
+    """Kill the worker process running this call (``os._exit``, no cleanup)."""
+    os._exit(3)
+
+
 class ReduceRaises:
     """An argument whose pickling raises RuntimeError (its ``__reduce__`` refuses)."""
 

@@ -776,3 +776,55 @@ def test_a_remote_error_carries_the_executor_s_remote_traceback_type(executor: c
         future.result(RESULT_TIMEOUT)
     assert isinstance(caught.value.__cause__, concurrent.futures.process._RemoteTraceback)
     assert "fail_on_three" in str(caught.value.__cause__)
+
+
+def test_a_call_whose_worker_dies_raises_broken_process_pool(executor: cf.Executor) -> None:
+    """A call that kills its worker process fails with a BrokenProcessPool that says what happened."""
+    future = executor.submit(pool_tasks.exit_abruptly)
+    with pytest.raises(cf.process.BrokenProcessPool) as caught:
+        future.result(RESULT_TIMEOUT)
+    assert "terminated abruptly" in str(caught.value) or "died" in str(caught.value)
+    executor.shutdown(wait=True)  # returns promptly after the failure
+
+
+def test_submit_after_interpreter_shutdown_began_is_refused(tmp_path: Path) -> None:
+    """An atexit function that submits after interpreter shutdown began gets the stdlib's RuntimeError."""
+    require_ours()
+    script = tmp_path / "late_submit.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import atexit, threading
+            import achilles_like
+
+            executor = achilles_like.ProcessPoolExecutor(1)
+
+            def late():
+                try:
+                    executor.submit(print, "never")
+                except RuntimeError as error:
+                    print("refused:", error, flush=True)
+
+            atexit.register(late)
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACHILLES_")}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=SCRIPT_TIMEOUT, env=env
+    )
+    assert "refused: cannot schedule new futures after interpreter shutdown" in done.stdout, done.stderr
+
+
+def test_a_finished_call_keeps_no_reference_to_its_argument(executor: cf.Executor) -> None:
+    """Once a future is done and dropped, a weak reference to its argument dies."""
+    import gc
+    import weakref
+
+    argument = pool_tasks.Payload(7)
+    ref = weakref.ref(argument)
+    future = executor.submit(pool_tasks.pid_of, argument)
+    future.result(RESULT_TIMEOUT)
+    del future, argument
+    gc.collect()
+    assert ref() is None

@@ -909,3 +909,17 @@ def test_an_argument_whose_unpickling_raises_in_the_worker_raises_that_error(imp
     with pytest.raises(ValueError, match="UnpicklesBadly cannot be rebuilt here"):
         pool.apply(pool_tasks.square, (pool_tasks.UnpicklesBadly(),))
     assert pool.apply(pool_tasks.square, (4,)) == 16
+
+
+def test_a_finished_call_keeps_no_reference_to_its_argument(pool: Any) -> None:
+    """Once an AsyncResult is ready and dropped, a weak reference to its argument dies."""
+    import gc
+    import weakref
+
+    argument = pool_tasks.Payload(7)
+    ref = weakref.ref(argument)
+    result = pool.apply_async(pool_tasks.pid_of, (argument,))
+    result.get(RESULT_TIMEOUT)
+    del result, argument
+    gc.collect()
+    assert ref() is None

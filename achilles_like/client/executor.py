@@ -31,11 +31,33 @@ from achilles_like.client.progress import Progress, ProgressSink, input_length, 
 from achilles_like.client.session import Session
 from achilles_like.client.sources import ApplySource
 from achilles_like.client.target import pool_cluster
+from achilles_like.errors import BrokenWorkerError, JobFailedError
 from achilles_like.local import LocalCluster
+
+_interpreter_exiting = False
+
+
+def _note_interpreter_exit() -> None:
+    """Called as the interpreter starts to exit (as the stdlib marks its executors)."""
+    global _interpreter_exiting
+    _interpreter_exiting = True
+
+
+# The stdlib's own hook: runs when the interpreter begins to shut down, before atexit.
+threading._register_atexit(_note_interpreter_exit)  # type: ignore[attr-defined]
 
 
 def _as_executor_error(error: BaseException) -> BaseException:
-    """Give a remote error the cause type ``concurrent.futures`` uses (``_RemoteTraceback``)."""
+    """An error as ``concurrent.futures`` reports it.
+
+    A remote error's cause is a ``_RemoteTraceback``; a call the cluster gave up
+    on (its worker died on every attempt) is a ``BrokenProcessPool`` (and still
+    a ``JobFailedError``), with the cluster's reason in its message.
+    """
+    if isinstance(error, JobFailedError) and not isinstance(error, BrokenProcessPool):
+        broken = BrokenWorkerError(str(error))
+        broken.__cause__ = error.__cause__
+        return broken
     cause = error.__cause__
     if isinstance(cause, mp_pool.RemoteTraceback):  # type: ignore[attr-defined]
         error.__cause__ = cf_process._RemoteTraceback(str(cause))  # type: ignore[arg-type]  # takes the text
@@ -133,6 +155,8 @@ class ProcessPoolExecutor(Executor):
                 raise BrokenProcessPool(f"the executor can no longer run work: {self._session.broken}")
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            if _interpreter_exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             future: Future[Any] = Future()
             self._pending.add(future)
         future.add_done_callback(self._forget)
