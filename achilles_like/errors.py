@@ -13,6 +13,8 @@
     │   │                         no node came, job cancelled on the server)
     │   └── BrokenWorkerError     ... as an executor reports it: also a
     │                             concurrent.futures BrokenProcessPool
+    │                             (in client/executor.py: the pure core must
+    │                             not import concurrent.futures' threads)
     └── TaskTimeoutError          a task ran over its time limit (also a TimeoutError)
 
 An exception raised by the user's own function is *not* wrapped: the caller
@@ -22,8 +24,6 @@ its ``__cause__`` (a ``multiprocessing.pool.RemoteTraceback``), exactly as
 """
 
 from __future__ import annotations
-
-from concurrent.futures.process import BrokenProcessPool
 
 
 class AchillesError(Exception):
@@ -56,10 +56,6 @@ class ClusterConnectionError(AchillesError, ConnectionError):
 
 class JobFailedError(AchillesError):
     """The cluster gave up on a job for a reason other than the user's function."""
-
-
-class BrokenWorkerError(JobFailedError, BrokenProcessPool):
-    """An executor's call whose worker died on every attempt (``BrokenProcessPool``, as the stdlib raises)."""
 
 
 class TaskTimeoutError(AchillesError, TimeoutError):

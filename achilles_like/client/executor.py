@@ -31,8 +31,13 @@ from achilles_like.client.progress import Progress, ProgressSink, input_length, 
 from achilles_like.client.session import Session
 from achilles_like.client.sources import ApplySource
 from achilles_like.client.target import pool_cluster
-from achilles_like.errors import BrokenWorkerError, JobFailedError
+from achilles_like.errors import JobFailedError
 from achilles_like.local import LocalCluster
+
+
+class BrokenWorkerError(JobFailedError, BrokenProcessPool):
+    """An executor's call whose worker died on every attempt (``BrokenProcessPool``, as the stdlib raises)."""
+
 
 _interpreter_exiting = False
 
