@@ -18,8 +18,6 @@ from twisted.python.failure import Failure
 # Six bytes: more than a TLS record header (5), so a TLS server judges it now.
 PREAMBLE = b"\r\n\r\n\r\n"
 
-TLS_ALERT_OR_HANDSHAKE = frozenset({0x15, 0x16})
-
 
 def is_tls_failure(reason: Failure) -> bool:
     """Whether a connection ended because the TLS layer failed."""

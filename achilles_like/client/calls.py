@@ -20,9 +20,6 @@ from achilles_like.serialization import dumps_function
 #: The most results a lazy ``imap`` holds that arrived and its caller has not consumed yet.
 DEFAULT_MAX_AHEAD = 1024
 
-#: How a job function is called on each item.
-MODES = ("map", "star", "apply")
-
 
 def prepare_input(args: Any) -> Iterator[Any]:
     """An iterator over ``args``; a generator function is called first, as in achilles."""

@@ -359,14 +359,6 @@ class NodeFactory(ReconnectingClientFactory):
             line = repr(message)[1:-1]  # control characters escaped: one line, whatever the server sent
             print(f"achilles_like node: {line}; retrying with backoff", file=sys.stderr, flush=True)
 
-    def fatal(self, message: str) -> None:
-        """Give up for good (authentication failed)."""
-        log.error("%s", message)
-        print(f"achilles_like node: {message}", file=sys.stderr, flush=True)
-        self.stopTrying()  # type: ignore[no-untyped-call]
-        if self.on_fatal is not None:
-            self.on_fatal(message)
-
     def shutdown(self) -> None:
         """Stop reconnecting and stop the node (killCluster)."""
         self.stopTrying()  # type: ignore[no-untyped-call]
