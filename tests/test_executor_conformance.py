@@ -828,3 +828,47 @@ def test_a_finished_call_keeps_no_reference_to_its_argument(executor: cf.Executo
     del future, argument
     gc.collect()
     assert ref() is None
+
+
+EXIT_SCRIPT = """
+import os
+import sys
+import threading
+
+{executor_import}
+
+
+def mark(path):
+    with open(path, "w") as out:
+        out.write("done")
+    return path
+
+
+if __name__ == "__main__":
+    executor = ProcessPoolExecutor(2)
+    executor.submit(mark, os.path.abspath("from-main"))
+    thread = threading.Thread(target=lambda: executor.submit(mark, os.path.abspath("from-thread")))
+    thread.start()
+    thread.join()
+    # No result() and no shutdown(): the interpreter exits with the work submitted.
+"""
+
+
+def test_work_submitted_before_exit_finishes(impl: str, tmp_path: Path) -> None:
+    """Calls submitted from the main script and from a thread run to the end when the interpreter exits."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(EXIT_SCRIPT.format(executor_import=EXECUTOR_IMPORT[impl])))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACHILLES_")}
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "from-main").read_text() == "done"
+    assert (tmp_path / "from-thread").read_text() == "done"

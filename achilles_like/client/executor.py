@@ -40,12 +40,23 @@ class BrokenWorkerError(JobFailedError, BrokenProcessPool):
 
 
 _interpreter_exiting = False
+# Sessions of executors not shut down yet: their submitted work finishes at interpreter exit.
+_live_sessions: weakref.WeakSet[Session] = weakref.WeakSet()
 
 
 def _note_interpreter_exit() -> None:
-    """Called as the interpreter starts to exit (as the stdlib marks its executors)."""
+    """Called as the interpreter starts to exit, before atexit stops any embedded cluster.
+
+    As the stdlib joins its executors at exit, the work already submitted runs
+    to the end; new submissions are refused from now on.
+    """
     global _interpreter_exiting
     _interpreter_exiting = True
+    sessions = list(_live_sessions)
+    for session in sessions:
+        session.close()
+    for session in sessions:
+        session.join()
 
 
 # The stdlib's own hook: runs when the interpreter begins to shut down, before atexit.
@@ -144,6 +155,7 @@ class ProcessPoolExecutor(Executor):
         self._blobs = FunctionBlobs()
         # Dropped without shutdown(): finish the submitted work in the background, then stop.
         self._finalizer = weakref.finalize(self, _shutdown_in_background, self._session, self._cluster)
+        _live_sessions.add(self._session)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Schedule ``fn(*args, **kwargs)``; return its Future."""
