@@ -40,6 +40,18 @@ class Unpicklable:
         return "<Unpicklable>"
 
 
+def put_in(queue: Any, value: Any) -> Any:
+    """Put ``value`` on a (Manager) queue proxy and return it."""
+    queue.put(value)
+    return value
+
+
+def set_in(mapping: Any, key: Any, value: Any) -> Any:
+    """Set ``mapping[key] = value`` on a (Manager) dict proxy."""
+    mapping[key] = value
+    return key
+
+
 class Payload:
     """An argument that can be weakly referenced (to see that nobody keeps it)."""
 

@@ -872,3 +872,13 @@ def test_work_submitted_before_exit_finishes(impl: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "from-main").read_text() == "done"
     assert (tmp_path / "from-thread").read_text() == "done"
+
+
+def test_manager_proxies_work_inside_calls(executor: cf.Executor) -> None:
+    """A multiprocessing.Manager() queue passed to submit works inside the call."""
+    import multiprocessing
+
+    with multiprocessing.Manager() as manager:
+        queue = manager.Queue()
+        assert executor.submit(pool_tasks.put_in, queue, 7).result(RESULT_TIMEOUT) == 7
+        assert queue.get(timeout=RESULT_TIMEOUT) == 7

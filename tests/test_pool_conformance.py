@@ -923,3 +923,13 @@ def test_a_finished_call_keeps_no_reference_to_its_argument(pool: Any) -> None:
     del result, argument
     gc.collect()
     assert ref() is None
+
+
+def test_manager_proxies_work_inside_tasks(pool: Any) -> None:
+    """A multiprocessing.Manager() queue and dict passed as arguments work inside tasks."""
+    with multiprocessing.Manager() as manager:
+        queue, mapping = manager.Queue(), manager.dict()
+        assert pool.apply(pool_tasks.put_in, (queue, 42)) == 42
+        assert queue.get(timeout=RESULT_TIMEOUT) == 42
+        assert pool.starmap(pool_tasks.set_in, [(mapping, k, k * k) for k in range(4)]) == [0, 1, 2, 3]
+        assert dict(mapping) == {0: 0, 1: 1, 2: 4, 3: 9}

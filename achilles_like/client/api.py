@@ -26,6 +26,7 @@ from achilles_like.client.calls import (
     check_chunksize,
     check_timeout,
     pickle_function,
+    pickle_setup,
     prepare_input,
 )
 from achilles_like.client.connection import Connection
@@ -60,7 +61,14 @@ def _run(
     func_blob = pickle_function(func, callback)
     connection = shared_connection(resolve_settings(**target))
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    driver = JobDriver(connection, inbox, label=_label(func), stop_on_failure=True, timeout=timeout)
+    driver = JobDriver(
+        connection,
+        inbox,
+        label=_label(func),
+        setup_blob=pickle_setup(),
+        stop_on_failure=True,
+        timeout=timeout,
+    )
     results = IMapIterator(ordered, progress=open_progress(progress, total, _label(func)))
     results.stop_at_failure = True
     source = IterSource(func_blob, items, chunksize, results, DEFAULT_MAX_AHEAD)

@@ -10,6 +10,8 @@ uses, so a function is pickled once, not at every call.
 from __future__ import annotations
 
 import inspect
+import multiprocessing
+import pickle
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -60,11 +62,24 @@ def pickle_function(
     return pickle_or_explain(func, (func, mode, callback))
 
 
-def pickle_setup(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...], token: str) -> bytes:
-    """Serialize a job's setup: the initializer each worker runs once, its arguments, the session token."""
-    if initializer is None:
-        return pickle_or_explain(None, (None, (), token))
-    return pickle_or_explain(initializer, (initializer, tuple(initargs), token), "initializer")
+def pickle_setup(
+    initializer: Callable[..., Any] | None = None, initargs: tuple[Any, ...] = (), token: str = ""
+) -> bytes:
+    """Serialize a job's setup: this process's ``multiprocessing`` authkey, then (dill) the
+    initializer each worker runs once, its arguments and the session token.
+
+    The authkey lets a worker use the ``multiprocessing.Manager()`` proxies passed
+    to it (a proxy authenticates to its manager with it); it travels only over
+    connections whose peers proved the cluster secret, and is never logged. It is
+    unpickled before the rest, so proxies in ``initargs`` find it already set.
+    """
+    inner = b""
+    if initializer is not None or initargs:
+        inner = pickle_or_explain(initializer, (initializer, tuple(initargs), token), "initializer")
+    elif token:
+        inner = pickle_or_explain(None, (None, (), token))
+    authkey = bytes(multiprocessing.current_process().authkey)
+    return pickle.dumps((authkey, inner), pickle.HIGHEST_PROTOCOL)
 
 
 def pickle_or_explain(func: object, payload: object, what: str = "function") -> bytes:

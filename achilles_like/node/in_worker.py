@@ -33,6 +33,7 @@ header (``os.writev``: header and blob are not joined).
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import multiprocessing.pool as mp_pool
 import os
 import signal
@@ -42,6 +43,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import multiprocess
 
 from achilles_like.node import pipe_format
 from achilles_like.protocol.body_buffer import BodyBuffer
@@ -56,6 +59,7 @@ class JobCode:
     """A job's setup and functions, ready to run in this worker."""
 
     init_failure: bytes | None = None  # a pickled RemoteFailure if the initializer raised
+    authkey: bytes | None = None  # the caller's multiprocessing authkey, for its Manager proxies
     shared: dict[str, Any] = field(default_factory=dict)  # globals of by-value functions
     functions: dict[int, Function | bytes] = field(default_factory=dict)  # fn id -> ready, or its failure
 
@@ -159,7 +163,11 @@ def load_job(setup_blob: bytes) -> JobCode:
     if not setup_blob:
         return JobCode()
     try:
-        initializer, initargs, token = loads(setup_blob)
+        authkey, inner = loads(setup_blob)
+        use_authkey(authkey)  # before initargs are unpickled: they may hold Manager proxies
+        if not inner:
+            return JobCode(authkey=authkey)
+        initializer, initargs, token = loads(inner)
         shared = _sessions.get(token)
         first = shared is None
         shared = {} if shared is None else shared
@@ -171,13 +179,21 @@ def load_job(setup_blob: bytes) -> JobCode:
             _sessions.popitem(last=False)
     except BaseException as error:  # noqa: BLE001 - reported with every task of the job
         return JobCode(dumps(RemoteFailure.capture(error, None, whole_job=True)))
-    return JobCode(shared=shared)
+    return JobCode(shared=shared, authkey=authkey)
+
+
+def use_authkey(authkey: bytes | None) -> None:
+    """Let this worker's Manager proxies authenticate as the caller's (both multiprocessing flavours)."""
+    if authkey:
+        multiprocessing.current_process().authkey = authkey
+        multiprocess.current_process().authkey = authkey
 
 
 def run_task(code: JobCode, fn: int, items_blob: bytes) -> tuple[bool, bytes]:
     """Run one task; see the module docstring for the three shapes of what comes back."""
     if code.init_failure is not None:
         return False, code.init_failure
+    use_authkey(code.authkey)  # the jobs of several callers share this worker
     function = code.functions.get(fn)
     if function is None:
         function = _missing(fn)
