@@ -933,3 +933,13 @@ def test_manager_proxies_work_inside_tasks(pool: Any) -> None:
         assert queue.get(timeout=RESULT_TIMEOUT) == 42
         assert pool.starmap(pool_tasks.set_in, [(mapping, k, k * k) for k in range(4)]) == [0, 1, 2, 3]
         assert dict(mapping) == {0: 0, 1: 1, 2: 4, 3: 9}
+
+
+def test_the_initializer_runs_when_the_pool_starts(make_pool: Callable[..., Any], tmp_path: Path) -> None:
+    """Pool(2, initializer) runs the initializer in two processes with no task ever submitted."""
+    log = tmp_path / "init.log"
+    pool = make_pool(2, initializer=pool_tasks.log_init, initargs=(str(log), "early"))
+    wait_until(lambda: len(read_init_log(log)) >= 2, what="the initializer to run in two workers")
+    pool.close()
+    pool.join()
+    assert len(set(read_init_log(log))) == 2

@@ -82,6 +82,10 @@ def pickle_setup(
     return pickle.dumps((authkey, inner), pickle.HIGHEST_PROTOCOL)
 
 
+def warm_up() -> None:
+    """Does nothing: a Pool sends it at start so that its initializer runs in its workers then."""
+
+
 def pickle_or_explain(func: object, payload: object, what: str = "function") -> bytes:
     """dill-pickle ``payload`` (built around ``func``), or raise a TypeError that says why not."""
     try:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Any
 
-from achilles_like.client.calls import FunctionBlobs, check_chunksize, check_timeout, pickle_setup
+from achilles_like.client.calls import FunctionBlobs, check_chunksize, check_timeout, pickle_setup, warm_up
 from achilles_like.client.progress import Progress, input_length, open_progress
 from achilles_like.client.results import AsyncResult, IMapIterator, MapResult
 from achilles_like.client.session import Session
@@ -129,6 +129,18 @@ class Pool:
         self._blobs = FunctionBlobs()
         # Garbage-collected without close(): stop it, as the stdlib does, without hanging exit.
         self._finalizer = weakref.finalize(self, _shutdown, self._session, self._cluster, True)
+        if initializer is not None:
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run the initializer in ``processes`` workers now, as the stdlib's pool does at start.
+
+        One no-op call per process: each lands on a worker, which runs the
+        initializer before it (once per worker and pool, as for any task).
+        """
+        blob = self._blobs.blob(warm_up, "apply")
+        for _ in range(self._processes):
+            self._session.add(ApplySource.call(blob, (), {}, lambda outcomes: None))
 
     def __repr__(self) -> str:
         return f"<achilles_like.Pool state={self._state.value} processes={self._processes}>"
