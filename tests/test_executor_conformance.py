@@ -692,6 +692,27 @@ EXECUTOR_IMPORT = {
     "achilles": "from achilles_like import ProcessPoolExecutor",
 }
 
+
+def run_script(directory: Path, source: str) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` as a script in ``directory`` with no ACHILLES_* setting; fail if it hangs."""
+    script = directory / "script.py"
+    script.write_text(textwrap.dedent(source))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACHILLES_")}
+    try:
+        return subprocess.run(
+            [sys.executable, str(script)],
+            cwd=directory,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=SCRIPT_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as expired:
+        pytest.fail(f"the script did not exit within {SCRIPT_TIMEOUT}s; stderr: {expired.stderr!r}")
+
+
 EMBEDDED_SCRIPT = """
 import json
 import os
@@ -732,22 +753,7 @@ if __name__ == "__main__":
 
 def test_unconfigured_executor_runs_two_workers(impl: str, tmp_path: Path) -> None:
     """With nothing configured, ProcessPoolExecutor(2) runs 2 tasks at once off the caller, exits promptly."""
-    script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent(EMBEDDED_SCRIPT.format(executor_import=EXECUTOR_IMPORT[impl])))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACHILLES_")}
-    try:
-        result = subprocess.run(
-            [sys.executable, str(script)],
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=SCRIPT_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as expired:
-        pytest.fail(f"the script did not exit within {SCRIPT_TIMEOUT}s; stderr: {expired.stderr!r}")
+    result = run_script(tmp_path, EMBEDDED_SCRIPT.format(executor_import=EXECUTOR_IMPORT[impl]))
     exited_at = time.time()
     assert result.returncode == 0, result.stderr
     output = json.loads(result.stdout.splitlines()[-1])
@@ -856,19 +862,7 @@ if __name__ == "__main__":
 
 def test_work_submitted_before_exit_finishes(impl: str, tmp_path: Path) -> None:
     """Calls submitted from the main script and from a thread run to the end when the interpreter exits."""
-    script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent(EXIT_SCRIPT.format(executor_import=EXECUTOR_IMPORT[impl])))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACHILLES_")}
-    result = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=SCRIPT_TIMEOUT,
-        check=False,
-    )
+    result = run_script(tmp_path, EXIT_SCRIPT.format(executor_import=EXECUTOR_IMPORT[impl]))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "from-main").read_text() == "done"
     assert (tmp_path / "from-thread").read_text() == "done"
