@@ -1,7 +1,7 @@
 """How far one server goes: a real server and controller, and N simulated nodes in one process.
 
 Run: ``python benchmarks/scale.py [--nodes 1,10,100,1000,2000] [--tasks 20000] [--idle 10]
-[--hold 1.0] [--waves 2]``
+[--hold 1.0] [--waves 2] [--heartbeat-interval S]``
 
 For each N a fresh server (``LocalCluster(nodes=0)``) is started, and this
 process opens N connections to it at once. Each is a simulated node of 4
@@ -259,15 +259,17 @@ class Row:
     errors: list[str] = field(default_factory=list)
 
 
-def measure(nodes: int, tasks: int, idle: float, hold: float, waves: int) -> Row:
+def measure(nodes: int, tasks: int, idle: float, hold: float, waves: int, heartbeat: float) -> Row:
     """Run every phase against a fresh server with ``nodes`` simulated nodes."""
     row = Row(nodes)
-    server_args = (
+    server_args: tuple[str, ...] = (
         "--max-pending",
         str(max(1024, 2 * nodes)),
         "--max-pending-per-address",
         "100000",
     )
+    if heartbeat:
+        server_args += ("--heartbeat-interval", str(heartbeat))
     with LocalCluster(nodes=0, server_args=server_args) as cluster:
         assert cluster.server is not None
         pid = cluster.server.pid
@@ -382,6 +384,9 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=10.0, help="seconds the idle CPU is measured over")
     parser.add_argument("--hold", type=float, default=1.0, help="seconds each long task is held")
     parser.add_argument("--waves", type=int, default=2, help="long tasks per slot of the cluster")
+    parser.add_argument(
+        "--heartbeat-interval", type=float, default=0.0, help="the server's option (default: its own, 2 s)"
+    )
     args = parser.parse_args()
     if not _measure.proc_available():
         sys.exit("scale.py reads the server's CPU and memory from Linux /proc")
@@ -390,7 +395,7 @@ def main() -> None:
     rows = []
     for n in counts:
         started = time.monotonic()
-        rows.append(measure(n, args.tasks, args.idle, args.hold, args.waves))
+        rows.append(measure(n, args.tasks, args.idle, args.hold, args.waves, args.heartbeat_interval))
         print(f"[{n:,} nodes measured in {time.monotonic() - started:.0f} s]", file=sys.stderr, flush=True)
     print()
     print_table(rows, args.hold, args.waves)
