@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import os
 import pickle
 import resource
 import secrets
@@ -41,6 +42,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import _measure
 
@@ -50,8 +52,17 @@ from achilles_like.protocol import ClientHandshake, FrameDecoder, encode_frame
 
 #: Processes (slots) per simulated node.
 SLOTS = 4
+#: Clock ticks per second of utime/stime in /proc/<pid>/stat.
+_TICKS = os.sysconf("SC_CLK_TCK")
 #: Give up on a storm that has not registered by then (the target is 30 s).
 REGISTER_DEADLINE = 60.0
+
+
+def user_and_system(pid: int) -> tuple[float, float]:
+    """A process's user and system CPU seconds so far (``_measure.cpu_seconds`` is their sum)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS
 
 
 @dataclass(eq=False)
@@ -248,6 +259,7 @@ class Row:
 
     nodes: int
     cpu_per_task_us: float = float("nan")
+    system_share: float = float("nan")  # of the server's CPU per task, the part spent in the kernel
     tasks_per_s: float = float("nan")
     kib_per_node: float = float("nan")
     connect_s: float = float("nan")
@@ -294,10 +306,13 @@ def measure(nodes: int, tasks: int, idle: float, hold: float, waves: int, heartb
 
             # Throughput: answered at once; a small warm-up opens the controller's connection.
             achilles_like.map(abs, range(200), chunksize=1, **target)  # type: ignore[arg-type]
-            cpu, wall = _measure.cpu_seconds(pid), time.monotonic()
+            (user, system), wall = user_and_system(pid), time.monotonic()
             achilles_like.map(abs, range(tasks), chunksize=1, **target)  # type: ignore[arg-type]
-            wall, cpu = time.monotonic() - wall, _measure.cpu_seconds(pid) - cpu
+            wall = time.monotonic() - wall
+            user_after, system_after = user_and_system(pid)
+            cpu = user_after - user + system_after - system
             row.cpu_per_task_us = cpu / tasks * 1e6
+            row.system_share = (system_after - system) / cpu if cpu else float("nan")
             row.tasks_per_s = tasks / wall
 
             # Long tasks: every task held for `hold` seconds; count how many are held at once.
@@ -321,21 +336,25 @@ def _fmt(value: float, spec: str) -> str:
 def print_table(rows: list[Row], hold: float, waves: int) -> None:
     """The figures, one line per N."""
     header = (
-        f"{'nodes':>6}  {'CPU/task':>9}  {'tasks/s':>8}  {'KiB/node':>8}  {'connect':>8}"
+        f"{'nodes':>6}  {'CPU/task':>9}  {'sys':>4}  {'tasks/s':>8}  {'KiB/node':>8}  {'connect':>8}"
         f"  {'idle CPU':>9}  {'busy peak':>10}  {'long map':>8}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r.nodes:>6,}  {_fmt(r.cpu_per_task_us, '7.1f')} µs  {_fmt(r.tasks_per_s, '8,.0f')}"
+            f"{r.nodes:>6,}  {_fmt(r.cpu_per_task_us, '7.1f')} µs  {_fmt(100 * r.system_share, '3.0f')}%"
+            f"  {_fmt(r.tasks_per_s, '8,.0f')}"
             f"  {_fmt(r.kib_per_node, '8.1f')}  {_fmt(r.connect_s, '6.2f')} s"
             f"  {_fmt(r.idle_ms_per_s, '4.1f')} ms/s  {r.busy_peak:>5,}/{SLOTS * r.nodes:<5,}"
             f"  {_fmt(r.busy_wall_s, '6.2f')} s"
         )
         if r.errors or r.over_slots:
             print(f"        problems: over-slot tasks {r.over_slots}; {r.errors}")
-    print(f"(long map: {waves} × 4N tasks each held {hold:g} s; busy peak = tasks held at once / 4N)")
+    print(
+        f"(sys: the kernel's share of the server's CPU per task; long map: {waves} × 4N tasks"
+        f" each held {hold:g} s; busy peak: tasks held at once / 4N)"
+    )
 
 
 def check_targets(rows: list[Row]) -> None:
