@@ -21,7 +21,7 @@ nodes (over ``--idle`` seconds), and the peak number of tasks held by the
 simulated nodes at once during a ``map`` of ``--waves`` × 4N tasks of
 ``--hold`` seconds (the busy processes; a node is never sent more than its
 4). The issue 9 targets are checked at the end. Linux only; nothing is
-asserted; everything is on 127.0.0.1; a full run takes two to three minutes.
+asserted; everything is on 127.0.0.1; a full run takes about a minute and a half.
 
 All simulated nodes come from 127.0.0.1, so the server's flood caps on
 unauthenticated connections (in all, and per address) are raised to let
