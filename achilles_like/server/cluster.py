@@ -207,7 +207,7 @@ class ServerProtocol(Protocol):
         """Write a message; a body is written without being copied."""
         if not self.closed and self.transport is not None:
             parts = message.encode()
-            self.cluster.events.bytes_sent(sum(len(part) for part in parts))  # metrics hook
+            self.cluster.events.bytes_sent(sum(map(len, parts)))  # metrics hook
             self.last_sent = self.cluster.clock.seconds()
             self.transport.writeSequence(parts)
 

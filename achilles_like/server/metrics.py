@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from achilles_like.scheduling import actions as act
 
@@ -65,6 +67,11 @@ class ServerStats:
         self._status = status
         self.registry = CollectorRegistry(auto_describe=True)
         self._jobs: dict[int, _JobRecord] = {}
+        # Counted on every frame and every task: plain integers, read when Prometheus scrapes
+        # (a Counter's inc takes a lock, several times per task; see benchmarks/scale.py).
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.tasks_completed = 0
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self._define_metrics()
 
@@ -74,12 +81,10 @@ class ServerStats:
         def counter(name: str, doc: str) -> Counter:
             return Counter(name, doc, registry=registry)
 
-        self.completed = counter("achilles_tasks_completed", "Tasks that returned a result.")
+        registry.register(_HotCounters(self))
         self.failed = counter("achilles_tasks_failed", "Tasks that raised or ran out of attempts.")
         self.retried = counter("achilles_tasks_retried", "Task attempts after the first.")
         self.lost = counter("achilles_tasks_lost", "Tasks whose worker process died or overran.")
-        self.received = counter("achilles_received_bytes", "Bytes received from every peer.")
-        self.sent = counter("achilles_sent_bytes", "Bytes sent to every peer.")
         self.node_losses = counter("achilles_node_losses", "Node connections that ended.")
         self.jobs = Counter("achilles_jobs_ended", "Jobs ended, by outcome.", ["outcome"], registry=registry)
         self.auth_failures = Counter(
@@ -122,11 +127,11 @@ class ServerStats:
 
     def bytes_received(self, count: int) -> None:
         """A peer sent ``count`` bytes."""
-        self.received.inc(count)
+        self.bytes_in += count
 
     def bytes_sent(self, count: int) -> None:
         """We wrote ``count`` bytes to a peer."""
-        self.sent.inc(count)
+        self.bytes_out += count
 
     def auth_failed(self, address: str, reason: str) -> None:
         """A connection failed the handshake."""
@@ -187,7 +192,7 @@ class ServerStats:
         if started is not None:
             self.task_seconds.observe(max(0.0, self._now() - started))
         if ok:
-            self.completed.inc()
+            self.tasks_completed += 1
             if record is not None:
                 record.tasks_done += 1
         else:
@@ -226,6 +231,22 @@ class ServerStats:
 
     def _remember(self, kind: str, text: str) -> None:
         self.recent.appendleft({"at": self._now(), "kind": kind, "text": text[:300]})
+
+
+class _HotCounters(Collector):
+    """The counters ``ServerStats`` keeps as plain integers, exported as Prometheus counters."""
+
+    def __init__(self, stats: ServerStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats
+        for name, doc, value in (
+            ("achilles_tasks_completed", "Tasks that returned a result.", stats.tasks_completed),
+            ("achilles_received_bytes", "Bytes received from every peer.", stats.bytes_in),
+            ("achilles_sent_bytes", "Bytes sent to every peer.", stats.bytes_out),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
 
 
 def _processes(status: dict[str, Any]) -> float:
