@@ -59,6 +59,9 @@ def body_limits(role: str, max_body: int) -> Callable[[str], int]:
 _VERB = re.compile(r"[A-Z][A-Z_]{0,31}")
 _KEY = re.compile(r"[a-z][a-z_]{0,31}")
 _SAFE = "-._~:/@+,"  # characters a value may keep unescaped
+_PLAIN = re.compile(r"[A-Za-z0-9\-._~:/@+,]*")  # a value made only of those: sent as it is
+# Keys on every task and result frame, known to be well formed: no regex for them.
+_COMMON_KEYS = frozenset({"job", "task", "fn", "attempt", "ok", "len", "n", "ref"})
 # ASCII digits only: str.isdigit() also accepts "²" and other Unicode digits.
 _NUMBER = re.compile(r"[0-9]{1,19}")
 
@@ -98,9 +101,15 @@ def encode_header(verb: str, body_length: int = 0, /, **fields: object) -> bytes
     """Build a header line; booleans become ``1``/``0``, everything else ``str()``."""
     parts = [verb]
     for key, value in fields.items():
-        if isinstance(value, bool):
-            value = "1" if value else "0"
-        parts.append(f"{key}={quote(str(value), safe=_SAFE)}")
+        if value is True or value is False:
+            text = "1" if value else "0"
+        elif type(value) is int:
+            text = str(value)  # digits and "-": nothing to escape (the common case: ids, counts)
+        else:
+            text = str(value)
+            if not _PLAIN.fullmatch(text):
+                text = quote(text, safe=_SAFE)
+        parts.append(f"{key}={text}")
     if body_length:
         parts.append(f"len={body_length}")
     return (" ".join(parts) + "\r\n").encode("ascii")
@@ -123,9 +132,9 @@ def parse_header(line: bytes, max_body: int) -> tuple[str, dict[str, str], int]:
     fields: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not _KEY.fullmatch(key) or key in fields:
+        if not sep or key in fields or (key not in _COMMON_KEYS and not _KEY.fullmatch(key)):
             raise ProtocolError(f"malformed header field {pair[:40]!r} in {verb} frame")
-        fields[key] = unquote(value)
+        fields[key] = unquote(value) if "%" in value else value
     length = 0
     raw_length = fields.pop("len", None)
     if raw_length is not None:

@@ -70,10 +70,21 @@ def decode(frame: Frame) -> Message:
     cls = _REGISTRY.get(frame.verb)
     if cls is None:
         raise ProtocolViolationError(f"unknown verb {frame.verb}")
-    values: dict[str, Any] = {}
+    fields = frame.fields
+    values: list[Any] = []
     for spec in _specs(cls):
-        values[spec.name] = frame.body if spec.name == "body" else spec.read(frame)
-    return cls(**values)
+        if spec.name == "body":
+            values.append(frame.body)
+        elif spec.kind == "int" and spec.name in fields:  # the hot path: ids and counts
+            raw = fields[spec.name]
+            if not (raw.isdigit() and raw.isascii() and len(raw) <= 19):
+                raise ProtocolViolationError(
+                    f"{frame.verb} field {spec.name}={raw!r} is not a non-negative integer"
+                )
+            values.append(int(raw))
+        else:
+            values.append(spec.read(frame))
+    return cls(*values)
 
 
 @dataclass(frozen=True)
