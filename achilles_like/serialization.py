@@ -80,6 +80,9 @@ class RemoteFailure:
     item_index: int | None
     exception_blob: bytes | None  # the pickled exception, when it pickles
     whole_job: bool = False  # the job's setup failed (its initializer raised): nothing of it can run
+    # For a result that could not be pickled back: the pickling error itself, which an
+    # executor raises (as concurrent.futures does) where a Pool raises MaybeEncodingError.
+    original_blob: bytes | None = None
 
     @classmethod
     def capture(
@@ -110,6 +113,11 @@ class RemoteFailure:
         error.__cause__ = mp_pool.RemoteTraceback(  # type: ignore[attr-defined]
             f'\n"""\n{self.traceback_text}"""{where}'
         )
+        if self.original_blob is not None:
+            try:
+                error.original = loads(self.original_blob)  # type: ignore[attr-defined]
+            except Exception:
+                pass  # the MaybeEncodingError alone still says what happened
         return error
 
 

@@ -876,3 +876,12 @@ def test_manager_proxies_work_inside_calls(executor: cf.Executor) -> None:
         queue = manager.Queue()
         assert executor.submit(pool_tasks.put_in, queue, 7).result(RESULT_TIMEOUT) == 7
         assert queue.get(timeout=RESULT_TIMEOUT) == 7
+
+
+def test_a_result_that_cannot_be_pickled_raises_the_pickling_error(executor: cf.Executor) -> None:
+    """A result whose pickling raises TypeError: result() raises that TypeError with a remote traceback."""
+    future = executor.submit(pool_tasks.make_unpicklable)
+    with pytest.raises(TypeError, match="Unpicklable refuses to be pickled") as caught:
+        future.result(RESULT_TIMEOUT)
+    assert isinstance(caught.value.__cause__, concurrent.futures.process._RemoteTraceback)
+    assert executor.submit(pool_tasks.square, 6).result(RESULT_TIMEOUT) == 36

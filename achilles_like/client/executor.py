@@ -70,6 +70,11 @@ def _as_executor_error(error: BaseException) -> BaseException:
     on (its worker died on every attempt) is a ``BrokenProcessPool`` (and still
     a ``JobFailedError``), with the cluster's reason in its message.
     """
+    original = getattr(error, "original", None)
+    if isinstance(error, mp_pool.MaybeEncodingError) and isinstance(original, BaseException):  # type: ignore[attr-defined]
+        # A result that could not be sent back: concurrent.futures raises the pickling error.
+        original.__cause__ = error.__cause__
+        error = original
     if isinstance(error, JobFailedError) and not isinstance(error, BrokenProcessPool):
         broken = BrokenWorkerError(str(error))
         broken.__cause__ = error.__cause__

@@ -236,7 +236,10 @@ def _encodable(outcome: tuple[bool, Any], index: int) -> tuple[bool, Any]:
         return outcome
     except Exception as error:  # noqa: BLE001 - MaybeEncodingError, as in multiprocessing
         wrapped = mp_pool.MaybeEncodingError(error, outcome[1])  # type: ignore[attr-defined]
-        return False, RemoteFailure.capture(wrapped, index)
+        failure = RemoteFailure.capture(wrapped, index)
+        original = RemoteFailure.capture(error, index)
+        failure.original_blob = original.exception_blob  # the executor raises this one
+        return False, failure
 
 
 def worker_main(fd: int) -> None:
