@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from achilles_like import task_output
 from achilles_like.client.connection import Connection, Lost
 from achilles_like.errors import ClusterConnectionError, JobFailedError
 from achilles_like.protocol import Frame
@@ -148,6 +151,8 @@ class JobDriver:
             timeout=timeout,
             maxtasks=max_tasks,
             stop=stop_on_failure,
+            # What tasks print reaches this process's stdout/stderr unless turned off.
+            output=os.environ.get("ACHILLES_FORWARD_OUTPUT", "1") != "0",
             body=setup_blob,
         )
         # A job-level failure (the initializer raised): what every call gets instead.
@@ -254,6 +259,8 @@ class JobDriver:
         match msg.decode(frame):
             case msg.Result(task=task, ok=ok, body=body):
                 self._result(task, ok, body)
+            case msg.Output(body=body):
+                task_output.replay(body, sys.stdout, sys.stderr)
             case msg.Credit(n=n):
                 self.credit += n - 1 if self._first_grant else n
                 self._first_grant = False

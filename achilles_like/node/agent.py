@@ -81,7 +81,7 @@ class NodeAgent:
         self.settings = settings
         self.reactor = reactor
         self.processes = processes or settings.processes or usable_cpus()
-        self.workers = WorkerPool(self.processes, self._finished, reactor)
+        self.workers = WorkerPool(self.processes, self._finished, reactor, self._output)
         self.jobs: dict[int, tuple[bytes, JobOptions]] = {}  # job id -> setup blob, options
         self.functions: dict[tuple[int, int], bytes] = {}  # (job id, fn) -> function blob
         self.cancelled: deque[int] = deque(maxlen=_REMEMBERED_JOBS)
@@ -137,6 +137,7 @@ class NodeAgent:
         item = WorkItem(
             key, job_id, task_id, attempt, setup_blob, fn, func_blob, blob, options.timeout, options.max_tasks
         )
+        item.capture = options.output
         self.workers.submit(item)
 
     def cancel(self, job_id: int) -> None:
@@ -150,6 +151,13 @@ class NodeAgent:
         self.jobs.pop(job_id, None)
         for key in [key for key in self.functions if key[0] == job_id]:
             del self.functions[key]
+
+    def _output(self, item: WorkItem, body: bytes) -> None:
+        """Send what a task printed to the server (for its job's controller), unless it is stale."""
+        stale = item.job_key >> 32 != self.generation or item.job_id in self.cancelled
+        if not stale and self.protocol is not None:
+            output = msg.Output(job=item.job_id, task=item.task_id, attempt=item.attempt, body=body)
+            self.protocol.send_message(output)
 
     def _finished(self, item: WorkItem, outcome: Outcome, blob: bytes, detail: str) -> None:
         """A task left the worker pool (called by it, on the reactor thread): tell the server."""
@@ -178,6 +186,7 @@ class JobOptions:
 
     timeout: float | None = None
     max_tasks: int | None = None
+    output: bool = False  # capture what tasks print and send it to the job's controller
 
 
 def _timeout_failure(item: WorkItem, detail: str) -> RemoteFailure:
@@ -265,8 +274,8 @@ class NodeProtocol(Protocol):
                 self.agent.add_task(job, task, attempt, fn, body)
             case msg.Func(job=job, fn=fn, body=body):
                 self.agent.add_function(job, fn, body)
-            case msg.Job(job=job, timeout=timeout, maxtasks=max_tasks, body=body):
-                self.agent.add_job(job, body, JobOptions(timeout, max_tasks))
+            case msg.Job(job=job, timeout=timeout, maxtasks=max_tasks, output=output, body=body):
+                self.agent.add_job(job, body, JobOptions(timeout, max_tasks, output))
             case msg.Ping():
                 self.send(msg.Pong().to_bytes())
             case msg.Pong():

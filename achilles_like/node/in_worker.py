@@ -46,6 +46,7 @@ from typing import Any
 
 import multiprocess
 
+from achilles_like import task_output
 from achilles_like.node import pipe_format
 from achilles_like.protocol.body_buffer import BodyBuffer
 from achilles_like.serialization import RemoteFailure, dumps, loads
@@ -264,10 +265,17 @@ def worker_main(fd: int) -> None:
             code = JobCode(_missing(-1))
         if func_blob is not None:
             code.add_function(header.fn, func_blob)
-        ok, blob = run_task(code, header.fn, items_blob)
+        if header.capture:
+            with task_output.captured() as capture:
+                ok, blob = run_task(code, header.fn, items_blob)
+            output = capture.encode()
+        else:
+            ok, blob = run_task(code, header.fn, items_blob)
+            output = b""
         del items_blob
+        parts = [pipe_format.encode_output(len(output)), output] if output else []
         try:
-            write_all(fd, [pipe_format.encode_result(ok, len(blob)), blob])
+            write_all(fd, [*parts, pipe_format.encode_result(ok, len(blob)), blob])
         except OSError:
             return  # the node is gone
 

@@ -34,10 +34,12 @@ from dataclasses import dataclass
 TASK = 1
 RESULT_OK = 2
 RESULT_FAILED = 3
+OUTPUT = 4  # what the task printed, before its result (only when the task header asked for it)
 
 HAS_SETUP = 0x01
 HAS_FUNCTION = 0x02
-_TASK_FLAGS = HAS_SETUP | HAS_FUNCTION
+CAPTURE_OUTPUT = 0x04  # the worker captures the task's stdout/stderr and sends it as OUTPUT
+_TASK_FLAGS = HAS_SETUP | HAS_FUNCTION | CAPTURE_OUTPUT
 
 MAX_BLOB = (1 << 48) - 1  # far over any frame's body limit: catches a garbled length
 MAX_KEY = (1 << 64) - 1
@@ -64,6 +66,7 @@ class TaskHeader:
     setup_length: int | None  # None: no setup blob follows (the worker has the job)
     function_length: int | None  # None: no function blob follows (the worker has it)
     items_length: int
+    capture: bool = False  # send what the task prints (stdout, stderr) before its result
 
     def encode(self) -> bytes:
         """The 40 header bytes; ValueError if a field is out of its range."""
@@ -77,6 +80,8 @@ class TaskHeader:
         if self.function_length is not None:
             _check("function length", self.function_length, MAX_BLOB)
             flags |= HAS_FUNCTION
+        if self.capture:
+            flags |= CAPTURE_OUTPUT
         return _TASK.pack(
             TASK,
             flags,
@@ -115,6 +120,7 @@ def decode_task(data: bytes | bytearray | memoryview) -> TaskHeader:
         setup if flags & HAS_SETUP else None,
         function if flags & HAS_FUNCTION else None,
         items,
+        bool(flags & CAPTURE_OUTPUT),
     )
 
 
@@ -124,17 +130,32 @@ def encode_result(ok: bool, length: int) -> bytes:
     return _RESULT.pack(RESULT_OK if ok else RESULT_FAILED, length)
 
 
-def decode_result(data: bytes | bytearray | memoryview) -> tuple[bool, int]:
-    """Read a result header (exactly ``RESULT_HEADER_SIZE`` bytes): whether it succeeded, blob length."""
+def encode_output(length: int) -> bytes:
+    """The 16 header bytes before a task's captured output of ``length`` bytes."""
+    _check("output length", length, MAX_BLOB)
+    return _RESULT.pack(OUTPUT, length)
+
+
+def decode_reply(data: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """Read a worker's header (exactly ``RESULT_HEADER_SIZE`` bytes): its kind and blob length."""
     if len(data) != _RESULT.size:
         raise PipeFormatError(f"a result header is {_RESULT.size} bytes, got {len(data)}")
     kind, length = _RESULT.unpack(data)
-    if kind not in (RESULT_OK, RESULT_FAILED):
+    if kind not in (RESULT_OK, RESULT_FAILED, OUTPUT):
         raise PipeFormatError(
-            f"expected a result header (kind {RESULT_OK} or {RESULT_FAILED}), got kind {kind}"
+            f"expected a result header (kind {RESULT_OK} or {RESULT_FAILED}) or output ({OUTPUT}),"
+            f" got kind {kind}"
         )
     if length > MAX_BLOB:
         raise PipeFormatError(f"result header announces a {length}-byte blob")
+    return kind, length
+
+
+def decode_result(data: bytes | bytearray | memoryview) -> tuple[bool, int]:
+    """Read a result header (exactly ``RESULT_HEADER_SIZE`` bytes): whether it succeeded, blob length."""
+    kind, length = decode_reply(data)
+    if kind == OUTPUT:
+        raise PipeFormatError(f"expected a result header, got output (kind {kind})")
     return kind == RESULT_OK, length
 
 

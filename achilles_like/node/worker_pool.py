@@ -84,19 +84,24 @@ class WorkItem:
     items_blob: bytes = field(repr=False)  # dropped once written to the worker
     timeout: float | None = None
     max_tasks: int | None = None  # replace a worker once it has run this many tasks
+    capture: bool = False  # the worker sends what the task prints (see ``achilles_like/task_output.py``)
 
 
 READ_BUDGET = 4 << 20  # bytes of a result read per reactor turn, at most (about, plus one read)
 
 Deliver = Callable[[WorkItem, Outcome, bytes, str], None]
+OnOutput = Callable[[WorkItem, bytes], None]
 
 
 class WorkerPool:
     """``processes`` watched worker processes, served by ``reactor`` (call everything on its thread)."""
 
-    def __init__(self, processes: int, deliver: Deliver, reactor: Any) -> None:
+    def __init__(
+        self, processes: int, deliver: Deliver, reactor: Any, on_output: OnOutput | None = None
+    ) -> None:
         self.processes = processes
         self._deliver = deliver
+        self._on_output = on_output
         self._reactor = reactor
         self._pending: deque[WorkItem] = deque()
         self._closed = False
@@ -163,6 +168,7 @@ class WorkerPool:
             len(item.setup_blob) if first else None,
             len(item.func_blob) if new_function else None,
             len(item.items_blob),
+            item.capture,
         )
         parts = [header.encode()]
         parts += [item.setup_blob] if first else []
@@ -175,6 +181,11 @@ class WorkerPool:
         item.items_blob = b""  # the socket or the link's queue holds it now; the server retries, not us
 
     # -- outcomes ----------------------------------------------------------------------------
+
+    def _output(self, worker: _Worker, blob: bytes) -> None:
+        """What the worker's current task printed (it comes just before the task's result)."""
+        if worker.item is not None and self._on_output is not None:
+            self._on_output(worker.item, blob)
 
     def _result(self, worker: _Worker, ok: bool, blob: bytes) -> None:
         item, worker.item = worker.item, None
@@ -279,7 +290,7 @@ class _WorkerLink:
         self._reactor = pool._reactor
         self._out: deque[memoryview] = deque()  # what the socket has not taken yet
         self._header = bytearray()
-        self._ok = False
+        self._kind = 0
         self._body: BodyBuffer | None = None
         self.connected = True
 
@@ -337,7 +348,10 @@ class _WorkerLink:
                     return
                 if self._body is not None and not self._body.missing:
                     blob, self._body = self._body.value(), None
-                    self._pool._result(self._worker, self._ok, blob)
+                    if self._kind == pipe_format.OUTPUT:
+                        self._pool._output(self._worker, blob)
+                        continue  # the task's result follows
+                    self._pool._result(self._worker, self._kind == pipe_format.RESULT_OK, blob)
                     return
         except pipe_format.PipeFormatError as error:
             log.error("worker %s wrote garbage to its pipe: %s", self._worker.process.pid, error)
@@ -357,7 +371,7 @@ class _WorkerLink:
             return False
         self._header += chunk
         if len(self._header) == pipe_format.RESULT_HEADER_SIZE:
-            self._ok, length = pipe_format.decode_result(self._header)
+            self._kind, length = pipe_format.decode_reply(self._header)
             self._header.clear()
             self._body = BodyBuffer(length)
         return True

@@ -190,6 +190,7 @@ class Job(Message):
     job: int
     timeout: float | None = None
     maxtasks: int | None = None
+    output: bool = False  # workers capture what tasks print and send it back (OUTPUT)
     body: bytes = field(default=b"", repr=False)
 
 
@@ -240,6 +241,20 @@ class Lost(Message):
     reason: str = ""
 
 
+@message("OUTPUT")
+@dataclass(frozen=True)
+class Output(Message):
+    """What a task printed, as JSON ``{"out": [[stream, text], ...], "dropped": n}``.
+
+    From a node to the server, which passes it to the job's controller only.
+    """
+
+    job: int
+    task: int
+    attempt: int | None = None
+    body: bytes = field(default=b"", repr=False)
+
+
 @message("CANCEL")
 @dataclass(frozen=True)
 class Cancel(Message):
@@ -276,6 +291,7 @@ class Submit(Message):
     timeout: float | None = None
     maxtasks: int | None = None
     stop: bool = False  # the job fails at its first failing task (module map); else it goes on
+    output: bool = False  # what tasks print reaches this controller (OUTPUT)
     body: bytes = field(default=b"", repr=False)
 
 

@@ -219,6 +219,14 @@ class Scheduler:
         job = self._owner()
         return None if job is None else job.job_id
 
+    def task_owner(self, node_id: str, job_id: int, task_id: int) -> str | None:
+        """The controller of ``job_id`` if ``node_id`` holds its task ``task_id`` now, else None."""
+        job = self._started.get(job_id)
+        task = None if job is None else job.held.get(task_id)
+        if job is None or task is None or task.node_id != node_id:
+            return None
+        return job.controller_id
+
     def is_started(self, job_id: int) -> bool:
         """Whether ``job_id`` is a started (not queued, not ended) job."""
         return job_id in self._started

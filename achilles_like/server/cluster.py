@@ -264,7 +264,7 @@ class ClusterServer(ServerFactory):
         self.node_info: dict[str, dict[str, Any]] = {}
         # Per-job options the nodes need (time limit, tasks per worker), passed on in JOB,
         # and the controller's reference for each job, echoed in QUEUED and STARTED.
-        self.job_options: dict[int, tuple[float | None, int | None]] = {}
+        self.job_options: dict[int, tuple[float | None, int | None, bool]] = {}
         self.job_refs: dict[int, int] = {}
         # A controller may send its job's first task (and END) before the job starts:
         # held here until it does, so a one-item call costs one round trip, not two.
@@ -346,6 +346,11 @@ class ClusterServer(ServerFactory):
                 if attempt is None:
                     raise ProtocolViolationError("a node's RESULT must name its attempt")
                 self.execute(self.scheduler.result_received(peer.peer_id, job, task, attempt, ok, body))
+            case msg.Output(job=job, task=task, body=body) if registered:
+                # Only to the controller of the job, and only from the node that holds the task.
+                controller = self.scheduler.task_owner(peer.peer_id, job, task)
+                if controller is not None:
+                    self._send(controller, msg.Output(job=job, task=task, body=body))
             case msg.Lost(job=job, task=task, attempt=attempt, reason=reason) if registered:
                 self.events.task_lost(peer.peer_id, job, task, reason[:300])  # metrics hook
                 self.execute(self.scheduler.task_lost(peer.peer_id, job, task, attempt, reason[:300]))
@@ -391,9 +396,9 @@ class ClusterServer(ServerFactory):
                 self.job_refs[job_id] = message.ref
                 peer.refs[message.ref] = job_id
                 peer.max_ref = max(peer.max_ref, message.ref)
-            if message.timeout is not None or message.maxtasks is not None:
+            if message.timeout is not None or message.maxtasks is not None or message.output:
                 max_tasks = None if message.maxtasks is None else max(1, message.maxtasks)
-                self.job_options[job_id] = (message.timeout, max_tasks)
+                self.job_options[job_id] = (message.timeout, max_tasks, message.output)
             self.execute(actions)
             return
         if not isinstance(message, msg.Func | msg.Task | msg.End | msg.Cancel):
@@ -508,8 +513,9 @@ class ClusterServer(ServerFactory):
             case act.GrantCredit(controller_id, job_id, count):
                 self._send(controller_id, msg.Credit(job=job_id, n=count))
             case act.SendJob(node_id, job_id, blob):
-                timeout, max_tasks = self.job_options.get(job_id, (None, None))
-                self._send(node_id, msg.Job(job=job_id, timeout=timeout, maxtasks=max_tasks, body=blob))
+                timeout, max_tasks, output = self.job_options.get(job_id, (None, None, False))
+                job = msg.Job(job=job_id, timeout=timeout, maxtasks=max_tasks, output=output, body=blob)
+                self._send(node_id, job)
             case act.SendFunction(node_id, job_id, fn, blob):
                 self._send(node_id, msg.Func(job=job_id, fn=fn, body=blob))
             case act.JobQueued(controller_id, job_id, position):
