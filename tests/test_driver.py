@@ -61,12 +61,13 @@ def failure_at(index: int) -> RemoteFailure:
         return RemoteFailure.capture(error, index)
 
 
-def test_submit_carries_the_ref_options_and_setup() -> None:
+def test_submit_carries_the_ref_options_and_setup(monkeypatch: pytest.MonkeyPatch) -> None:
     """SUBMIT names the driver's ref, its options and its setup blob; the ref is routed to its inbox."""
+    monkeypatch.delenv("ACHILLES_FORWARD_OUTPUT", raising=False)  # output comes back by default
     driver, connection = make_driver(setup_blob=b"setup", stop_on_failure=True, timeout=2.5, max_tasks=3)
     [submit] = connection.take()
     assert submit == msg.Submit(
-        ref=driver.ref, label="test", timeout=2.5, maxtasks=3, stop=True, body=b"setup"
+        ref=driver.ref, label="test", timeout=2.5, maxtasks=3, stop=True, output=True, body=b"setup"
     )
     assert connection.routes[driver.ref] is driver.inbox
 

@@ -146,11 +146,15 @@ class WorkerPool:
     # -- tasks to workers ------------------------------------------------------------------
 
     def _assign(self) -> None:
-        for worker in self._workers:
-            if not self._pending:
+        while self._pending:
+            idle = [worker for worker in self._workers if worker.item is None]
+            if not idle:
                 return
-            if worker.item is None:
-                self._start(worker, self._pending.popleft())
+            item = self._pending.popleft()
+            # Prefer a worker that has not run this job yet: a pool's first calls then run its
+            # initializer in as many processes as it has calls, as a local pool's would.
+            fresh = next((worker for worker in idle if item.job_key not in worker.jobs_seen), idle[0])
+            self._start(fresh, item)
 
     def _start(self, worker: _Worker, item: WorkItem) -> None:
         first = item.job_key not in worker.jobs_seen
