@@ -80,8 +80,8 @@ def _drive(driver: JobDriver, source: IterSource, results: IMapIterator) -> Iter
 
     Nothing is sent, and no input pulled, before the first result is asked for.
     """
-    driver.submit()
     try:
+        driver.submit()  # inside the try: an interrupt here must still cancel the job
         while True:
             while (outcome := results.pop_ready()) is not None:
                 ok, value = outcome

@@ -170,7 +170,9 @@ class ClientProtocol(Protocol):
             message = f"{message}: {explain_early_close(reason, self.settings.client_tls)}"
         self._fail_ready(ClusterConnectionError(message))
         lost = Lost(message)
-        for inbox in {id(q): q for q in [self.events, *self.by_ref.values(), *self.by_job.values()]}.values():
+        # Copies: caller threads may add routes while this runs on the reactor thread.
+        routes = [self.events, *self.by_ref.copy().values(), *self.by_job.copy().values()]
+        for inbox in {id(q): q for q in routes}.values():
             inbox.put(lost)
 
 
@@ -229,6 +231,9 @@ class Connection:
         # flush: one wake-up of the reactor for a burst (an executor's submit loop).
         self._outbox: list[bytes] = []
         self._outbox_lock = threading.Lock()
+        # True only once a flush is surely scheduled: an interrupt (Ctrl-C) anywhere in
+        # send() then leaves at worst one extra flush, never bytes that no flush will take.
+        self._flush_scheduled = False
 
     @property
     def alive(self) -> bool:
@@ -275,14 +280,15 @@ class Connection:
         if self.closed:
             return
         with self._outbox_lock:
-            wake = not self._outbox
             self._outbox.extend(parts)
-        if wake:
-            reactor_thread.call_soon(self._flush)
+            if not self._flush_scheduled:
+                reactor_thread.call_soon(self._flush)
+                self._flush_scheduled = True
 
     def _flush(self) -> None:
         with self._outbox_lock:
             parts, self._outbox = self._outbox, []
+            self._flush_scheduled = False
         if parts and self._protocol.transport is not None:
             self._protocol.transport.writeSequence(parts)
 

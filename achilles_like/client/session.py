@@ -164,7 +164,8 @@ class Session:
         except BaseException as error:  # noqa: BLE001 - every caller must hear of it
             log.debug("session stopped: %r", error)
             broken = error if isinstance(error, self.broken_type) else self.broken_type(str(error))
-            self._break(broken)
+            with self._driving:  # no caller may feed the driver between failing its work and breaking
+                self._break(broken)
         finally:
             if self._driver is not None:
                 self._driver.cancel()

@@ -69,6 +69,9 @@ from achilles_like.scheduling.actions import (
 )
 from achilles_like.scheduling.free_slots import FreeSlots
 
+# How long a started job that has sent nothing may hold queued jobs back.
+FRESH_GRACE = 1.0
+
 
 class TaskState(Enum):
     """Where one task of a started job stands."""
@@ -166,6 +169,7 @@ class _Job:
     setup_sent_to: set[str] = field(default_factory=set)
     functions_sent: dict[str, set[int]] = field(default_factory=dict)  # node -> fn ids
     fresh: bool = True  # started, and no task received since
+    fresh_seen: float | None = None  # when a tick first saw it fresh (a grace, then it counts as idle)
     failed_tasks: int = 0  # tasks whose result reported a failure (jobs that go on)
     ready: bool = False  # its id is in the scheduler's heap of jobs that may have pending tasks
 
@@ -418,23 +422,39 @@ class Scheduler:
         A job whose cluster lost every node would otherwise wait forever; it
         waits ``no_node_timeout`` seconds for a node to join, then fails.
         """
+        actions = self._expire_fresh(now)
         waiting = [job for job in self._started.values() if job.pending]
         if not waiting or self._nodes:
             self._nodeless_since = None
-            return []
+            return actions
         if self._nodeless_since is None:
             self._nodeless_since = now
-            return []
+            return actions
         waited = now - self._nodeless_since
         if waited < no_node_timeout:
-            return []
+            return actions
         self._nodeless_since = None
         reason = f"no node has been connected for {waited:.0f}s; start a node (achilles node) and resubmit"
-        actions: list[Action] = []
         for job in waiting:
             if job.job_id in self._started:
                 actions += self._end_job(job, JobOutcome.FAILED, reason)
         return actions
+
+    def _expire_fresh(self, now: float) -> list[Action]:
+        """A started job that has sent nothing for FRESH_GRACE seconds stops holding the queue back.
+
+        Its controller may be waiting on its own input (which may wait on another job).
+        """
+        expired = False
+        for job in self._started.values():
+            if not job.fresh:
+                continue
+            if job.fresh_seen is None:
+                job.fresh_seen = now
+            elif now - job.fresh_seen >= FRESH_GRACE:
+                job.fresh = False
+                expired = True
+        return self._start_waiting() if expired else []
 
     def status(self) -> dict[str, object]:
         """A JSON-serialisable snapshot for the admin ``status`` verb.

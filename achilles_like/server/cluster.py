@@ -406,8 +406,10 @@ class ClusterServer(ServerFactory):
         if message.job == 0:  # addressed by the controller's own reference
             ref = -1 if message.ref is None else message.ref
             referenced = peer.refs.get(ref)
-            if referenced is None and 0 <= ref <= peer.max_ref:
-                return  # a late message for a job that has already ended (refused, or cancelled)
+            if referenced is None and (0 <= ref <= peer.max_ref or isinstance(message, msg.Cancel)):
+                # A late message for a job that has already ended (refused, or cancelled), or
+                # the cancel of a SUBMIT that an interrupt stopped from ever being sent.
+                return
             if referenced is None:
                 raise ProtocolViolationError(f"{message.VERB} job=0 must name the ref of a job it submitted")
             message = dataclasses.replace(message, job=referenced)
