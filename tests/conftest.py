@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -79,3 +82,26 @@ def recv_line(sock: socket.socket) -> bytes:
 def status_of(cluster: LocalCluster) -> dict[str, Any]:
     """The cluster's status dict."""
     return getClusterStatus(**target(cluster))
+
+
+def run_python_script(
+    directory: Path, source: str, *args: str, env: dict[str, str] | None = None, timeout: float = 180.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` as a script in ``directory`` (default: no ACHILLES_* setting); fail if it hangs."""
+    script = directory / "script.py"
+    script.write_text(textwrap.dedent(source), encoding="utf-8")
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ACHILLES_")}
+    try:
+        return subprocess.run(
+            [sys.executable, str(script), *args],
+            cwd=directory,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as expired:
+        pytest.fail(f"the script did not exit within {timeout}s (hang at exit?); stderr: {expired.stderr!r}")

@@ -34,7 +34,7 @@ from typing import Any
 
 import pool_tasks
 import pytest
-from conftest import wait_until
+from conftest import run_python_script, wait_until
 from pool_tasks import TaskError
 
 import achilles_like
@@ -695,22 +695,7 @@ EXECUTOR_IMPORT = {
 
 def run_script(directory: Path, source: str) -> subprocess.CompletedProcess[str]:
     """Run ``source`` as a script in ``directory`` with no ACHILLES_* setting; fail if it hangs."""
-    script = directory / "script.py"
-    script.write_text(textwrap.dedent(source))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACHILLES_")}
-    try:
-        return subprocess.run(
-            [sys.executable, str(script)],
-            cwd=directory,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=SCRIPT_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as expired:
-        pytest.fail(f"the script did not exit within {SCRIPT_TIMEOUT}s; stderr: {expired.stderr!r}")
+    return run_python_script(directory, source, timeout=SCRIPT_TIMEOUT)
 
 
 EMBEDDED_SCRIPT = """

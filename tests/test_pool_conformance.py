@@ -22,9 +22,6 @@ import json
 import multiprocessing
 import multiprocessing.pool
 import os
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +31,7 @@ from typing import Any
 
 import pool_tasks
 import pytest
-from conftest import wait_until
+from conftest import run_python_script, wait_until
 from pool_tasks import TaskError
 
 import achilles_like
@@ -764,23 +761,7 @@ def run_script(tmp_path: Path, source: str, *args: str, env: dict[str, str] | No
     seconds of printing ``printed_at`` (time.time()) in that line.
     """
     assert not (tmp_path / ".env").exists()
-    script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent(source), encoding="utf-8")
-    try:
-        result = subprocess.run(
-            [sys.executable, str(script), *args],
-            cwd=tmp_path,
-            env=clean_env() if env is None else env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=SCRIPT_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as expired:
-        pytest.fail(
-            f"the script did not exit within {SCRIPT_TIMEOUT}s (hang at exit?); stderr: {expired.stderr!r}"
-        )
+    result = run_python_script(tmp_path, source, *args, env=env, timeout=SCRIPT_TIMEOUT)
     exited_at = time.time()
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
