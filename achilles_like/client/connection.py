@@ -206,7 +206,16 @@ def _open(
 
     connecting.addErrback(cancelled)
     result: defer.Deferred[ClientProtocol] = connecting
+    result.protocol = protocol  # type: ignore[attr-defined]  # for _abandon, whatever state it is in
     return result
+
+
+def _abandon(opening: defer.Deferred[ClientProtocol]) -> None:
+    """The caller gave up on a connection (timeout, Ctrl-C): stop it, or close it if it opened."""
+    opening.cancel()
+    protocol: ClientProtocol = opening.protocol  # type: ignore[attr-defined]
+    if protocol.transport is not None:
+        protocol.transport.loseConnection()
 
 
 def _is_tls_error(reason: Failure) -> bool:
@@ -266,9 +275,11 @@ class Connection:
 
         try:
             protocol = reactor_thread.call(start, timeout=CONNECT_TIMEOUT * 3)
-        except TimeoutError:
-            if opening:  # give up on it, so a late success leaves no stray connection
-                reactor_thread.call_soon(opening[0].cancel)
+        except BaseException as error:
+            if opening:  # give up on it, so a late success (or Ctrl-C) leaves no stray connection
+                reactor_thread.call_soon(_abandon, opening[0])
+            if not isinstance(error, TimeoutError):
+                raise
             raise ClusterConnectionError(
                 f"no authenticated connection to the server at {settings.host}:{settings.port}"
                 f" within {CONNECT_TIMEOUT * 3:.0f}s; is it overloaded or behind a firewall?"

@@ -15,8 +15,9 @@ import threading
 from achilles_like.client.connection import Connection
 from achilles_like.config import Settings
 
-_lock = threading.Lock()
+_lock = threading.Lock()  # guards the two tables, held only briefly
 _connections: dict[tuple[object, ...], Connection] = {}
+_opening: dict[tuple[object, ...], threading.Lock] = {}  # one per cluster: an unreachable one delays no other
 
 
 def shared_connection(settings: Settings) -> Connection:
@@ -33,10 +34,18 @@ def shared_connection(settings: Settings) -> Connection:
     )
     with _lock:
         connection = _connections.get(key)
+        if connection is not None and connection.alive:
+            return connection
+        opening = _opening.setdefault(key, threading.Lock())
+    with opening:  # threads that want the same cluster wait for one connect
+        with _lock:
+            connection = _connections.get(key)
         if connection is None or not connection.alive:
-            if not _connections:
-                atexit.register(close_all)
-            connection = _connections[key] = Connection.open(settings)
+            connection = Connection.open(settings)
+            with _lock:
+                if not _connections:
+                    atexit.register(close_all)
+                _connections[key] = connection
         return connection
 
 
