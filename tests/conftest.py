@@ -85,10 +85,15 @@ def status_of(cluster: LocalCluster) -> dict[str, Any]:
 
 
 def run_python_script(
-    directory: Path, source: str, *args: str, env: dict[str, str] | None = None, timeout: float = 180.0
+    directory: Path,
+    source: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 180.0,
+    name: str = "script.py",
 ) -> subprocess.CompletedProcess[str]:
     """Run ``source`` as a script in ``directory`` (default: no ACHILLES_* setting); fail if it hangs."""
-    script = directory / "script.py"
+    script = directory / name
     script.write_text(textwrap.dedent(source), encoding="utf-8")
     if env is None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ACHILLES_")}

@@ -11,24 +11,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import socket
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
+from conftest import run_python_script
 
 TIMEOUT = 180.0  # seconds: a script starts (and stops) a local cluster of its own
-
-
-def clean_env() -> dict[str, str]:
-    """The current environment without any ACHILLES_* variable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACHILLES_")}
-    return env
 
 
 def run_script(
@@ -36,22 +28,8 @@ def run_script(
 ) -> tuple[Any, subprocess.CompletedProcess[str]]:
     """Write ``source`` as a script in ``tmp_path``, run it there; return its JSON output and the process."""
     assert not (tmp_path / ".env").exists()
-    script = tmp_path / name
-    script.write_text(textwrap.dedent(source), encoding="utf-8")
     started = time.monotonic()
-    try:
-        result = subprocess.run(
-            [sys.executable, str(script)],
-            cwd=tmp_path,
-            env=clean_env(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as expired:
-        pytest.fail(f"{name} did not exit within {TIMEOUT}s (hang at exit?); stderr: {expired.stderr!r}")
+    result = run_python_script(tmp_path, source, timeout=TIMEOUT, name=name)
     assert time.monotonic() - started < TIMEOUT
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -25,6 +25,7 @@ from achilles_like.client.calls import (
     DEFAULT_MAX_AHEAD,
     check_chunksize,
     check_timeout,
+    label_of,
     pickle_function,
     pickle_setup,
     prepare_input,
@@ -38,10 +39,6 @@ from achilles_like.client.sources import IterSource
 from achilles_like.client.target import admin_settings, resolve_settings
 from achilles_like.errors import JobFailedError
 from achilles_like.protocol import messages as msg
-
-
-def _label(func: Callable[..., Any]) -> str:
-    return str(getattr(func, "__qualname__", type(func).__name__))
 
 
 def _run(
@@ -64,12 +61,12 @@ def _run(
     driver = JobDriver(
         connection,
         inbox,
-        label=_label(func),
+        label=label_of(func),
         setup_blob=pickle_setup(),
         stop_on_failure=True,
         timeout=timeout,
     )
-    results = IMapIterator(ordered, progress=open_progress(progress, total, _label(func)))
+    results = IMapIterator(ordered, progress=open_progress(progress, total, label_of(func)))
     results.stop_at_failure = True
     source = IterSource(func_blob, items, chunksize, results, DEFAULT_MAX_AHEAD)
     return _drive(driver, source, results)

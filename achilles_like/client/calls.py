@@ -35,6 +35,11 @@ def prepare_input(args: Any) -> Iterator[Any]:
         ) from None
 
 
+def label_of(func: Callable[..., Any]) -> str:
+    """A job's label (shown by status and the dashboard): the function's qualified name."""
+    return str(getattr(func, "__qualname__", type(func).__name__))
+
+
 def check_chunksize(chunksize: object) -> int:
     """Validate ``chunksize``: a whole number of at least 1."""
     if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:

@@ -24,7 +24,7 @@ from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from achilles_like.client.calls import FunctionBlobs, check_timeout
+from achilles_like.client.calls import FunctionBlobs, check_timeout, label_of
 from achilles_like.client.driver import Batch, Outcomes, Sink
 from achilles_like.client.pool import _shutdown, start_session
 from achilles_like.client.progress import Progress, ProgressSink, input_length, open_progress
@@ -216,7 +216,7 @@ class ProcessPoolExecutor(Executor):
             raise ValueError("buffersize must be None or > 0")
         lengths = [input_length(iterable) for iterable in iterables]
         total = None if not lengths or None in lengths else min(n for n in lengths if n is not None)
-        bar = open_progress(progress, total, str(getattr(fn, "__qualname__", "map")))
+        bar = open_progress(progress, total, label_of(fn))
         args = zip(*iterables, strict=False)
         chunks = iter(lambda: list(itertools.islice(args, chunksize)), [])
         deadline = None if timeout is None else time.monotonic() + timeout

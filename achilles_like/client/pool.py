@@ -24,7 +24,14 @@ from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Any
 
-from achilles_like.client.calls import FunctionBlobs, check_chunksize, check_timeout, pickle_setup, warm_up
+from achilles_like.client.calls import (
+    FunctionBlobs,
+    check_chunksize,
+    check_timeout,
+    label_of,
+    pickle_setup,
+    warm_up,
+)
 from achilles_like.client.progress import Progress, input_length, open_progress
 from achilles_like.client.results import AsyncResult, IMapIterator, MapResult
 from achilles_like.client.session import Session
@@ -33,10 +40,6 @@ from achilles_like.client.target import pool_cluster
 from achilles_like.config import Settings, usable_cpus
 from achilles_like.errors import ClusterConnectionError
 from achilles_like.local import LocalCluster
-
-
-def _label(func: Callable[..., Any]) -> str:
-    return str(getattr(func, "__qualname__", type(func).__name__))
 
 
 class PoolState(Enum):
@@ -237,7 +240,7 @@ class Pool:
     ) -> MapResult:
         self._check_running()
         items = list(iterable)
-        bar = open_progress(progress, len(items), _label(func))
+        bar = open_progress(progress, len(items), label_of(func))
         if chunksize is None:
             # The stdlib's choice: about four chunks per worker process.
             chunksize, extra = divmod(len(items), self._processes * 4)
@@ -282,7 +285,7 @@ class Pool:
     ) -> IMapIterator:
         self._check_running()
         chunksize = check_chunksize(chunksize)
-        bar = open_progress(progress, input_length(iterable), _label(func))
+        bar = open_progress(progress, input_length(iterable), label_of(func))
         iterator = IMapIterator(ordered, on_consumed=self._session.wake, progress=bar)
         iterator._owner = self
         blob = self._blobs.blob(func, "map")
