@@ -24,6 +24,8 @@ from achilles_like.scheduling import (
     Scheduler,
     SendFunction,
     SendJob,
+    TaskWithdrawn,
+    WithdrawOnNode,
 )
 
 FUNC = b"func"
@@ -466,6 +468,67 @@ def test_a_lost_node_may_join_again_and_gets_the_function_again() -> None:
     send_tasks(s, 1, [0])
     s.node_lost("n1")
     assert s.node_joined("n1", 1) == [SendJob("n1", 1, FUNC), at("n1", 0, attempt=2)]
+
+
+# -- withdrawing one task ------------------------------------------------------
+
+
+def one_slot_with_three_tasks() -> Scheduler:
+    """One node of one slot running task 0 of job 1; tasks 1 and 2 wait at the server."""
+    s = Scheduler()
+    s.node_joined("n1", 1)
+    s.submit_job("c", FUNC)
+    send_tasks(s, 1, [0, 1, 2])
+    return s
+
+
+def test_a_pending_task_is_withdrawn_at_once_and_never_dispatched() -> None:
+    """Withdrawing a task the server still holds drops it, says so, and returns its credit."""
+    s = one_slot_with_three_tasks()
+    assert s.withdraw(1, 1) == [TaskWithdrawn("c", 1, 1), GrantCredit("c", 1, 1)]
+    assert s.withdraw(1, 1) == []  # already gone
+    assert succeed(s, at("n1", 0)) == [fa(0), at("n1", 2), GrantCredit("c", 1, 1)]
+
+
+def test_an_assigned_task_is_asked_of_its_node_once() -> None:
+    """Withdrawing a task on a node asks that node; its answer frees the slot for the next task."""
+    s = one_slot_with_three_tasks()
+    assert s.withdraw(1, 0) == [WithdrawOnNode("n1", 1, 0, 1)]
+    assert s.withdraw(1, 0) == []
+    assert s.task_withdrawn("n1", 1, 0, 1) == [TaskWithdrawn("c", 1, 0), GrantCredit("c", 1, 1), at("n1", 1)]
+    assert s.task_withdrawn("n1", 1, 0, 1) == []  # stale: counted, ignored
+    assert status(s)["stale_results"] == 1
+
+
+def test_a_task_a_worker_had_started_still_delivers_its_result() -> None:
+    """If the node answers with the result instead (a worker had the task), it is forwarded as usual."""
+    s = one_slot_with_three_tasks()
+    s.withdraw(1, 0)
+    assert succeed(s, at("n1", 0)) == [fa(0), at("n1", 1), GrantCredit("c", 1, 1)]
+    assert s.task_withdrawn("n1", 1, 0, 1) == []
+
+
+def test_a_withdrawn_task_lost_with_its_node_is_dropped_not_retried() -> None:
+    """A task being withdrawn whose node dies is not run again elsewhere."""
+    s = one_slot_with_three_tasks()
+    s.node_joined("n2", 1)  # takes task 1
+    s.withdraw(1, 0)
+    assert s.node_lost("n1") == [TaskWithdrawn("c", 1, 0), GrantCredit("c", 1, 1)]
+    assert status(s)["jobs"][0]["tasks_pending"] == 1  # task 2 only: task 0 is not queued again
+
+
+def test_withdrawing_the_last_task_ends_the_job() -> None:
+    """Once the input has ended, withdrawing the only unfinished task ends the job as done."""
+    s = one_slot_with_three_tasks()
+    succeed(s, at("n1", 0))
+    succeed(s, at("n1", 1))
+    s.input_ended(1, 3)
+    assert s.withdraw(1, 2) == [WithdrawOnNode("n1", 1, 2, 1)]
+    assert s.task_withdrawn("n1", 1, 2, 1) == [
+        TaskWithdrawn("c", 1, 2),
+        JobEnded("c", 1, JobOutcome.DONE),
+        ReleaseOnNode("n1", 1),
+    ]
 
 
 # -- errors and cancellation ---------------------------------------------------

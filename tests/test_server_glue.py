@@ -284,3 +284,38 @@ def test_only_quiet_peers_are_pinged() -> None:
     assert idle_transport.value().count(b"PING") >= 10  # 15 ticks in 30 s
     assert not busy_transport.disconnecting and not idle_transport.disconnecting
     server.stop_heartbeats()
+
+
+def _node(server: ClusterServer, host: str) -> tuple[ServerProtocol, StringTransport]:
+    protocol, transport = connect(server, host)
+    authenticate(protocol, transport, SECRET, "node")
+    protocol.dataReceived(encode_frame("REGISTER", slots=1))
+    transport.clear()
+    return protocol, transport
+
+
+def test_running_reaches_the_controller_only_from_the_holder_and_withdrawals_are_answered() -> None:
+    """RUNNING passes only for a task the node holds; WITHDRAW drops a waiting task or asks its node."""
+    server, _ = make_server()
+    node, node_transport = _node(server, "10.0.0.2")
+    controller, transport = _controller(server)
+    controller.dataReceived(encode_frame("SUBMIT", ref=1, running=1))
+    _said(transport)
+    tasks = b"".join(encode_frame("TASK", b"t", job=1, fn=0, task=n) for n in range(2))
+    controller.dataReceived(encode_frame("FUNC", b"f", job=1, fn=0) + tasks)
+    said = _said(node_transport)
+    assert [(verb, fields.get("task")) for verb, fields in said] == [
+        ("JOB", None),
+        ("FUNC", None),
+        ("TASK", "0"),
+    ]
+    assert said[0][1]["running"] == "1"
+    node.dataReceived(encode_frame("RUNNING", job=1, task=1, attempt=1))  # task 1 waits at the server
+    node.dataReceived(encode_frame("RUNNING", job=1, task=0, attempt=1))
+    assert _said(transport) == [("RUNNING", {"job": "1", "task": "0"})]
+    controller.dataReceived(encode_frame("WITHDRAW", job=1, task=1) + encode_frame("WITHDRAW", job=1, task=0))
+    assert _said(transport) == [("WITHDRAWN", {"job": "1", "task": "1"}), ("CREDIT", {"job": "1", "n": "1"})]
+    assert _said(node_transport) == [("WITHDRAW", {"job": "1", "task": "0", "attempt": "1"})]
+    node.dataReceived(encode_frame("WITHDRAWN", job=1, task=0, attempt=1))
+    assert _said(transport) == [("WITHDRAWN", {"job": "1", "task": "0"}), ("CREDIT", {"job": "1", "n": "1"})]
+    assert server.status()["nodes"][0]["busy"] == 0

@@ -81,7 +81,7 @@ class NodeAgent:
         self.settings = settings
         self.reactor = reactor
         self.processes = processes or settings.processes or usable_cpus()
-        self.workers = WorkerPool(self.processes, self._finished, reactor, self._output)
+        self.workers = WorkerPool(self.processes, self._finished, reactor, self._output, self._started)
         self.jobs: dict[int, tuple[bytes, JobOptions]] = {}  # job id -> setup blob, options
         self.functions: dict[tuple[int, int], bytes] = {}  # (job id, fn) -> function blob
         self.cancelled: deque[int] = deque(maxlen=_REMEMBERED_JOBS)
@@ -138,7 +138,17 @@ class NodeAgent:
             key, job_id, task_id, attempt, setup_blob, fn, func_blob, blob, options.timeout, options.max_tasks
         )
         item.capture = options.output
+        item.report_start = options.running
         self.workers.submit(item)
+
+    def withdraw(self, job_id: int, task_id: int, attempt: int) -> None:
+        """Drop a task no worker has started, and say so; a started one finishes as usual."""
+        key = job_key(self.generation, job_id)
+        dropped = self.workers.withdraw(
+            lambda item: item.job_key == key and item.task_id == task_id and item.attempt == attempt
+        )
+        if dropped and self.protocol is not None:
+            self.protocol.send(msg.Withdrawn(job=job_id, task=task_id, attempt=attempt).to_bytes())
 
     def cancel(self, job_id: int) -> None:
         """Drop a job's queued tasks and stop its running ones."""
@@ -152,17 +162,25 @@ class NodeAgent:
         for key in [key for key in self.functions if key[0] == job_id]:
             del self.functions[key]
 
+    def _stale(self, item: WorkItem) -> bool:
+        """From an earlier connection, or of a cancelled job: nobody wants to hear of it."""
+        return item.job_key >> 32 != self.generation or item.job_id in self.cancelled
+
     def _output(self, item: WorkItem, body: bytes) -> None:
         """Send what a task printed to the server (for its job's controller), unless it is stale."""
-        stale = item.job_key >> 32 != self.generation or item.job_id in self.cancelled
-        if not stale and self.protocol is not None:
+        if not self._stale(item) and self.protocol is not None:
             output = msg.Output(job=item.job_id, task=item.task_id, attempt=item.attempt, body=body)
             self.protocol.send_message(output)
 
+    def _started(self, item: WorkItem) -> None:
+        """A worker took a task of a job that wants to know (RUNNING): tell the server."""
+        if not self._stale(item) and self.protocol is not None:
+            running = msg.Running(job=item.job_id, task=item.task_id, attempt=item.attempt)
+            self.protocol.send(running.to_bytes())
+
     def _finished(self, item: WorkItem, outcome: Outcome, blob: bytes, detail: str) -> None:
         """A task left the worker pool (called by it, on the reactor thread): tell the server."""
-        stale = item.job_key >> 32 != self.generation or item.job_id in self.cancelled
-        if stale or self.protocol is None:
+        if self._stale(item) or self.protocol is None:
             return
         job, task, attempt = item.job_id, item.task_id, item.attempt
         if outcome is Outcome.LOST:
@@ -187,6 +205,7 @@ class JobOptions:
     timeout: float | None = None
     max_tasks: int | None = None
     output: bool = False  # capture what tasks print and send it to the job's controller
+    running: bool = False  # say when a worker starts each task (RUNNING)
 
 
 def _timeout_failure(item: WorkItem, detail: str) -> RemoteFailure:
@@ -274,14 +293,19 @@ class NodeProtocol(Protocol):
                 self.agent.add_task(job, task, attempt, fn, body)
             case msg.Func(job=job, fn=fn, body=body):
                 self.agent.add_function(job, fn, body)
-            case msg.Job(job=job, timeout=timeout, maxtasks=max_tasks, output=output, body=body):
-                self.agent.add_job(job, body, JobOptions(timeout, max_tasks, output))
+            case msg.Job() as job:
+                options = JobOptions(job.timeout, job.maxtasks, job.output, job.running)
+                self.agent.add_job(job.job, job.body, options)
             case msg.Ping():
                 self.send(msg.Pong().to_bytes())
             case msg.Pong():
                 pass
             case msg.Cancel(job=job):
                 self.agent.cancel(job)
+            case msg.Withdraw(job=job, task=task, attempt=attempt):
+                if attempt is None:
+                    raise ProtocolViolationError("a WITHDRAW to a node must name the attempt")
+                self.agent.withdraw(job, task, attempt)
             case msg.Release(job=job):
                 self.agent.release(job)
             case msg.Registered(node=node):

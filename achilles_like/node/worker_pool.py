@@ -85,23 +85,31 @@ class WorkItem:
     timeout: float | None = None
     max_tasks: int | None = None  # replace a worker once it has run this many tasks
     capture: bool = False  # the worker sends what the task prints (see ``achilles_like/task_output.py``)
+    report_start: bool = False  # call ``on_start`` when a worker takes it (an executor's ``running()``)
 
 
 READ_BUDGET = 4 << 20  # bytes of a result read per reactor turn, at most (about, plus one read)
 
 Deliver = Callable[[WorkItem, Outcome, bytes, str], None]
 OnOutput = Callable[[WorkItem, bytes], None]
+OnStart = Callable[[WorkItem], None]
 
 
 class WorkerPool:
     """``processes`` watched worker processes, served by ``reactor`` (call everything on its thread)."""
 
     def __init__(
-        self, processes: int, deliver: Deliver, reactor: Any, on_output: OnOutput | None = None
+        self,
+        processes: int,
+        deliver: Deliver,
+        reactor: Any,
+        on_output: OnOutput | None = None,
+        on_start: OnStart | None = None,
     ) -> None:
         self.processes = processes
         self._deliver = deliver
         self._on_output = on_output
+        self._on_start = on_start
         self._reactor = reactor
         self._pending: deque[WorkItem] = deque()
         self._closed = False
@@ -113,6 +121,13 @@ class WorkerPool:
         if not self._closed:
             self._pending.append(item)
             self._assign()
+
+    def withdraw(self, should_drop: Callable[[WorkItem], bool]) -> list[WorkItem]:
+        """Drop the queued tasks matching ``should_drop`` and return them; running ones are left alone."""
+        dropped = [item for item in self._pending if should_drop(item)]
+        if dropped:
+            self._pending = deque(item for item in self._pending if not should_drop(item))
+        return dropped
 
     def cancel(self, should_drop: Callable[[WorkItem], bool]) -> None:
         """Drop queued tasks matching ``should_drop`` and kill the workers running one."""
@@ -183,6 +198,8 @@ class WorkerPool:
             worker.timer = self._reactor.callLater(item.timeout, self._expire, worker)
         worker.link.send(parts)
         item.items_blob = b""  # the socket or the link's queue holds it now; the server retries, not us
+        if item.report_start and self._on_start is not None:
+            self._on_start(item)
 
     # -- outcomes ----------------------------------------------------------------------------
 

@@ -191,6 +191,7 @@ class Job(Message):
     timeout: float | None = None
     maxtasks: int | None = None
     output: bool = False  # workers capture what tasks print and send it back (OUTPUT)
+    running: bool = False  # the node says when a worker starts each task (RUNNING)
     body: bytes = field(default=b"", repr=False)
 
 
@@ -255,6 +256,46 @@ class Output(Message):
     body: bytes = field(default=b"", repr=False)
 
 
+@message("RUNNING")
+@dataclass(frozen=True)
+class Running(Message):
+    """A worker has started the task (jobs submitted with ``running``).
+
+    From a node to the server (with ``attempt``), which passes it to the
+    job's controller only if that node holds the task.
+    """
+
+    job: int
+    task: int
+    attempt: int | None = None
+
+
+@message("WITHDRAW")
+@dataclass(frozen=True)
+class Withdraw(Message):
+    """Drop one task that no worker has started (controller to server, server to node).
+
+    The server drops a task it still holds and answers WITHDRAWN; it passes
+    the request on to the node that holds it, with ``attempt``. A task a
+    worker has started is not withdrawn: its RESULT comes as usual.
+    """
+
+    job: int
+    task: int
+    attempt: int | None = None
+    ref: int | None = None  # from a controller that does not know the job id yet (job=0)
+
+
+@message("WITHDRAWN")
+@dataclass(frozen=True)
+class Withdrawn(Message):
+    """The task was dropped before any worker started it; no RESULT will come."""
+
+    job: int
+    task: int
+    attempt: int | None = None
+
+
 @message("CANCEL")
 @dataclass(frozen=True)
 class Cancel(Message):
@@ -292,6 +333,7 @@ class Submit(Message):
     maxtasks: int | None = None
     stop: bool = False  # the job fails at its first failing task (module map); else it goes on
     output: bool = False  # what tasks print reaches this controller (OUTPUT)
+    running: bool = False  # this controller hears RUNNING when a worker starts a task
     body: bytes = field(default=b"", repr=False)
 
 

@@ -19,6 +19,8 @@ from achilles_like.scheduling.actions import (
     ReleaseOnNode,
     SendFunction,
     SendJob,
+    TaskWithdrawn,
+    WithdrawOnNode,
 )
 from achilles_like.scheduling.reorder import ReorderBuffer
 from achilles_like.scheduling.scheduler import Scheduler, TaskState
@@ -39,4 +41,6 @@ __all__ = [
     "SendFunction",
     "SendJob",
     "TaskState",
+    "TaskWithdrawn",
+    "WithdrawOnNode",
 ]

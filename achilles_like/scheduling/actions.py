@@ -115,6 +115,25 @@ class ReleaseOnNode:
     job_id: int
 
 
+@dataclass(frozen=True)
+class WithdrawOnNode:
+    """Ask a node to drop a task it holds, if no worker has started it (attempt ``attempt``)."""
+
+    node_id: str
+    job_id: int
+    task_id: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class TaskWithdrawn:
+    """Tell a controller its task was dropped before any worker started it: no result will come."""
+
+    controller_id: str
+    job_id: int
+    task_id: int
+
+
 Action = (
     SendJob
     | SendFunction
@@ -126,4 +145,6 @@ Action = (
     | JobEnded
     | CancelOnNode
     | ReleaseOnNode
+    | WithdrawOnNode
+    | TaskWithdrawn
 )

@@ -32,7 +32,10 @@ ASSIGNED(node, attempt) → DONE or FAILED, and only the result of the matching
 (node, attempt) may complete it: that one rule makes a late result from a node
 thought dead harmless. A lost node's tasks go back to the front of their job's
 queue, so the oldest work finishes first and an ordered ``imap`` never waits
-long on a hole; a task lost ``max_attempts`` times fails its job.
+long on a hole; a task lost ``max_attempts`` times fails its job. A task its
+controller withdraws (a cancelled future) is dropped while PENDING, or asked
+of its node, which gives it back only if no worker has taken it; either way
+it becomes DONE without a result.
 
 Bounds. At most ``max_queued_jobs`` jobs wait, and a new job is refused
 (ended as failed at once, with the reason) when the queue is full or the
@@ -66,6 +69,8 @@ from achilles_like.scheduling.actions import (
     ReleaseOnNode,
     SendFunction,
     SendJob,
+    TaskWithdrawn,
+    WithdrawOnNode,
 )
 from achilles_like.scheduling.free_slots import FreeSlots
 
@@ -78,14 +83,14 @@ class TaskState(Enum):
 
     PENDING = "pending"  # received, waiting for a free slot
     ASSIGNED = "assigned"  # on one node as one attempt; only that attempt may complete it
-    DONE = "done"  # its result was forwarded; its blob is gone
+    DONE = "done"  # its result was forwarded (or it was withdrawn); its blob is gone
     FAILED = "failed"  # it raised or was lost too often; its job ended with it
 
 
 # Every legal move of a task. Anything else is a bug in this module, not a peer's fault,
 # because peers' frames are validated (or classified as stale) before a task is touched.
 _NEXT_STATES: dict[TaskState, frozenset[TaskState]] = {
-    TaskState.PENDING: frozenset({TaskState.ASSIGNED}),
+    TaskState.PENDING: frozenset({TaskState.ASSIGNED, TaskState.DONE}),  # DONE: withdrawn
     TaskState.ASSIGNED: frozenset({TaskState.PENDING, TaskState.DONE, TaskState.FAILED}),
     TaskState.DONE: frozenset(),
     TaskState.FAILED: frozenset(),
@@ -103,6 +108,7 @@ class _Task:
     attempt: int = 0  # assignments so far; the next AssignTask carries attempt + 1
     node_id: str | None = None  # the node holding the current attempt
     lost_on: list[str] = field(default_factory=list)
+    withdrawing: bool = False  # its controller asked to drop it; the node holding it was asked too
 
     def move_to(self, state: TaskState) -> None:
         """Change state along the table above, or fail loudly."""
@@ -301,19 +307,28 @@ class Scheduler:
 
     def _requeue(self, job: _Job, lost: list[_Task], node_id: str, how: str) -> list[Action]:
         """Put lost tasks back at the front of their queue, or fail the job when one is out of attempts."""
+        actions: list[Action] = []
+        for task in [task for task in lost if task.withdrawing]:
+            # Its controller no longer wants it, and no worker finished it: drop it.
+            task.move_to(TaskState.PENDING)
+            actions += self._drop_withdrawn(job, task)
+            if job.job_id not in self._started:
+                return actions
+        lost = [task for task in lost if not task.withdrawing]
         for task in lost:
             task.lost_on.append(node_id)
         exhausted = [task for task in lost if task.attempt >= self._max_attempts]
         if exhausted:
             exhausted[0].move_to(TaskState.FAILED)
             reason = _lost_reason(exhausted[0], how)
-            return self._end_job(job, JobOutcome.FAILED, reason, exhausted[0].task_id)
+            return actions + self._end_job(job, JobOutcome.FAILED, reason, exhausted[0].task_id)
         for task in reversed(lost):
             task.move_to(TaskState.PENDING)
             task.node_id = None
             job.pending.appendleft(task.task_id)
-        self._mark_ready(job)
-        return []
+        if lost:
+            self._mark_ready(job)
+        return actions
 
     # -- jobs --------------------------------------------------------------
 
@@ -404,6 +419,47 @@ class Scheduler:
                 self._queue.remove(job)
                 return [JobEnded(job.controller_id, job_id, JobOutcome.CANCELLED, reason)]
         return []
+
+    def withdraw(self, job_id: int, task_id: int) -> list[Action]:
+        """The controller no longer wants a task: drop it unless a worker may have started it.
+
+        A pending task is dropped here and counts as done (the controller is
+        told, TaskWithdrawn). An assigned one is asked of its node, which
+        drops it only if no worker has started it (``task_withdrawn``);
+        otherwise its result comes as usual. A finished or unknown task is
+        ignored: withdrawing races with its result.
+        """
+        job = self._started_or_ended(job_id, f"withdrawal of task {task_id}")
+        task = None if job is None else job.held.get(task_id)
+        if job is None or task is None or task.withdrawing:
+            return []
+        if task.state is TaskState.PENDING:
+            job.pending.remove(task_id)
+            return self._drop_withdrawn(job, task)
+        task.withdrawing = True
+        assert task.node_id is not None  # ASSIGNED
+        return [WithdrawOnNode(task.node_id, job_id, task_id, task.attempt)]
+
+    def task_withdrawn(self, node_id: str, job_id: int, task_id: int, attempt: int) -> list[Action]:
+        """A node dropped a task before any worker started it; a stale report is ignored."""
+        job = self._started_or_ended(job_id, f"withdrawal of task {task_id} from node {node_id!r}")
+        task = None if job is None else job.held.get(task_id)
+        if job is None or task is None or not task.withdrawing or not _is_current(task, node_id, attempt):
+            self._stale_results += 1
+            return []
+        self._release(self._nodes[node_id], job_id, task_id)
+        return self._drop_withdrawn(job, task) + self._dispatch()
+
+    def _drop_withdrawn(self, job: _Job, task: _Task) -> list[Action]:
+        """A task no worker ran leaves its job as done, without a result."""
+        task.move_to(TaskState.DONE)
+        del job.held[task.task_id]
+        job.done.add(task.task_id)
+        actions: list[Action] = [TaskWithdrawn(job.controller_id, job.job_id, task.task_id)]
+        if len(job.done) == job.total_tasks:
+            return actions + self._end_job(job, JobOutcome.DONE)
+        actions += self._top_up([job])
+        return actions + self._start_waiting() if job.idle else actions
 
     def controller_lost(self, controller_id: str) -> list[Action]:
         """A controller is gone: every live job of it is cancelled."""

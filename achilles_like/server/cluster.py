@@ -264,11 +264,11 @@ class ClusterServer(ServerFactory):
         self.node_info: dict[str, dict[str, Any]] = {}
         # Per-job options the nodes need (time limit, tasks per worker), passed on in JOB,
         # and the controller's reference for each job, echoed in QUEUED and STARTED.
-        self.job_options: dict[int, tuple[float | None, int | None, bool]] = {}
+        self.job_options: dict[int, msg.Job] = {}  # what a node's JOB says besides the setup
         self.job_refs: dict[int, int] = {}
         # A controller may send its job's first task (and END) before the job starts:
         # held here until it does, so a one-item call costs one round trip, not two.
-        self.early: dict[int, list[msg.Task | msg.End]] = {}
+        self.early: dict[int, list[msg.Task | msg.End | msg.Withdraw]] = {}
         self._counter = 0
         self.authenticated: dict[str, int] = {"node": 0, "controller": 0, "admin": 0}  # connections, by role
         self.on_stop_requested: Any = None  # set by start_server: stops the process
@@ -351,6 +351,14 @@ class ClusterServer(ServerFactory):
                 controller = self.scheduler.task_owner(peer.peer_id, job, task)
                 if controller is not None:
                     self._send(controller, msg.Output(job=job, task=task, body=body))
+            case msg.Running(job=job, task=task) if registered:
+                controller = self.scheduler.task_owner(peer.peer_id, job, task)
+                if controller is not None:
+                    self._send(controller, msg.Running(job=job, task=task))
+            case msg.Withdrawn(job=job, task=task, attempt=attempt) if registered:
+                if attempt is None:
+                    raise ProtocolViolationError("a node's WITHDRAWN must name its attempt")
+                self.execute(self.scheduler.task_withdrawn(peer.peer_id, job, task, attempt))
             case msg.Lost(job=job, task=task, attempt=attempt, reason=reason) if registered:
                 self.events.task_lost(peer.peer_id, job, task, reason[:300])  # metrics hook
                 self.execute(self.scheduler.task_lost(peer.peer_id, job, task, attempt, reason[:300]))
@@ -396,12 +404,19 @@ class ClusterServer(ServerFactory):
                 self.job_refs[job_id] = message.ref
                 peer.refs[message.ref] = job_id
                 peer.max_ref = max(peer.max_ref, message.ref)
-            if message.timeout is not None or message.maxtasks is not None or message.output:
+            options = (message.timeout, message.maxtasks, message.output, message.running)
+            if any(option not in (None, False) for option in options):
                 max_tasks = None if message.maxtasks is None else max(1, message.maxtasks)
-                self.job_options[job_id] = (message.timeout, max_tasks, message.output)
+                self.job_options[job_id] = msg.Job(
+                    job=job_id,
+                    timeout=message.timeout,
+                    maxtasks=max_tasks,
+                    output=message.output,
+                    running=message.running,
+                )
             self.execute(actions)
             return
-        if not isinstance(message, msg.Func | msg.Task | msg.End | msg.Cancel):
+        if not isinstance(message, msg.Func | msg.Task | msg.End | msg.Cancel | msg.Withdraw):
             raise ProtocolViolationError(f"a controller may not send {message.VERB}")
         if message.job == 0:  # addressed by the controller's own reference
             ref = -1 if message.ref is None else message.ref
@@ -417,7 +432,7 @@ class ClusterServer(ServerFactory):
         if owner is not None and owner != peer.peer_id:
             raise ProtocolViolationError(f"job {message.job} belongs to another controller")
         if (
-            isinstance(message, msg.Task | msg.End)
+            isinstance(message, msg.Task | msg.End | msg.Withdraw)
             and owner is not None
             and not self.scheduler.is_started(message.job)
         ):
@@ -434,8 +449,10 @@ class ClusterServer(ServerFactory):
                 self.execute(self.scheduler.input_ended(job, tasks))
             case msg.Cancel(job=job):
                 self.execute(self.scheduler.cancel_job(job))
+            case msg.Withdraw(job=job, task=task):
+                self.execute(self.scheduler.withdraw(job, task))
 
-    def _hold_early(self, message: msg.Task | msg.End) -> None:
+    def _hold_early(self, message: msg.Task | msg.End | msg.Withdraw) -> None:
         """Keep a queued job's first task (and its END) until the job starts."""
         early = self.early.setdefault(message.job, [])
         if isinstance(message, msg.Task) and any(isinstance(held, msg.Task) for held in early):
@@ -515,9 +532,9 @@ class ClusterServer(ServerFactory):
             case act.GrantCredit(controller_id, job_id, count):
                 self._send(controller_id, msg.Credit(job=job_id, n=count))
             case act.SendJob(node_id, job_id, blob):
-                timeout, max_tasks, output = self.job_options.get(job_id, (None, None, False))
-                job = msg.Job(job=job_id, timeout=timeout, maxtasks=max_tasks, output=output, body=blob)
-                self._send(node_id, job)
+                options = self.job_options.get(job_id)
+                job = msg.Job(job=job_id) if options is None else options
+                self._send(node_id, dataclasses.replace(job, body=blob))
             case act.SendFunction(node_id, job_id, fn, blob):
                 self._send(node_id, msg.Func(job=job_id, fn=fn, body=blob))
             case act.JobQueued(controller_id, job_id, position):
@@ -538,6 +555,10 @@ class ClusterServer(ServerFactory):
                 self._send(node_id, msg.Release(job=job_id))
             case act.CancelOnNode(node_id, job_id):
                 self._send(node_id, msg.Cancel(job=job_id))
+            case act.WithdrawOnNode(node_id, job_id, task_id, attempt):
+                self._send(node_id, msg.Withdraw(job=job_id, task=task_id, attempt=attempt))
+            case act.TaskWithdrawn(controller_id, job_id, task_id):
+                self._send(controller_id, msg.Withdrawn(job=job_id, task=task_id))
 
     def _send(self, peer_id: str, message: msg.Message) -> None:
         peer = self.peers.get(peer_id)
