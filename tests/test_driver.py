@@ -136,6 +136,32 @@ def test_a_failed_job_fails_what_is_in_flight_naming_the_task_items() -> None:
     assert driver.ref not in connection.routes  # an ended job's frames are no longer routed
 
 
+def test_running_and_withdrawal_reach_their_batch() -> None:
+    """RUNNING calls a batch's on_running; withdraw() asks once, and WITHDRAWN settles it without a result."""
+    driver, connection = make_driver(report_running=True)
+    [submit] = connection.take()
+    assert isinstance(submit, msg.Submit) and submit.running is True
+    events: list[str] = []
+    batches = [
+        Batch(b"f", [i], lambda o: events.append("result"), on_running=lambda i=i: events.append(f"run {i}"))
+        for i in range(2)
+    ]
+    driver.handle(frames(msg.Started(job=2), msg.Credit(job=2, n=2)))
+    driver.feed([_ListSource(batches)])
+    connection.take()
+    driver.handle(frames(msg.Running(job=2, task=0)))
+    batches[1].on_withdrawn = lambda: events.append("withdrawn 1")
+    driver.withdraw(batches[1])
+    driver.withdraw(batches[1])  # asked once only
+    assert connection.take() == [msg.Withdraw(job=2, task=1)]
+    driver.handle(frames(msg.Withdrawn(job=2, task=1)))
+    driver.handle(frames(msg.Result(job=2, task=0, ok=True, body=dumps([0]))))
+    assert events == ["run 0", "withdrawn 1", "result"]
+    assert driver.idle
+    driver.withdraw(batches[0])  # answered already: nothing to ask
+    assert connection.take() == []
+
+
 def test_cancel_is_sent_when_a_caller_abandons_its_job() -> None:
     """cancel() sends CANCEL for a live job and stops routing it; a lost connection raises."""
     driver, connection = make_driver()

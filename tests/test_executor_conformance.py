@@ -551,6 +551,58 @@ def test_shutdown_cancel_futures_cancels_pending_tasks(
             assert os.path.exists(markers[i])
 
 
+def node_holds(cluster: LocalCluster, count: int) -> Callable[[], bool]:
+    """A condition: the cluster's one node holds ``count`` tasks (running, or queued on it)."""
+
+    def holds() -> bool:
+        nodes = achilles_like.getClusterStatus(**cluster_target(cluster))["nodes"]
+        return [node["busy"] for node in nodes] == [count]
+
+    return holds
+
+
+def test_a_call_queued_on_a_node_is_not_running_and_can_be_withdrawn(
+    ours: cf.Executor, executor_cluster: LocalCluster, gates: Gates, tmp_path: Path
+) -> None:
+    """A call queued on a node is not running(); cancel() withdraws it from there and it never runs."""
+    gate, blockers = fill_workers(ours, gates, tmp_path)
+    later_gate = gates.new()
+    started = [str(tmp_path / f"later-{i}") for i in range(2)]
+    later = [ours.submit(pool_tasks.start_and_wait, path, later_gate, i) for i, path in enumerate(started)]
+    wait_until(node_holds(executor_cluster, 4), what="the node to hold two calls behind its two busy workers")
+    assert [f.running() for f in later] == [False, False]
+    assert later[1].cancel() is True
+    assert later[1].cancelled() is True
+    wait_until(node_holds(executor_cluster, 3), what="the cancelled call to leave the node")
+    gates.open(gate)
+    assert [f.result(timeout=RESULT_TIMEOUT) for f in blockers] == [0, 1]
+    wait_until(later[0].running, what="the remaining call to be taken by a worker")
+    assert later[0].cancel() is False
+    gates.open(later_gate)
+    assert later[0].result(timeout=RESULT_TIMEOUT) == 0
+    ours.shutdown(wait=True)
+    assert os.path.exists(started[0])
+    assert not os.path.exists(started[1]), "the withdrawn call ran"
+
+
+def test_shutdown_cancel_futures_withdraws_calls_already_on_the_node(
+    ours: cf.Executor, executor_cluster: LocalCluster, gates: Gates, tmp_path: Path
+) -> None:
+    """shutdown(cancel_futures=True) cancels every call no worker has taken, even those on the node."""
+    gate, blockers = fill_workers(ours, gates, tmp_path)
+    markers = [str(tmp_path / f"ran-{i}") for i in range(QUEUED)]
+    queued = [ours.submit(pool_tasks.touch_and_return, marker, i) for i, marker in enumerate(markers)]
+    wait_until(node_holds(executor_cluster, 4), what="the node to hold two calls behind its two busy workers")
+    ours.shutdown(wait=False, cancel_futures=True)
+    assert wait_done(queued), "a call no worker had taken was neither cancelled nor run"
+    assert [f.cancelled() for f in queued] == [True] * QUEUED
+    gates.open(gate)
+    assert [f.result(timeout=RESULT_TIMEOUT) for f in blockers] == [0, 1]
+    ours.shutdown(wait=True)
+    assert [m for m in markers if os.path.exists(m)] == [], "a cancelled call ran"
+    wait_until(node_holds(executor_cluster, 0), what="the node to hold nothing")
+
+
 def test_submit_after_shutdown_is_refused(executor: cf.Executor) -> None:
     """submit after shutdown raises RuntimeError("cannot schedule new futures after shutdown")."""
     executor.shutdown(wait=True)

@@ -82,6 +82,9 @@ class Batch:
     items: list[Any]
     sink: Sink
     first_index: int | None = None  # in the call's input; None for a single call (apply, submit)
+    on_running: Callable[[], object] | None = None  # a worker took it (jobs that report RUNNING)
+    on_withdrawn: Callable[[], object] | None = None  # it was withdrawn before any worker took it
+    task: int | None = field(default=None, repr=False)  # its task id, once sent
 
 
 class Source(Protocol):
@@ -141,6 +144,7 @@ class JobDriver:
         timeout: float | None = None,
         max_tasks: int | None = None,
         on_job_failure: Callable[[BaseException], BaseException] | None = None,
+        report_running: bool = False,
     ) -> None:
         self.connection = connection
         self.inbox = inbox
@@ -153,6 +157,7 @@ class JobDriver:
             stop=stop_on_failure,
             # What tasks print reaches this process's stdout/stderr unless turned off.
             output=os.environ.get("ACHILLES_FORWARD_OUTPUT", "1") != "0",
+            running=report_running,  # an executor's running(): true only once a worker has the call
             body=setup_blob,
         )
         # A job-level failure (the initializer raised): what every call gets instead.
@@ -165,6 +170,7 @@ class JobDriver:
         self._first_grant = True
         self.next_task = 0
         self.inflight: dict[int, Batch] = {}
+        self.withdrawing: set[int] = set()  # tasks asked back, until WITHDRAWN or their RESULT
         self.functions: dict[bytes, int] = {}
         self.end_sent = False
         self.ended: msg.Ended | None = None
@@ -213,9 +219,24 @@ class JobDriver:
             parts += msg.Func(job=job, ref=ref, fn=fn, body=batch.func_blob).encode()
         parts += msg.Task(job=job, ref=ref, task=self.next_task, fn=fn, body=body).encode()
         self.inflight[self.next_task] = batch
+        batch.task = self.next_task
         self.next_task += 1
         self.credit -= 1
         return parts
+
+    def withdraw(self, batch: Batch) -> None:
+        """Ask the cluster to drop a sent task that no worker has started (its caller cancelled it).
+
+        Either WITHDRAWN comes back (it never ran) or, if a worker had it
+        already, its RESULT; the caller has given up on it either way.
+        """
+        task = batch.task
+        if task is None or self.inflight.get(task) is not batch or task in self.withdrawing:
+            return  # not sent by this job, or already answered or asked
+        if self.ended is None and not self.connection.closed:
+            self.withdrawing.add(task)
+            job, ref = self._address()
+            self.connection.send(msg.Withdraw(job=job, ref=ref, task=task).to_bytes())
 
     def end(self) -> None:
         """Say the job's input is complete (the server ends it once every task is done)."""
@@ -261,6 +282,15 @@ class JobDriver:
                 self._result(task, ok, body)
             case msg.Output(body=body):
                 task_output.replay(body, sys.stdout, sys.stderr)
+            case msg.Running(task=task):
+                batch = self.inflight.get(task)
+                if batch is not None and batch.on_running is not None:
+                    batch.on_running()
+            case msg.Withdrawn(task=task):
+                self.withdrawing.discard(task)
+                batch = self.inflight.pop(task, None)  # it never ran: no RESULT will come
+                if batch is not None and batch.on_withdrawn is not None:
+                    batch.on_withdrawn()
             case msg.Credit(n=n):
                 self.credit += n - 1 if self._first_grant else n
                 self._first_grant = False
@@ -281,6 +311,8 @@ class JobDriver:
 
     def _result(self, task: int, ok: bool, body: bytes) -> None:
         batch = self.inflight.pop(task, None)
+        if self.withdrawing:
+            self.withdrawing.discard(task)
         if batch is None:
             return  # a duplicate would be a server bug; never deliver twice
         outcomes, failure = decode_result(ok, body, batch)

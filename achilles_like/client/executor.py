@@ -85,6 +85,9 @@ def _as_executor_error(error: BaseException) -> BaseException:
     return error
 
 
+_SinkFor = Callable[[Future[Any]], Sink]  # a call's sink, given the future it settles
+
+
 def _future_sink(future: Future[Any]) -> Sink:
     def sink(outcomes: Outcomes) -> None:
         ok, value = outcomes.pairs()[0]
@@ -98,6 +101,14 @@ def _future_sink(future: Future[Any]) -> Sink:
             future.set_exception(value)
 
     return sink
+
+
+def _mark_running(future: Future[Any]) -> None:
+    """A worker took the call: running, unless cancelled, finished, or already so (a retried call)."""
+    # Only the session thread moves a future out of PENDING other than by cancel(), which
+    # set_running_or_notify_cancel handles; so this check cannot race.
+    if not future.running() and not future.done():
+        future.set_running_or_notify_cancel()
 
 
 def _shutdown_in_background(session: Session, cluster: LocalCluster | None) -> None:
@@ -153,10 +164,11 @@ class ProcessPoolExecutor(Executor):
             BrokenProcessPool,
             True,
             timeout=timeout,
+            report_running=True,  # running() only once a worker has the call, as cancel() relies on
         )
         self._lock = threading.Lock()
         self._shutdown = False
-        self._pending: set[Future[Any]] = set()
+        self._pending: dict[Future[Any], Batch] = {}  # futures not done, and their tasks
         self._blobs = FunctionBlobs()
         # Dropped without shutdown(): finish the submitted work in the background, then stop.
         self._finalizer = weakref.finalize(self, _shutdown_in_background, self._session, self._cluster)
@@ -164,14 +176,18 @@ class ProcessPoolExecutor(Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Schedule ``fn(*args, **kwargs)``; return its Future."""
-        future = self._new_future()
         blob = self._blobs.blob(fn, "apply", "fn")
-        self._session.add(
-            ApplySource.call(blob, args, kwargs, _future_sink(future), future.set_running_or_notify_cancel)
-        )
-        return future
+        return self._add(blob, [(args, kwargs)], _future_sink)
 
-    def _new_future(self) -> Future[Any]:
+    def _add(self, func_blob: bytes, items: list[Any], sink_for: _SinkFor) -> Future[Any]:
+        """A future for one task: running once a worker takes it; cancelled, it is withdrawn.
+
+        A call cancelled before it was sent is never sent. One cancelled after
+        is withdrawn from the server or the node that holds it; a worker that
+        took it meanwhile runs it, and its result is dropped.
+        """
+        future: Future[Any] = Future()
+        batch = Batch(func_blob, items, sink_for(future), on_running=lambda: _mark_running(future))
         with self._lock:
             if self._session.broken is not None:
                 raise BrokenProcessPool(f"the executor can no longer run work: {self._session.broken}")
@@ -179,21 +195,26 @@ class ProcessPoolExecutor(Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if _interpreter_exiting:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-            future: Future[Any] = Future()
-            self._pending.add(future)
+            self._pending[future] = batch
         future.add_done_callback(self._forget)
+        session, held = self._session, weakref.ref(batch)  # a done future must not keep the arguments
+
+        def withdraw_if_cancelled(done: Future[Any]) -> None:
+            cancelled = held() if done.cancelled() else None
+            if cancelled is not None:
+                session.withdraw(cancelled)
+
+        future.add_done_callback(withdraw_if_cancelled)
+        self._session.add(ApplySource(batch, lambda: not future.cancelled()))
         return future
 
     def _submit_chunk(self, fn_blob: bytes, chunk: list[tuple[Any, ...]]) -> Future[Any]:
         """One task of ``map``: ``fn(*args)`` for every argument tuple of the chunk."""
-        future = self._new_future()
-        batch = Batch(fn_blob, chunk, _chunk_sink(future))
-        self._session.add(ApplySource(batch, future.set_running_or_notify_cancel))
-        return future
+        return self._add(fn_blob, chunk, _chunk_sink)
 
     def _forget(self, future: Future[Any]) -> None:
         with self._lock:
-            self._pending.discard(future)
+            self._pending.pop(future, None)
 
     def map(
         self,
@@ -255,10 +276,13 @@ class ProcessPoolExecutor(Executor):
         """Accept no more work; optionally cancel what has not started; optionally wait."""
         with self._lock:
             self._shutdown = True
-            pending = list(self._pending)
+            pending = list(self._pending.items())
         if cancel_futures:
-            for future in pending:
-                future.cancel()
+            # Each call no worker has taken is cancelled: at once if it was never sent, else once
+            # the server or node holding it has given it back (one a worker took first runs).
+            for future, batch in pending:
+                if not future.running():
+                    self._session.withdraw(batch, future.cancel)
         self._session.close()
         self._finalizer.detach()
         if wait:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Any
 
+from achilles_like import at_exit
 from achilles_like.client.calls import (
     FunctionBlobs,
     check_chunksize,
@@ -59,6 +60,7 @@ def start_session(
     broken_type: type[Exception],
     job_failure_breaks: bool = False,
     timeout: float | None = None,
+    report_running: bool = False,
 ) -> Session:
     """A session whose job runs ``initializer(*initargs)`` once in each worker first."""
     if initializer is not None and not callable(initializer):
@@ -73,6 +75,7 @@ def start_session(
         timeout=timeout,
         broken_type=broken_type,
         job_failure_breaks=job_failure_breaks,
+        report_running=report_running,
     )
 
 
@@ -132,6 +135,9 @@ class Pool:
         self._blobs = FunctionBlobs()
         # Garbage-collected without close(): stop it, as the stdlib does, without hanging exit.
         self._finalizer = weakref.finalize(self, _shutdown, self._session, self._cluster, True)
+        # At exit it runs in the library's hook, after atexit functions registered since import.
+        self._finalizer.atexit = False
+        at_exit.register(self._finalizer)
         if initializer is not None:
             self._warm_up()
 

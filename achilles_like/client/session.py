@@ -28,10 +28,11 @@ import logging
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from achilles_like.client.connection import Connection, Lost
-from achilles_like.client.driver import JobDriver, Source
+from achilles_like.client.driver import Batch, JobDriver, Source
 from achilles_like.config import Settings
 from achilles_like.errors import ClusterConnectionError, JobFailedError
 
@@ -72,6 +73,7 @@ class Session:
         timeout: float | None = None,
         broken_type: type[Exception] = ClusterConnectionError,
         job_failure_breaks: bool = False,
+        report_running: bool = False,
     ) -> None:
         self.settings = settings
         self.setup_blob = setup_blob
@@ -82,6 +84,9 @@ class Session:
         # An executor is broken by a job-level failure (its initializer raised), as the
         # stdlib's is; a Pool hands that error to each call and carries on.
         self.job_failure_breaks = job_failure_breaks
+        self.report_running = report_running  # batches hear when a worker takes them (executors)
+        # Batches to take back from the cluster, and what to call once they are (see withdraw).
+        self._withdrawals: deque[tuple[Batch, Callable[[], object] | None]] = deque()
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         # Held by whichever thread feeds the driver or hands it events (the session thread,
@@ -126,6 +131,18 @@ class Session:
             return True
         finally:
             self._driving.release()
+
+    def withdraw(self, batch: Batch, then: Callable[[], object] | None = None) -> None:
+        """Take ``batch`` back if no worker has it; call ``then`` once it is (any thread).
+
+        The session thread does it, under the driving lock: a batch not sent
+        yet gets ``then`` at once (its source must skip it from then on); a
+        sent one is withdrawn from the server or node that holds it, and gets
+        ``then`` when WITHDRAWN comes back. If a worker took it first, its
+        RESULT comes instead and ``then`` is never called.
+        """
+        self._withdrawals.append((batch, then))
+        self.inbox.put(_WAKE)
 
     def wake(self) -> None:
         """Look at the sources again (a throttled one may have room now)."""
@@ -207,6 +224,13 @@ class Session:
             driver = self._driver = None  # the job failed: the next work opens another
         if driver is None and any(source.has_batch for source in sources):
             driver = self._open_job()
+        while self._withdrawals:
+            batch, then = self._withdrawals.popleft()
+            if then is not None and (batch.task is None or driver is None):
+                then()  # never sent
+            elif driver is not None:
+                batch.on_withdrawn = then
+                driver.withdraw(batch)
         if driver is not None:
             driver.feed(sources)
         with self._lock:  # add() checks _closing under the same lock
@@ -230,6 +254,7 @@ class Session:
             timeout=self.timeout,
             max_tasks=self.max_tasks,
             on_job_failure=on_failure,
+            report_running=self.report_running,
         )
         driver.submit()
         self._driver = driver
