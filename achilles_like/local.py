@@ -21,7 +21,6 @@ caller's ``sys.path`` so functions from the user's own modules import there.
 
 from __future__ import annotations
 
-import atexit
 import os
 import re
 import selectors
@@ -33,6 +32,7 @@ import time
 from types import TracebackType
 from typing import IO
 
+from achilles_like import at_exit
 from achilles_like.config import Settings, generate_secret
 from achilles_like.errors import ClusterConnectionError
 
@@ -305,5 +305,5 @@ def default_cluster() -> LocalCluster:
     with _default_lock:
         if _default is None or _default.server is None or _default.server.poll() is not None:
             _default = LocalCluster(nodes=1).start()
-            atexit.register(_default.shutdown)
+            at_exit.register(_default.shutdown)
         return _default

@@ -892,6 +892,34 @@ def test_an_argument_whose_unpickling_raises_in_the_worker_raises_that_error(imp
     assert pool.apply(pool_tasks.square, (4,)) == 16
 
 
+ATEXIT_SCRIPT = """
+import atexit
+import json
+import time
+{pool_import}
+
+def at_exit():
+    print(json.dumps({{"late": pool.apply(abs, (-3,)), "printed_at": time.time()}}), flush=True)
+
+atexit.register(at_exit)  # before the pool exists
+pool = Pool(1)
+print(json.dumps({{"early": pool.apply(abs, (-2,))}}), flush=True)
+"""
+
+
+def test_an_atexit_function_registered_before_the_pool_can_still_use_it(impl: str, tmp_path: Path) -> None:
+    """A function registered with atexit before the Pool was made still gets results from it at exit.
+
+    Ours only: the stdlib's pool is finalized first and that ``apply`` never
+    returns (a documented, deliberate difference). The library's own exit hook
+    is registered at import, so it runs after every atexit function registered since.
+    """
+    if impl == "stdlib":
+        pytest.skip("multiprocessing.Pool hangs on this")
+    output = run_script(tmp_path, ATEXIT_SCRIPT.format(pool_import=POOL_IMPORT[impl]), env=clean_env())
+    assert output["late"] == 3
+
+
 def test_a_finished_call_keeps_no_reference_to_its_argument(pool: Any) -> None:
     """Once an AsyncResult is ready and dropped, a weak reference to its argument dies."""
     import gc
@@ -914,6 +942,20 @@ def test_manager_proxies_work_inside_tasks(pool: Any) -> None:
         assert queue.get(timeout=RESULT_TIMEOUT) == 42
         assert pool.starmap(pool_tasks.set_in, [(mapping, k, k * k) for k in range(4)]) == [0, 1, 2, 3]
         assert dict(mapping) == {0: 0, 1: 1, 2: 4, 3: 9}
+
+
+def test_a_manager_sees_a_proxy_released_once_the_task_and_caller_drop_it(pool: Any) -> None:
+    """A proxy passed to a task is released on the manager once the caller drops it: workers keep none."""
+    with multiprocessing.Manager() as manager:
+        before = manager._number_of_objects()  # type: ignore[attr-defined]
+        mapping = manager.dict()
+        assert manager._number_of_objects() == before + 1  # type: ignore[attr-defined]
+        assert pool.apply(pool_tasks.set_in, (mapping, "k", 1)) == "k"
+        del mapping
+        wait_until(
+            lambda: manager._number_of_objects() == before,  # type: ignore[attr-defined]
+            what="the manager to see the proxy released",
+        )
 
 
 def test_the_initializer_runs_when_the_pool_starts(make_pool: Callable[..., Any], tmp_path: Path) -> None:

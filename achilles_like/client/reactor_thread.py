@@ -12,7 +12,6 @@ script, a REPL and a notebook.
 
 from __future__ import annotations
 
-import atexit
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -20,6 +19,8 @@ from typing import Any, TypeVar
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
+
+from achilles_like import at_exit
 
 T = TypeVar("T")
 THREAD_NAME = "achilles-reactor"
@@ -44,7 +45,7 @@ def reactor() -> Any:
             )
             _thread.start()
             started.wait()
-            atexit.register(_stop)
+            at_exit.register(_stop)
     return the_reactor
 
 

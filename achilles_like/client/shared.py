@@ -9,9 +9,9 @@ closed when the interpreter exits.
 
 from __future__ import annotations
 
-import atexit
 import threading
 
+from achilles_like import at_exit
 from achilles_like.client.connection import Connection
 from achilles_like.config import Settings
 
@@ -44,7 +44,7 @@ def shared_connection(settings: Settings) -> Connection:
             connection = Connection.open(settings)
             with _lock:
                 if not _connections:
-                    atexit.register(close_all)
+                    at_exit.register(close_all)
                 _connections[key] = connection
         return connection
 
