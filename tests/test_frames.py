@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from achilles_like import tcp
 from achilles_like.errors import FrameTooLargeError, ProtocolError, ProtocolViolationError
 from achilles_like.protocol.frames import (
     CONTROL_BODY_LIMIT,
@@ -574,3 +575,32 @@ def test_per_verb_limits_never_exceed_max_body() -> None:
     """The large verbs are still held to max_body."""
     limit = body_limits("controller", 1000)
     assert (limit("TASK"), limit("STATUS")) == (1000, 1000)
+
+
+def test_body_missing_counts_what_the_announced_body_still_lacks() -> None:
+    """body_missing is 0 between frames and the announced bytes still to come while a body arrives."""
+    decoder = FrameDecoder()
+    frame = encode_frame("TASK", b"x" * 1000, job=1, task=0)
+    header_end = frame.index(b"\n") + 1
+    assert decoder.body_missing == 0
+    decoder.feed(frame[:header_end])
+    assert decoder.body_missing == 1000
+    decoder.feed(frame[header_end : header_end + 300])
+    assert decoder.body_missing == 700
+    [whole] = decoder.feed(frame[header_end + 300 :])
+    assert len(whole.body) == 1000 and decoder.body_missing == 0
+
+
+def test_reads_grow_only_while_a_large_body_arrives() -> None:
+    """A transport reads 64 KiB between frames and up to LARGE_READ while a large announced body arrives."""
+
+    class Transport:
+        bufferSize = tcp.SMALL_READ
+
+    transport = Transport()
+    tcp.size_reads(transport, 10 << 20)
+    assert transport.bufferSize == tcp.LARGE_READ
+    tcp.size_reads(transport, 300_000)
+    assert transport.bufferSize == 300_000
+    tcp.size_reads(transport, 100)
+    assert transport.bufferSize == tcp.SMALL_READ

@@ -103,6 +103,7 @@ class ClientProtocol(Protocol):
             if self.transport is not None:
                 self.transport.loseConnection()
             return
+        tcp.size_reads(self.transport, self.decoder.body_missing)
         self._route(frames)
 
     def _route(self, frames: list[Frame]) -> None:

@@ -268,6 +268,8 @@ class NodeProtocol(Protocol):
                 self._handle(frame)
             if self.decoder.error is not None:
                 raise self.decoder.error
+            if self.transport is not None:
+                tcp.size_reads(self.transport, self.decoder.body_missing)
         except AuthenticationError as error:
             # Whoever sent this has not proved the secret: retry, never stop.
             self.factory.handshake_failed(str(error))

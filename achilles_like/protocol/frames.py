@@ -216,6 +216,16 @@ class FrameDecoder:
         return self._error
 
     @property
+    def body_missing(self) -> int:
+        """Bytes of the body now arriving that have not come yet (0 between frames).
+
+        A reader may read this much at once: the peer has announced it, within the limits.
+        """
+        if self._body is not None:
+            return self._body.missing
+        return 0 if self._pending is None else self._pending[2]
+
+    @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a returned frame."""
         return len(self._line) + (0 if self._body is None else self._body.filled)

@@ -161,6 +161,7 @@ class ServerProtocol(Protocol):
                     return
             if self.decoder.error is not None:
                 raise self.decoder.error
+            tcp.size_reads(self.transport, self.decoder.body_missing)
         except AuthenticationError as error:
             self.cluster.warn(self.host, "refused %s: %r", self.address, str(error))
             self.cluster.throttle.failed(self.host, self.cluster.clock.seconds())
