@@ -604,3 +604,21 @@ def test_reads_grow_only_while_a_large_body_arrives() -> None:
     assert transport.bufferSize == 300_000
     tcp.size_reads(transport, 100)
     assert transport.bufferSize == tcp.SMALL_READ
+
+
+@pytest.mark.parametrize("split", [0, 1, 999])
+def test_a_body_read_straight_into_its_view_comes_out_whole(split: int) -> None:
+    """Bytes written into body_view() and counted with body_advance() complete the frame on the next feed."""
+    decoder = FrameDecoder()
+    body = bytes(range(200)) * 5
+    frame = encode_frame("RESULT", body, job=1, task=2, ok=1)
+    header_end = frame.index(b"\n") + 1
+    assert decoder.feed(frame[: header_end + split]) == []
+    view = decoder.body_view()
+    view[: len(body) - split] = body[split:]
+    view.release()
+    decoder.body_advance(len(body) - split)
+    [whole] = decoder.feed(b"")
+    assert (whole.verb, whole.body) == ("RESULT", body)
+    with pytest.raises(ValueError, match="no body is arriving"):
+        decoder.body_view()

@@ -26,7 +26,7 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapCl
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from achilles_like import tcp
+from achilles_like import direct_reads, tcp
 from achilles_like.client import reactor_thread
 from achilles_like.config import Settings
 from achilles_like.errors import (
@@ -85,6 +85,7 @@ class ClientProtocol(Protocol):
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
         tcp.tune(self.transport)
         enable_keepalive(self.transport)
+        direct_reads.install(self.transport, self.decoder)
         self.transport.write(PREAMBLE)  # type: ignore[union-attr]  # a TLS server refuses it at once
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name

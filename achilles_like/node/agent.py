@@ -48,7 +48,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, ReconnectingClientFactory, connectionDone
 from twisted.python.failure import Failure
 
-from achilles_like import tcp
+from achilles_like import direct_reads, tcp
 from achilles_like.config import Settings, load_settings, usable_cpus
 from achilles_like.errors import AuthenticationError, ProtocolError, ProtocolViolationError, TaskTimeoutError
 from achilles_like.liveness import SilenceWatch, enable_keepalive
@@ -234,6 +234,7 @@ class NodeProtocol(Protocol):
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
         tcp.tune(self.transport)
         enable_keepalive(self.transport)
+        direct_reads.install(self.transport, self.decoder)
         self.watch.start()
         clock = self.factory.clock or _reactor()
         self._hello_wait = clock.callLater(self.factory.hello_timeout, self._hello_overdue)

@@ -196,6 +196,8 @@ class FrameDecoder:
         if self._error is not None:
             raise self._error
         frames: list[Frame] = []
+        if self._body is not None and not self._body.missing:  # completed by body_advance
+            frames.append(self._finish_body())
         position = 0
         try:
             while position < len(data):
@@ -245,8 +247,31 @@ class FrameDecoder:
         position += self._body.write(memoryview(data)[position:])
         if self._body.missing:
             return position, None
+        return position, self._finish_body()
+
+    def _finish_body(self) -> Frame:
+        assert self._body is not None and self._pending is not None
+        verb, fields, _ = self._pending
         body, self._body, self._pending = self._body.value(), None, None
-        return position, Frame(verb, fields, body)
+        return Frame(verb, fields, body)
+
+    def body_view(self) -> memoryview:
+        """A writable view of the body still missing, to read into straight from a socket.
+
+        Release it, then call :meth:`body_advance`; the next :meth:`feed` (even
+        of ``b""``) returns the frame once its body is complete.
+        """
+        if self._pending is None:
+            raise ValueError("no body is arriving")
+        if self._body is None:
+            self._body = BodyBuffer(self._pending[2])
+        return self._body.view()
+
+    def body_advance(self, count: int) -> None:
+        """Record that ``count`` bytes were read into a :meth:`body_view`."""
+        if self._body is None:
+            raise ValueError("no body is arriving")
+        self._body.advance(count)
 
     def _header(self, data: bytes, position: int) -> tuple[int, Frame | None]:
         """Consume a header line (or the part of one that has arrived) from ``data[position:]``."""

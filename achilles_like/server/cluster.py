@@ -53,7 +53,7 @@ from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTCP, I
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.python.failure import Failure
 
-from achilles_like import tcp
+from achilles_like import direct_reads, tcp
 from achilles_like.config import LOOPBACK_HOSTS, Settings, generate_secret
 from achilles_like.errors import (
     AuthenticationError,
@@ -132,6 +132,7 @@ class ServerProtocol(Protocol):
         assert self.transport is not None
         tcp.tune(self.transport)
         enable_keepalive(self.transport)
+        direct_reads.install(self.transport, self.decoder, self.cluster.events.bytes_received)
         self.address = _describe(self.transport.getPeer())
         self.last_seen = self.cluster.clock.seconds()
         self.cluster.admit_pending(self)  # flood guard: may close older unauthenticated connections

@@ -1,0 +1,60 @@
+"""Large bodies read from the socket straight into their buffer.
+
+Twisted reads into a new ``bytes`` and hands it to ``dataReceived``, where
+the frame decoder copies it into the body's buffer: every byte of a large
+body is copied once more than it needs to be, at every hop. While a body
+larger than a small read is arriving on a plain TCP connection,
+:func:`install` makes the transport ``recv_into`` the decoder's own buffer
+(:meth:`FrameDecoder.body_view`) instead, then calls ``dataReceived(b"")``
+so the protocol sees the frame once it is whole, exactly as if it had come
+through ``dataReceived``. Between bodies, and on TLS connections (whose
+bytes must be decrypted first), Twisted's own read runs unchanged.
+
+A peer can make a connection read straight only as much as it announced
+within the frame limits, and only after it has authenticated: before that,
+every body is held to 64 KiB, a small read.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import main, tcp
+
+from achilles_like.protocol.frames import FrameDecoder
+from achilles_like.tcp import SMALL_READ
+
+_RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
+
+
+def install(transport: Any, decoder: FrameDecoder, on_read: Callable[[int], object] | None = None) -> None:
+    """Make ``transport`` read large bodies straight into ``decoder``'s buffer (plain TCP only).
+
+    ``on_read(count)`` hears of the bytes read so (``dataReceived`` is called with none).
+    """
+    if not isinstance(transport, tcp.Connection):
+        return  # TLS, or a test's transport: Twisted's read
+    twisted_read = transport.doRead
+    sock = transport.socket
+
+    def do_read() -> Any:
+        if decoder.body_missing <= SMALL_READ or decoder.error is not None:
+            return twisted_read()
+        view = decoder.body_view()
+        try:
+            count = sock.recv_into(view)
+        except OSError as error:
+            return None if error.errno in _RETRY else main.CONNECTION_LOST
+        finally:
+            view.release()
+        if count == 0:
+            return main.CONNECTION_DONE
+        decoder.body_advance(count)
+        if on_read is not None:
+            on_read(count)
+        transport.protocol.dataReceived(b"")
+        return None
+
+    transport.doRead = do_read  # type: ignore[method-assign]  # the reactor calls the instance's doRead
