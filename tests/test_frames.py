@@ -574,3 +574,20 @@ def test_per_verb_limits_never_exceed_max_body() -> None:
     """The large verbs are still held to max_body."""
     limit = body_limits("controller", 1000)
     assert (limit("TASK"), limit("STATUS")) == (1000, 1000)
+
+
+def test_between_frames_is_true_only_at_a_frame_boundary() -> None:
+    """A decoder is between frames at the start and after whole frames, not mid-line, mid-body or broken."""
+    decoder = FrameDecoder()
+    assert decoder.between_frames
+    decoder.feed(b"TASK job=1 len=6\r\n")
+    assert not decoder.between_frames  # b"PONG\r\n" now would be this body, not a PONG
+    assert decoder.feed(b"PONG\r\n") == [Frame("TASK", {"job": "1"}, b"PONG\r\n")]
+    assert decoder.between_frames
+    decoder.feed(b"PO")
+    assert not decoder.between_frames
+    decoder.feed(b"NG\r\n")
+    assert decoder.between_frames
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"\x00")
+    assert not decoder.between_frames

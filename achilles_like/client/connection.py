@@ -35,7 +35,7 @@ from achilles_like.errors import (
     ProtocolError,
     ProtocolViolationError,
 )
-from achilles_like.liveness import enable_keepalive
+from achilles_like.liveness import SERVER_SILENCE_TIMEOUT, enable_keepalive
 from achilles_like.plain_or_tls import PREAMBLE, explain_early_close, server_is_plain
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder
 from achilles_like.protocol import messages as msg
@@ -44,9 +44,9 @@ from achilles_like.secret_strength import check_peer_secret
 from achilles_like.tls import client_creator
 
 CONNECT_TIMEOUT = 10.0
-# The server pings every peer every 2 s; this long without a byte from it
-# (a dead machine, a silent partition) ends the wait with a clear error.
-SERVER_SILENCE_TIMEOUT = 30.0
+# SERVER_SILENCE_TIMEOUT: the server speaks to a quiet controller at least every 10 s (every 2 s
+# while its job runs); this long without a byte from it (a dead machine, a silent partition) ends
+# the wait with a clear error.
 
 
 M = TypeVar("M", bound=msg.Message)
