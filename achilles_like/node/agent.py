@@ -52,6 +52,7 @@ from twisted.python.failure import Failure
 from achilles_like import tcp
 from achilles_like.config import Settings, load_settings, usable_cpus
 from achilles_like.errors import AuthenticationError, ProtocolError, ProtocolViolationError, TaskTimeoutError
+from achilles_like.frame_writer import FrameWriter
 from achilles_like.liveness import SERVER_SILENCE_TIMEOUT, SilenceWatch, enable_keepalive
 from achilles_like.node.worker_pool import Outcome, WorkerPool, WorkItem
 from achilles_like.plain_or_tls import PREAMBLE, explain_early_close
@@ -212,8 +213,10 @@ class NodeProtocol(Protocol):
         # one accepted and unserved: give up soon and retry with backoff rather than wait.
         self._hello_wait: IDelayedCall | None = None
         self._no_hello = False
+        self.out = FrameWriter()  # every write: large bodies are fed in slices, in order
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        self.out.attach(self.transport)
         tcp.tune(self.transport)
         enable_keepalive(self.transport)
         self.watch.start()
@@ -306,12 +309,12 @@ class NodeProtocol(Protocol):
     def send(self, data: bytes) -> None:
         """Write bytes if connected."""
         if data and self.transport is not None:
-            self.transport.write(data)
+            self.out.write(data)
 
     def send_message(self, message: msg.Message) -> None:
         """Write a message without copying its body."""
         if self.transport is not None:
-            self.transport.writeSequence(message.encode())
+            self.out.write_sequence(message.encode())
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self.watch.stop()

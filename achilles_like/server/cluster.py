@@ -65,6 +65,7 @@ from achilles_like.errors import (
     ProtocolError,
     ProtocolViolationError,
 )
+from achilles_like.frame_writer import FrameWriter
 from achilles_like.liveness import IDLE_PING_INTERVAL, SERVER_SILENCE_TIMEOUT, enable_keepalive
 from achilles_like.protocol import Frame, FrameDecoder, ServerHandshake
 from achilles_like.protocol import messages as msg
@@ -136,9 +137,11 @@ class ServerProtocol(Protocol):
         self.last_ping = 0.0
         self.closed = False
         self.close_reason = ""  # why we closed it, for the log and the dashboard
+        self.out = FrameWriter()  # every write: large bodies are fed in slices, in order
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
         assert self.transport is not None
+        self.out.attach(self.transport)
         tcp.tune(self.transport)
         enable_keepalive(self.transport)
         self.address = _describe(self.transport.getPeer())
@@ -151,7 +154,7 @@ class ServerProtocol(Protocol):
             # Too many failed handshakes from here or everywhere: make guessing slow.
             self.cluster.clock.callLater(delay, self.send, self.handshake.hello())
         else:
-            self.transport.write(self.handshake.hello())
+            self.out.write(self.handshake.hello())
 
     @property
     def host(self) -> str:
@@ -212,7 +215,7 @@ class ServerProtocol(Protocol):
         if data and not self.closed and self.transport is not None:
             self.cluster.events.bytes_sent(len(data))  # metrics hook
             self.last_sent = self.cluster.clock.seconds()
-            self.transport.write(data)
+            self.out.write(data)
 
     def send_message(self, message: msg.Message) -> None:
         """Write a message; a body is written without being copied."""
@@ -220,7 +223,7 @@ class ServerProtocol(Protocol):
             parts = message.encode()
             self.cluster.events.bytes_sent(sum(map(len, parts)))  # metrics hook
             self.last_sent = self.cluster.clock.seconds()
-            self.transport.writeSequence(parts)
+            self.out.write_sequence(parts)
 
     def _close(self, last_words: bytes = b"") -> None:
         self.send(last_words)
