@@ -58,7 +58,10 @@ class FrameWriter:
 
     def write(self, data: bytes) -> None:
         """Write ``data`` after everything written before it."""
-        self.write_sequence((data,))
+        if self._producing or len(data) >= self.threshold or self._transport is None:
+            self.write_sequence((data,))
+        elif data:
+            self._transport.write(data)  # the common case (a PING, a CREDIT): one call, as before
 
     def write_sequence(self, parts: Sequence[bytes]) -> None:
         """Write ``parts`` in order after everything written before them; large ones are not joined."""

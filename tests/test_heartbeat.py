@@ -122,7 +122,7 @@ def test_an_idle_peer_that_answers_is_pinged_once_per_idle_interval_and_kept() -
 
 
 def test_work_switches_a_quiet_idle_peer_to_the_short_limits_from_that_moment() -> None:
-    """Given work after 25 s of quiet, a peer is pinged at once and dropped 10 s later, not before."""
+    """Given work after 25 s of quiet, a peer is pinged 2 s later and dropped 10 s later, not before."""
     holding: set[int] = set()
     beat = idle_and_busy(holding)
     peer = Peer()
@@ -134,11 +134,10 @@ def test_work_switches_a_quiet_idle_peer_to_the_short_limits_from_that_moment() 
     assert beat.is_busy(peer)
     events = run(beat, 25.5, 60.0, 0.5)
     assert [(t, what) for t, what, _ in events] == [
-        (26.0, "ping"),
-        (28.0, "ping"),
-        (30.0, "ping"),
-        (32.0, "ping"),
-        (34.0, "ping"),
+        (27.0, "ping"),
+        (29.0, "ping"),
+        (31.0, "ping"),
+        (33.0, "ping"),
         (35.0, "drop"),
     ]
 

@@ -14,7 +14,8 @@ late costs nothing (and TCP keepalive is on too). Idle pings are most of
 what a server of many idle nodes does, so they are spaced several times
 wider. The glue calls :meth:`Heartbeat.work_assigned` when it hands a peer
 work: from then on the short limits hold, counted from that moment (a
-healthy idle peer may have been quiet for longer than the short timeout).
+healthy idle peer may have been quiet for longer than the short timeout,
+and pinging every newly busy peer at once would be a burst at dispatch).
 Whether a busy peer still holds work is asked (``holds_work``) only when it
 is looked at, so going back to idle costs nothing per frame.
 
@@ -121,11 +122,13 @@ class Heartbeat(Generic[P]):
                 if busy_since is not None and not self._holds_work(peer):
                     del self._busy_since[id(peer)]
                     busy_since = None
-                if now - self._heard(peer, busy_since) >= self._limits(busy_since)[1]:
+                heard = self._heard(peer, busy_since)
+                ping_after, timeout = self._limits(busy_since)
+                if now - heard >= timeout:
                     self.forget(peer)
                     drop.append(peer)
                     continue
-                if self._wants_ping(peer, now, self._limits(busy_since)[0]):
+                if self._wants_ping(peer, now, ping_after, heard):
                     peer.last_ping = peer.last_sent = now
                     ping.append(peer)
                 self._file(peer, _second(self._next_look(peer, busy_since), now))
@@ -139,20 +142,22 @@ class Heartbeat(Generic[P]):
 
     @staticmethod
     def _heard(peer: P, busy_since: float | None) -> float:
-        # A peer that just got work is given the whole short timeout from then.
+        # A peer that just got work is counted as heard from then: it gets the whole short
+        # timeout, and its first PING comes a short interval later, not in a burst at dispatch.
         return peer.last_seen if busy_since is None else max(peer.last_seen, busy_since)
 
     @staticmethod
-    def _wants_ping(peer: P, now: float, ping_after: float) -> bool:
+    def _wants_ping(peer: P, now: float, ping_after: float, heard: float) -> bool:
         if now - peer.last_sent >= ping_after:
             return True  # it has heard nothing from us: it must, or it will give up on us
-        return now - peer.last_seen >= ping_after and now - peer.last_ping >= ping_after
+        return now - heard >= ping_after and now - peer.last_ping >= ping_after
 
     def _next_look(self, peer: P, busy_since: float | None) -> float:
         """The earliest time a ping or a drop could be due, from what is known now."""
         ping_after, timeout = self._limits(busy_since)
-        ping_at = min(peer.last_sent, max(peer.last_seen, peer.last_ping)) + ping_after
-        return min(ping_at, self._heard(peer, busy_since) + timeout)
+        heard = self._heard(peer, busy_since)
+        ping_at = min(peer.last_sent, max(heard, peer.last_ping)) + ping_after
+        return min(ping_at, heard + timeout)
 
     def _file(self, peer: P, second: int) -> None:
         self._filed[id(peer)] = second
