@@ -166,7 +166,25 @@ def test_a_peer_that_no_longer_holds_work_goes_back_to_the_idle_limits() -> None
     assert pings[:10] == [2.0 * n for n in range(1, 11)]  # busy: heard nothing from us for 2 s
     assert pings[10:] == [30.0, 40.0, 50.0, 60.0]  # idle from the look at 22 s
     assert not beat.is_busy(peer)
-    assert len(asked) == 11  # one question per busy look, none per frame
+    assert len(asked) == beat.looks == 15  # one question per look (11 busy, 4 idle), none per frame
+
+
+def test_work_the_heartbeat_was_not_told_of_is_found_at_the_next_look() -> None:
+    """A quiet peer that holds work without work_assigned is held to the short limits from its next look."""
+    holding: set[int] = set()
+    beat = idle_and_busy(holding)
+    peer = Peer()
+    beat.watch(peer, 0.0)
+    holding.add(id(peer))  # given work at 0 s, and nobody told the heartbeat
+    events = run(beat, 0.5, 60.0, 0.5)
+    assert [(t, what) for t, what, _ in events] == [
+        (10.0, "ping"),  # the idle look finds it busy: from now on every 2 s
+        (12.0, "ping"),
+        (14.0, "ping"),
+        (16.0, "ping"),
+        (18.0, "ping"),
+        (20.0, "drop"),
+    ]
 
 
 def test_idle_limits_below_the_busy_ones_are_refused() -> None:

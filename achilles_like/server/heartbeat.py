@@ -16,8 +16,10 @@ wider. The glue calls :meth:`Heartbeat.work_assigned` when it hands a peer
 work: from then on the short limits hold, counted from that moment (a
 healthy idle peer may have been quiet for longer than the short timeout,
 and pinging every newly busy peer at once would be a burst at dispatch).
-Whether a busy peer still holds work is asked (``holds_work``) only when it
-is looked at, so going back to idle costs nothing per frame.
+Whether a peer holds work is also asked (``holds_work``) whenever it is
+looked at, never per frame: a peer whose work is done goes back to the idle
+limits, and one given work by a path that did not say so is held to the
+short limits from that look on (within an idle interval) instead of never.
 
 Peers wait in buckets by the whole second at which something could next be
 due for them. A tick opens only the buckets whose second has come, and a
@@ -47,8 +49,8 @@ class Watched(Protocol):
 P = TypeVar("P", bound=Watched)
 
 
-def _always(_peer: object) -> bool:
-    return True
+def _never(_peer: object) -> bool:
+    return False  # no holds_work given: no peer stays busy (the idle limits then default to the busy ones)
 
 
 class Heartbeat(Generic[P]):
@@ -60,7 +62,7 @@ class Heartbeat(Generic[P]):
         timeout: float,
         idle_ping_after: float | None = None,
         idle_timeout: float | None = None,
-        holds_work: Callable[[P], bool] = _always,
+        holds_work: Callable[[P], bool] = _never,
     ) -> None:
         idle_ping_after = ping_after if idle_ping_after is None else idle_ping_after
         idle_timeout = timeout if idle_timeout is None else idle_timeout
@@ -119,9 +121,12 @@ class Heartbeat(Generic[P]):
                     continue  # forgotten, or filed again elsewhere
                 self.looks += 1
                 busy_since = self._busy_since.get(id(peer))
-                if busy_since is not None and not self._holds_work(peer):
+                holds_work = self._holds_work(peer)
+                if busy_since is not None and not holds_work:
                     del self._busy_since[id(peer)]
                     busy_since = None
+                elif busy_since is None and holds_work:
+                    busy_since = self._busy_since[id(peer)] = now
                 heard = self._heard(peer, busy_since)
                 ping_after, timeout = self._limits(busy_since)
                 if now - heard >= timeout:
