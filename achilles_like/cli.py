@@ -139,6 +139,10 @@ def _server(args: argparse.Namespace) -> int:
         max_queued_jobs=args.max_queued_jobs,
         max_held_bytes=args.max_held_bytes,
     )
+    if args.idle_heartbeat_interval is not None:
+        options.idle_heartbeat_interval = args.idle_heartbeat_interval
+    if args.idle_heartbeat_timeout is not None:
+        options.idle_heartbeat_timeout = args.idle_heartbeat_timeout
     cluster, listening = start_server(settings, reactor, options)
     announce(cluster, listening)
     if args.watch_stdin:
@@ -259,9 +263,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     server = commands.add_parser("server", help="run the cluster server (blocks)")
     _add_target(server)
-    server.add_argument("--heartbeat-interval", type=float, default=2.0, help="seconds between node pings")
     server.add_argument(
-        "--heartbeat-timeout", type=float, default=10.0, help="drop a node silent this many seconds"
+        "--heartbeat-interval", type=float, default=2.0, help="ping a quiet peer that holds work this often"
+    )
+    server.add_argument(
+        "--heartbeat-timeout", type=float, default=10.0, help="drop a peer that holds work silent this long"
+    )
+    server.add_argument(
+        "--idle-heartbeat-interval",
+        type=float,
+        help="ping a quiet peer with nothing in flight this often (default 10, at most 15)",
+    )
+    server.add_argument(
+        "--idle-heartbeat-timeout",
+        type=float,
+        help="drop a peer with nothing in flight silent this long (default 30)",
     )
     server.add_argument(
         "--auth-timeout", type=float, default=5.0, help="close a connection not authenticated by then"

@@ -2,8 +2,10 @@
 
 A machine that loses power or is cut off by a partition closes nothing: its
 peer's connection stays open and silent forever. Two things end that wait.
-The server pings every peer every couple of seconds, so a node or controller
-that has received nothing for ``timeout`` seconds drops the connection
+The server pings a quiet peer every couple of seconds while it holds work,
+and at least every :data:`IDLE_PING_INTERVAL` seconds when it holds none, so
+a node or controller that has received nothing for
+:data:`SERVER_SILENCE_TIMEOUT` seconds drops the connection
 (:class:`SilenceWatch`) and reconnects; and TCP keepalive
 (:func:`enable_keepalive`) lets the kernel notice a vanished peer on a
 connection that is idle at our level, on every connection of every role.
@@ -19,6 +21,12 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 log = logging.getLogger("achilles_like.liveness")
+
+# Nodes and controllers give up on a server they have heard nothing from for this long.
+SERVER_SILENCE_TIMEOUT = 30.0
+# The server speaks to an idle peer at least this often (its default idle heartbeat): a third
+# of the peers' timeout, so two PINGs may be lost or late before a healthy server is dropped.
+IDLE_PING_INTERVAL = SERVER_SILENCE_TIMEOUT / 3
 
 KEEPALIVE_IDLE = 30  # seconds of idleness before the kernel's first probe
 KEEPALIVE_INTERVAL = 10  # seconds between probes

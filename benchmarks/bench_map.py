@@ -29,8 +29,8 @@ Cases (``--only`` takes these names, comma-separated):
 - ``cpu``: CPU per chunksize=1 task summed over every process on each side
   (Linux ``/proc``), with the per-process split for achilles_like;
 - ``memory``: peak RSS growth of each process (controller, server, node,
-  worker) for one 64 MiB argument and one 64 MiB result, as a multiple of
-  the body, on a fresh cluster (Linux ``/proc``).
+  worker) for one 64 MiB argument, one 64 MiB result, and both in one task,
+  as a multiple of the body, on a fresh cluster each (Linux ``/proc``).
 """
 
 from __future__ import annotations
@@ -362,11 +362,25 @@ def cpu_rows(bench: Bench) -> list[Row]:
     ]
 
 
+def make_hop_body(_: int) -> bytes:
+    """Take a small argument, return a 64 MiB result."""
+    return b"\x01" * HOP_BODY_BYTES
+
+
 def memory_rows(bench: Bench) -> list[Row]:
-    """Peak RSS growth of each process for one 64 MiB argument and one 64 MiB result."""
+    """Peak RSS growth of each process for a 64 MiB argument, a 64 MiB result, and both at once."""
     if not _measure.proc_available() or not _measure.reset_peak(os.getpid()):
         return [("peak RSS per hop, 64 MiB body", "", "needs /proc/<pid>/clear_refs", "-")]
     body = b"\x01" * HOP_BODY_BYTES
+    return [
+        ("peak RSS growth per hop, 64 MiB in", "", _hop_growth(size_of, body), ""),
+        ("peak RSS growth per hop, 64 MiB out", "", _hop_growth(make_hop_body, 0), ""),
+        ("peak RSS growth per hop, 64 MiB in + 64 MiB out", "", _hop_growth(echo, body), ""),
+    ]
+
+
+def _hop_growth(function: Callable[[Any], Any], argument: Any) -> str:
+    """Each process's peak RSS growth over one ``map(function, [argument])``, as a multiple of 64 MiB."""
     # A fresh cluster: earlier cases' large bodies must not have warmed its allocators.
     with LocalCluster(nodes=1, processes=1) as cluster:
         assert cluster.server is not None
@@ -383,12 +397,11 @@ def memory_rows(bench: Bench) -> list[Row]:
         for name, pid in pids.items():
             _measure.reset_peak(pid)
             start[name] = _measure.status_kib(pid, "VmRSS")
-        result = achilles_like.map(echo, [body], **target)
+        result = achilles_like.map(function, [argument], **target)
         peak = {name: _measure.status_kib(pid, "VmHWM") for name, pid in pids.items()}
         growth = {name: (peak[name] - start[name]) * 1024 for name in pids}
         del result
-    cells = ", ".join(f"{name} {grown / HOP_BODY_BYTES:.2f}×" for name, grown in growth.items())
-    return [("peak RSS growth per hop, 64 MiB in + 64 MiB out", "", cells, "")]
+    return ", ".join(f"{name} {grown / HOP_BODY_BYTES:.2f}×" for name, grown in growth.items())
 
 
 CASES: dict[str, Callable[[Bench], list[Row]]] = {

@@ -11,7 +11,9 @@ intervals, does one of:
 
 - ``node SIGKILL``: SIGKILL a node's whole process group, then start a replacement;
 - ``node SIGSTOP``: stop a node's process group for 12–15 s, longer than the
-  server's 10 s heartbeat timeout, then SIGCONT it and check that it rejoins;
+  server's 10 s heartbeat timeout for a node holding tasks (a node holding
+  none is dropped only after 30 s, so it may simply carry on), then SIGCONT
+  it and check that it is registered again;
 - ``worker SIGKILL``: SIGKILL one worker process inside a node;
 - ``node SIGTERM``: SIGTERM the node process alone (a graceful leave), then
   start a replacement.

@@ -622,3 +622,20 @@ def test_a_body_read_straight_into_its_view_comes_out_whole(split: int) -> None:
     assert (whole.verb, whole.body) == ("RESULT", body)
     with pytest.raises(ValueError, match="no body is arriving"):
         decoder.body_view()
+
+
+def test_between_frames_is_true_only_at_a_frame_boundary() -> None:
+    """A decoder is between frames at the start and after whole frames, not mid-line, mid-body or broken."""
+    decoder = FrameDecoder()
+    assert decoder.between_frames
+    decoder.feed(b"TASK job=1 len=6\r\n")
+    assert not decoder.between_frames  # b"PONG\r\n" now would be this body, not a PONG
+    assert decoder.feed(b"PONG\r\n") == [Frame("TASK", {"job": "1"}, b"PONG\r\n")]
+    assert decoder.between_frames
+    decoder.feed(b"PO")
+    assert not decoder.between_frames
+    decoder.feed(b"NG\r\n")
+    assert decoder.between_frames
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"\x00")
+    assert not decoder.between_frames

@@ -15,6 +15,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from achilles_like.config import Settings
+from achilles_like.errors import ConfigurationError
+from achilles_like.liveness import SERVER_SILENCE_TIMEOUT, SilenceWatch
 from achilles_like.protocol import ClientHandshake, FrameDecoder, encode_frame
 from achilles_like.server.cluster import ClusterServer, ServerOptions, ServerProtocol
 
@@ -107,22 +109,90 @@ def test_unauthenticated_connection_is_dropped_at_the_auth_timeout() -> None:
     assert transport.disconnecting
 
 
-def test_silent_node_is_dropped_by_heartbeats_and_its_slot_leaves() -> None:
-    """A registered node that stops answering PINGs is aborted after heartbeat_timeout."""
-    server, clock = make_server(heartbeat_interval=1.0, heartbeat_timeout=3.0)
-    server.start_heartbeats()
+def _node(server: ClusterServer, slots: int = 2) -> tuple[ServerProtocol, StringTransport]:
     protocol, transport = connect(server)
     assert authenticate(protocol, transport, SECRET, "node").startswith(b"WELCOME")
-    protocol.dataReceived(encode_frame("REGISTER", slots=2, processes=1, name="n", pid=1))
-    assert len(server.status()["nodes"]) == 1
-    clock.advance(1.0)
-    assert b"PING" in transport.value()
-    for _ in range(3):
-        clock.advance(1.0)
-    assert transport.disconnected  # aborted, not politely closed
-    protocol.connectionLost()
+    protocol.dataReceived(encode_frame("REGISTER", slots=slots, processes=1, name="n", pid=1))
+    transport.clear()
+    return protocol, transport
+
+
+def _dropped_at(clock: Clock, transport: StringTransport, until: float) -> float | None:
+    """Advance the clock in 0.5 s steps; when ``transport`` was aborted (None if not by ``until``)."""
+    while clock.seconds() < until:
+        clock.advance(0.5)
+        if transport.disconnected:
+            return clock.seconds()
+    return None
+
+
+def test_silent_node_holding_tasks_is_dropped_at_the_heartbeat_timeout() -> None:
+    """A node given a task after 25 s of idle quiet is pinged, then aborted heartbeat_timeout later."""
+    server, clock = make_server(heartbeat_interval=1.0, heartbeat_timeout=3.0)
+    server.start_heartbeats()
+    node, node_transport = _node(server)
+    assert _dropped_at(clock, node_transport, 25.0) is None  # idle: the 30 s idle timeout holds
+    controller, _ = _controller(server)
+    controller.dataReceived(
+        encode_frame("SUBMIT", ref=1)
+        + encode_frame("FUNC", b"f", job=0, ref=1, fn=0)
+        + encode_frame("TASK", b"t", job=0, ref=1, fn=0, task=0)
+    )
+    assert b"TASK" in node_transport.value()
+    assigned = clock.seconds()
+    dropped = _dropped_at(clock, node_transport, 60.0)
+    assert b"PING" in node_transport.value()
+    assert dropped is not None and 3.0 <= dropped - assigned <= 4.0
+    node.connectionLost()
     assert server.status()["nodes"] == []
     server.stop_heartbeats()
+
+
+def test_silent_idle_node_is_dropped_at_the_idle_timeout_and_its_slot_leaves() -> None:
+    """A registered node with no tasks that stops answering is pinged every 10 s and aborted after 30 s."""
+    server, clock = make_server(heartbeat_interval=1.0, heartbeat_timeout=3.0)
+    server.start_heartbeats()
+    node, transport = _node(server)
+    assert len(server.status()["nodes"]) == 1
+    dropped = _dropped_at(clock, transport, 60.0)
+    assert dropped is not None and 30.0 <= dropped <= 32.0
+    assert transport.value().count(b"PING") == 2
+    node.connectionLost()
+    assert server.status()["nodes"] == []
+    server.stop_heartbeats()
+
+
+@pytest.mark.parametrize("role", ["node", "controller"])
+def test_an_idle_healthy_peer_is_never_dropped_by_either_side(role: str) -> None:
+    """Over an idle hour the server never drops a peer that answers, nor the peer the server."""
+    server, clock = make_server()  # the defaults: idle peers pinged every 10 s
+    server.start_heartbeats()
+    protocol, transport = connect(server)
+    authenticate(protocol, transport, SECRET, role)
+    transport.clear()
+    gave_up: list[float] = []
+    watch = SilenceWatch(clock, SERVER_SILENCE_TIMEOUT, gave_up.append)  # the node's and controller's limit
+    watch.start()
+    pings = 0
+    for _ in range(3600):
+        clock.advance(1.0)
+        if transport.value():
+            watch.touch()
+            pings += transport.value().count(b"PING")
+            transport.clear()
+            protocol.dataReceived(encode_frame("PONG"))
+    assert gave_up == [] and not transport.disconnecting
+    assert 3600 / 12 <= pings <= 3600 / 10
+    watch.stop()
+    server.stop_heartbeats()
+
+
+def test_heartbeat_limits_that_would_make_peers_drop_the_server_are_refused() -> None:
+    """An idle heartbeat interval over half the peers' silence timeout is a ConfigurationError naming it."""
+    with pytest.raises(ConfigurationError, match=r"idle heartbeat interval 20\.0s is too long"):
+        make_server(idle_heartbeat_interval=20.0)
+    with pytest.raises(ConfigurationError, match=r"heartbeat interval 16\.0s"):
+        make_server(heartbeat_interval=16.0)
 
 
 def test_answering_node_is_kept() -> None:
@@ -268,8 +338,10 @@ def test_repeated_warnings_from_one_address_are_rate_limited(caplog: pytest.LogC
 
 
 def test_only_quiet_peers_are_pinged() -> None:
-    """A peer that talks and is answered every second gets no PING; an idle one does, every 2 s."""
-    server, clock = make_server(heartbeat_interval=2.0, heartbeat_timeout=5.0)
+    """A peer that talks and is answered every second gets no PING; a quiet one does, every 2 s."""
+    server, clock = make_server(
+        heartbeat_interval=2.0, heartbeat_timeout=5.0, idle_heartbeat_interval=2.0, idle_heartbeat_timeout=5.0
+    )
     server.start_heartbeats()
     busy, busy_transport = connect(server)
     authenticate(busy, busy_transport, SECRET, "admin")
@@ -286,18 +358,10 @@ def test_only_quiet_peers_are_pinged() -> None:
     server.stop_heartbeats()
 
 
-def _node(server: ClusterServer, host: str) -> tuple[ServerProtocol, StringTransport]:
-    protocol, transport = connect(server, host)
-    authenticate(protocol, transport, SECRET, "node")
-    protocol.dataReceived(encode_frame("REGISTER", slots=1))
-    transport.clear()
-    return protocol, transport
-
-
 def test_running_reaches_the_controller_only_from_the_holder_and_withdrawals_are_answered() -> None:
     """RUNNING passes only for a task the node holds; WITHDRAW drops a waiting task or asks its node."""
     server, _ = make_server()
-    node, node_transport = _node(server, "10.0.0.2")
+    node, node_transport = _node(server, slots=1)
     controller, transport = _controller(server)
     controller.dataReceived(encode_frame("SUBMIT", ref=1, running=1))
     _said(transport)
@@ -319,3 +383,13 @@ def test_running_reaches_the_controller_only_from_the_holder_and_withdrawals_are
     node.dataReceived(encode_frame("WITHDRAWN", job=1, task=0, attempt=1))
     assert _said(transport) == [("WITHDRAWN", {"job": "1", "task": "0"}), ("CREDIT", {"job": "1", "n": "1"})]
     assert server.status()["nodes"][0]["busy"] == 0
+
+
+def test_a_body_that_reads_pong_is_not_taken_for_a_pong() -> None:
+    """The PONG fast path applies only between frames: a body of exactly b"PONG\\r\\n" is still a body."""
+    server, _ = make_server()
+    controller, _ = _controller(server)
+    controller.dataReceived(encode_frame("SUBMIT", ref=1) + encode_frame("FUNC", b"f", job=0, ref=1, fn=0))
+    controller.dataReceived(encode_frame("TASK", b"PONG\r\n", job=0, ref=1, fn=0, task=0)[:-6])
+    controller.dataReceived(b"PONG\r\n")
+    assert server.status()["job"]["tasks_received"] == 1

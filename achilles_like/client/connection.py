@@ -35,7 +35,8 @@ from achilles_like.errors import (
     ProtocolError,
     ProtocolViolationError,
 )
-from achilles_like.liveness import enable_keepalive
+from achilles_like.frame_writer import FrameWriter
+from achilles_like.liveness import SERVER_SILENCE_TIMEOUT, enable_keepalive
 from achilles_like.plain_or_tls import PREAMBLE, explain_early_close, server_is_plain
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder
 from achilles_like.protocol import messages as msg
@@ -44,9 +45,9 @@ from achilles_like.secret_strength import check_peer_secret
 from achilles_like.tls import client_creator
 
 CONNECT_TIMEOUT = 10.0
-# The server pings every peer every 2 s; this long without a byte from it
-# (a dead machine, a silent partition) ends the wait with a clear error.
-SERVER_SILENCE_TIMEOUT = 30.0
+# SERVER_SILENCE_TIMEOUT: the server speaks to a quiet controller at least every 10 s (every 2 s
+# while its job runs); this long without a byte from it (a dead machine, a silent partition) ends
+# the wait with a clear error.
 
 
 M = TypeVar("M", bound=msg.Message)
@@ -81,12 +82,14 @@ class ClientProtocol(Protocol):
         self.last_seen = time.monotonic()
         self.lost = False
         self.received_any = False  # nothing at all before a close: a TLS server, most likely
+        self.out = FrameWriter()  # every write: large bodies are fed in slices, in order
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        self.out.attach(self.transport)
         tcp.tune(self.transport)
         enable_keepalive(self.transport)
         direct_reads.install(self.transport, self.decoder)
-        self.transport.write(PREAMBLE)  # type: ignore[union-attr]  # a TLS server refuses it at once
+        self.out.write(PREAMBLE)  # a TLS server refuses it at once
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
         self.last_seen = time.monotonic()
@@ -113,7 +116,7 @@ class ClientProtocol(Protocol):
             if frame.verb == msg.Ping.VERB:
                 # Answered here, in the reactor thread, so a busy caller still looks alive.
                 if self.transport is not None:
-                    self.transport.write(_PONG)
+                    self.out.write(_PONG)
                 continue
             inbox = self._inbox(frame)
             if inbox is not None:
@@ -147,7 +150,7 @@ class ClientProtocol(Protocol):
         while frames and not self.handshake.authenticated:
             reply = self.handshake.receive(frames.pop(0))
             if reply and self.transport is not None:
-                self.transport.write(reply)
+                self.out.write(reply)
             if self.handshake.authenticated:
                 self.decoder.max_body = self.settings.max_body
                 self.ready.callback(self)
@@ -303,7 +306,7 @@ class Connection:
             parts, self._outbox = self._outbox, []
             self._flush_scheduled = False
         if parts and self._protocol.transport is not None:
-            self._protocol.transport.writeSequence(parts)
+            self._protocol.out.write_sequence(parts)
 
     def next_event(self, inbox: queue.SimpleQueue[Any] | None = None) -> Any:
         """The next event of ``inbox`` (default: the connection's own); an error if the server is silent."""

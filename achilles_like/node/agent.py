@@ -24,7 +24,8 @@ Every connection to the server has a generation number, part of each task's
 job key. A result that comes back after the connection it belongs to was
 lost is dropped: the server has already re-queued that task elsewhere. The
 node reconnects with exponential backoff and jitter, also when nothing has
-arrived from the server for ``server_timeout`` seconds (it pings every two):
+arrived from the server for ``server_timeout`` seconds (it pings a quiet
+node every two while it holds tasks, and at least every ten when it holds none):
 a server whose machine vanished closes nothing; and when no HELLO came
 within ``hello_timeout`` seconds of connecting: a server swamped by every
 node reconnecting at once may leave a connection unserved. A failed handshake (an ERROR,
@@ -51,7 +52,8 @@ from twisted.python.failure import Failure
 from achilles_like import direct_reads, tcp
 from achilles_like.config import Settings, load_settings, usable_cpus
 from achilles_like.errors import AuthenticationError, ProtocolError, ProtocolViolationError, TaskTimeoutError
-from achilles_like.liveness import SilenceWatch, enable_keepalive
+from achilles_like.frame_writer import FrameWriter
+from achilles_like.liveness import SERVER_SILENCE_TIMEOUT, SilenceWatch, enable_keepalive
 from achilles_like.node.worker_pool import Outcome, WorkerPool, WorkItem
 from achilles_like.plain_or_tls import PREAMBLE, explain_early_close
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder
@@ -64,7 +66,7 @@ from achilles_like.tls import client_creator
 log = logging.getLogger("achilles_like.node")
 
 PREFETCH_PER_PROCESS = 2
-SERVER_TIMEOUT = 30.0  # seconds without a byte from the server before reconnecting
+SERVER_TIMEOUT = SERVER_SILENCE_TIMEOUT  # seconds without a byte from the server before reconnecting
 HELLO_TIMEOUT = 5.0  # seconds to wait for the server's first message (HELLO) on a new connection
 _REMEMBERED_JOBS = 8
 
@@ -230,8 +232,10 @@ class NodeProtocol(Protocol):
         # one accepted and unserved: give up soon and retry with backoff rather than wait.
         self._hello_wait: IDelayedCall | None = None
         self._no_hello = False
+        self.out = FrameWriter()  # every write: large bodies are fed in slices, in order
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        self.out.attach(self.transport)
         tcp.tune(self.transport)
         enable_keepalive(self.transport)
         direct_reads.install(self.transport, self.decoder)
@@ -332,12 +336,12 @@ class NodeProtocol(Protocol):
     def send(self, data: bytes) -> None:
         """Write bytes if connected."""
         if data and self.transport is not None:
-            self.transport.write(data)
+            self.out.write(data)
 
     def send_message(self, message: msg.Message) -> None:
         """Write a message without copying its body."""
         if self.transport is not None:
-            self.transport.writeSequence(message.encode())
+            self.out.write_sequence(message.encode())
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self.watch.stop()

@@ -228,6 +228,11 @@ class FrameDecoder:
         return 0 if self._pending is None else self._pending[2]
 
     @property
+    def between_frames(self) -> bool:
+        """Whether the next byte starts a new frame (nothing partial held, no body awaited, not broken)."""
+        return self._pending is None and not self._line and self._error is None
+
+    @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a returned frame."""
         return len(self._line) + (0 if self._body is None else self._body.filled)

@@ -246,6 +246,13 @@ class Scheduler:
         job = self._live_job(job_id)
         return None if job is None else job.controller_id
 
+    def holds_work(self, peer_id: str) -> bool:
+        """Whether a node holds tasks, or a controller has a started job (its loss would stall work)."""
+        node = self._nodes.get(peer_id)
+        if node is not None:
+            return bool(node.inflight)
+        return any(job.controller_id == peer_id for job in self._started.values())
+
     def slot_totals(self) -> tuple[int, int]:
         """The cluster's slots and free slots, as kept by running sums."""
         return self._free.total_slots, self._free.total_free

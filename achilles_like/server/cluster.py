@@ -23,11 +23,15 @@ It turns the scheduler's actions into frames on the right connection; an
 action for a connection that has gone away is dropped, because the
 scheduler has already been told (``node_lost`` / ``controller_lost``).
 
-Any frame is a sign of life: a peer is pinged only when it has been silent,
-or has heard nothing from the server, for ``heartbeat_interval`` seconds
-(``server/heartbeat.py``); one that has sent nothing for
+Any frame is a sign of life: a peer that holds work (a node with tasks, a
+controller with a started job) is pinged only when it has been silent, or
+has heard nothing from the server, for ``heartbeat_interval`` seconds
+(``server/heartbeat.py``), and one that has sent nothing for
 ``heartbeat_timeout`` seconds (stopped, partitioned) is disconnected: a
-node's tasks are re-queued, a controller's job cancelled. A running job
+node's tasks are re-queued, a controller's job cancelled. A peer with
+nothing in flight is held to the longer ``idle_heartbeat_*`` limits, which
+is what keeps a server of thousands of idle nodes cheap; it is switched to
+the short ones the moment it is given work. A running job
 left with no node at all fails after ``no_node_timeout`` seconds. Peers
 that do not finish the handshake within ``auth_timeout`` seconds are
 disconnected; past ``max_pending`` unauthenticated connections
@@ -61,7 +65,8 @@ from achilles_like.errors import (
     ProtocolError,
     ProtocolViolationError,
 )
-from achilles_like.liveness import enable_keepalive
+from achilles_like.frame_writer import FrameWriter
+from achilles_like.liveness import IDLE_PING_INTERVAL, SERVER_SILENCE_TIMEOUT, enable_keepalive
 from achilles_like.protocol import Frame, FrameDecoder, ServerHandshake
 from achilles_like.protocol import messages as msg
 from achilles_like.protocol.frames import body_limits
@@ -81,14 +86,19 @@ from achilles_like.tls import server_context
 log = logging.getLogger("achilles_like.server")
 
 _PING = msg.Ping().to_bytes()  # encoded once: the heartbeat sends it to every silent peer
+_PONG = msg.Pong().to_bytes()  # an idle peer's whole answer, usually alone in its segment
 
 
 @dataclass
 class ServerOptions:
     """Timing knobs of the server (seconds)."""
 
-    heartbeat_interval: float = 2.0
+    heartbeat_interval: float = 2.0  # for a peer that holds work
     heartbeat_timeout: float = 10.0
+    # For a peer with nothing in flight (raised to the busy values if below them). Nodes and
+    # controllers drop a server silent for SERVER_SILENCE_TIMEOUT: the interval stays well inside it.
+    idle_heartbeat_interval: float = IDLE_PING_INTERVAL
+    idle_heartbeat_timeout: float = 3 * IDLE_PING_INTERVAL
     auth_timeout: float = 5.0  # a real peer authenticates in milliseconds; a stalled one holds a socket
     no_node_timeout: float = 60.0  # a running job with no node at all fails after this
     # Failed handshakes allowed before new connections wait for HELLO (server/auth_throttle.py).
@@ -127,9 +137,11 @@ class ServerProtocol(Protocol):
         self.last_ping = 0.0
         self.closed = False
         self.close_reason = ""  # why we closed it, for the log and the dashboard
+        self.out = FrameWriter()  # every write: large bodies are fed in slices, in order
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
         assert self.transport is not None
+        self.out.attach(self.transport)
         tcp.tune(self.transport)
         enable_keepalive(self.transport)
         direct_reads.install(self.transport, self.decoder, self.cluster.events.bytes_received)
@@ -143,7 +155,7 @@ class ServerProtocol(Protocol):
             # Too many failed handshakes from here or everywhere: make guessing slow.
             self.cluster.clock.callLater(delay, self.send, self.handshake.hello())
         else:
-            self.transport.write(self.handshake.hello())
+            self.out.write(self.handshake.hello())
 
     @property
     def host(self) -> str:
@@ -155,6 +167,8 @@ class ServerProtocol(Protocol):
             return
         self.last_seen = self.cluster.clock.seconds()
         self.cluster.events.bytes_received(len(data))  # metrics hook
+        if data == _PONG and self.decoder.between_frames and self.handshake.authenticated:
+            return  # most of an idle server's traffic: nothing to do but note the sign of life
         try:
             for frame in self.decoder.feed(data):
                 self._handle(frame)
@@ -188,7 +202,7 @@ class ServerProtocol(Protocol):
             return
         message = msg.decode(frame)
         if isinstance(message, msg.Ping):
-            self.send(msg.Pong().to_bytes())
+            self.send(_PONG)
         elif isinstance(message, msg.Pong):
             pass
         elif self.role == "node":
@@ -203,7 +217,7 @@ class ServerProtocol(Protocol):
         if data and not self.closed and self.transport is not None:
             self.cluster.events.bytes_sent(len(data))  # metrics hook
             self.last_sent = self.cluster.clock.seconds()
-            self.transport.write(data)
+            self.out.write(data)
 
     def send_message(self, message: msg.Message) -> None:
         """Write a message; a body is written without being copied."""
@@ -211,7 +225,7 @@ class ServerProtocol(Protocol):
             parts = message.encode()
             self.cluster.events.bytes_sent(sum(map(len, parts)))  # metrics hook
             self.last_sent = self.cluster.clock.seconds()
-            self.transport.writeSequence(parts)
+            self.out.write_sequence(parts)
 
     def _close(self, last_words: bytes = b"") -> None:
         self.send(last_words)
@@ -280,8 +294,7 @@ class ClusterServer(ServerFactory):
         self.pending: PendingConnections[ServerProtocol] = PendingConnections(
             self.options.max_pending, self.options.max_pending_per_address
         )
-        interval, timeout = self.options.heartbeat_interval, self.options.heartbeat_timeout
-        self.heartbeat: Heartbeat[ServerProtocol] = Heartbeat(min(interval, timeout), timeout)
+        self.heartbeat: Heartbeat[ServerProtocol] = _heartbeat(self.options, self._holds_work)
         self._heartbeat = task.LoopingCall(self._heartbeat_tick)
         self._heartbeat.clock = clock
         # Metrics, the dashboard's history and job log lines: one observer, fed by one-line hooks.
@@ -289,6 +302,15 @@ class ClusterServer(ServerFactory):
 
     def buildProtocol(self, addr: IAddress | None) -> ServerProtocol:  # noqa: N802 - Twisted's name
         return ServerProtocol(self)
+
+    def _holds_work(self, peer: ServerProtocol) -> bool:
+        return self.scheduler.holds_work(peer.peer_id)
+
+    def _work_assigned(self, peer_id: str) -> None:
+        """``peer_id`` was given work: the heartbeat holds it to the short limits (cheap if it already is)."""
+        peer = self.peers.get(peer_id)
+        if peer is not None:
+            self.heartbeat.work_assigned(peer, self.clock.seconds())
 
     def admit_pending(self, peer: ServerProtocol) -> None:
         """Track a new unauthenticated connection; close the oldest ones past a cap."""
@@ -529,6 +551,7 @@ class ClusterServer(ServerFactory):
         match action:
             case act.AssignTask(node_id, job_id, task_id, attempt, blob, fn):
                 self._send(node_id, msg.Task(job=job_id, task=task_id, fn=fn, attempt=attempt, body=blob))
+                self._work_assigned(node_id)
             case act.ForwardResult(controller_id, job_id, task_id, ok, blob):
                 self._send(controller_id, msg.Result(job=job_id, task=task_id, ok=ok, body=blob))
             case act.GrantCredit(controller_id, job_id, count):
@@ -544,6 +567,7 @@ class ClusterServer(ServerFactory):
                 self._send(controller_id, msg.Queued(job=job_id, position=position, ref=ref))
             case act.JobStarted(controller_id, job_id):
                 self._send(controller_id, msg.Started(job=job_id, ref=self.job_refs.get(job_id)))
+                self._work_assigned(controller_id)
             case act.JobEnded(controller_id, job_id, outcome, reason, task_id):
                 self.job_options.pop(job_id, None)
                 self.early.pop(job_id, None)
@@ -566,6 +590,27 @@ class ClusterServer(ServerFactory):
         peer = self.peers.get(peer_id)
         if peer is not None:
             peer.send_message(message)
+
+
+def _heartbeat(options: ServerOptions, holds_work: Any) -> Heartbeat[ServerProtocol]:
+    """The heartbeat for ``options``; refuses limits that would make peers drop a healthy server."""
+    interval, timeout = options.heartbeat_interval, options.heartbeat_timeout
+    if not 0 < interval <= SERVER_SILENCE_TIMEOUT / 2 or timeout <= 0:
+        raise ConfigurationError(
+            f"heartbeat interval {interval}s and timeout {timeout}s: both must be positive, and the"
+            f" interval at most {SERVER_SILENCE_TIMEOUT / 2:.0f}s (nodes and controllers drop a server"
+            f" they hear nothing from for {SERVER_SILENCE_TIMEOUT:.0f}s)"
+        )
+    idle_interval = max(options.idle_heartbeat_interval, interval)
+    if idle_interval > SERVER_SILENCE_TIMEOUT / 2:
+        raise ConfigurationError(
+            f"idle heartbeat interval {idle_interval}s is too long: nodes and controllers drop a server"
+            f" they hear nothing from for {SERVER_SILENCE_TIMEOUT:.0f}s; use at most"
+            f" {SERVER_SILENCE_TIMEOUT / 2:.0f}s"
+        )
+    idle_timeout = max(options.idle_heartbeat_timeout, timeout, idle_interval)
+    ping_after = min(interval, timeout)
+    return Heartbeat(ping_after, timeout, idle_interval, idle_timeout, holds_work)
 
 
 def check_bind_allowed(settings: Settings) -> None:
