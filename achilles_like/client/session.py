@@ -28,6 +28,7 @@ import logging
 import queue
 import threading
 from collections import deque
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from achilles_like.client.connection import Connection, Lost
@@ -172,11 +173,25 @@ class Session:
             if self._connection is not None:
                 self._connection.close()
 
-    def _snapshot(self) -> list[PoolSource]:
+    def _snapshot(self) -> Iterator[PoolSource]:
+        """The sources not exhausted, in order, read one at a time.
+
+        A feed stops as soon as its credit runs out, so it reads only the first
+        few of thousands of queued ``submit`` calls: copying the whole queue at
+        every feed cost O(queued calls) per call.
+        """
         with self._lock:
             while self._sources and self._sources[0].exhausted:
                 self._sources.popleft()
-            return list(self._sources)
+            sources = self._sources
+        index = 0
+        while True:
+            with self._lock:  # add() appends in other threads; a failure replaces the deque
+                if sources is not self._sources or index >= len(sources):
+                    return
+                source = sources[index]
+            index += 1
+            yield source
 
     def _step(self) -> bool:
         with self._driving:
@@ -199,16 +214,15 @@ class Session:
         if self._terminating:
             self._break(self.broken or self.broken_type("the pool was terminated"))
             return None
-        sources = self._snapshot()
         driver = self._driver
         if driver is not None and driver.ended is not None:
             if not driver.started:  # refused at SUBMIT (queue full): fail the waiting work, no retry loop
                 self._fail_waiting(JobFailedError(driver.ended_message()))
             driver = self._driver = None  # the job failed: the next work opens another
-        if driver is None and any(source.has_batch for source in sources):
+        if driver is None and any(source.has_batch for source in self._snapshot()):
             driver = self._open_job()
         if driver is not None:
-            driver.feed(sources)
+            driver.feed(self._snapshot())
         with self._lock:  # add() checks _closing under the same lock
             done = self._closing and not self._sources
         if done:
