@@ -118,7 +118,14 @@ class Session:
         stdlib's result handler) and the caller once.
         """
         driver = self._driver
-        if driver is None or driver.ended is not None or not self._driving.acquire(blocking=False):
+        if driver is None or driver.ended is not None:
+            return False
+        if driver.credit <= 0:
+            # Nothing can be sent now, and credit only comes as an event, after which the
+            # session thread feeds its sources (this one is among them: it was added before
+            # this read). So a burst of submits neither waits for the driver nor wakes anyone.
+            return True
+        if not self._driving.acquire(blocking=False):
             return False
         try:
             if driver is not self._driver or driver.ended is not None:
