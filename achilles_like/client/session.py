@@ -15,6 +15,11 @@ lets other controllers' jobs run, and this one takes its turn again as soon as
 it sends work, so there is no close and reopen around idle periods. The
 initializer runs once in each worker process that runs the pool's tasks.
 
+Calls are sent as credit allows, at once while little is in flight; a busy
+job's freed credit gathers until a quarter of its window can go in one write
+(see :func:`_worth_feeding`). A feed reads only the sources it can send, so
+thousands of queued ``submit`` calls add no work to a feed while they wait.
+
 A worker's outcomes are per item, so an exception fails only the call it
 belongs to. A job-level failure (an initializer that raises, a task that
 kills its worker on every attempt) fails the calls in flight; a Pool then
@@ -58,6 +63,24 @@ class _NoJob:
 
 
 _NO_JOB = _NoJob()
+
+
+# A busy job sends once this share of its window (credit + tasks in flight) is free.
+_FEED_BATCH = 4
+
+
+def _worth_feeding(driver: JobDriver) -> bool:
+    """Whether to send now: at once when little is in flight, else once a quarter of the window is free.
+
+    Sending as each result returns credit costs a wake-up of the reactor, a
+    write and a read on the server per call. While three quarters of the
+    window are in flight, at least a quarter of it waits on the server for a
+    node (the server's window is at least twice the nodes' slots), so the
+    nodes lose nothing while the freed credit gathers into one write. A lone
+    call, or the first of a burst, still goes at once.
+    """
+    credit = driver.credit
+    return credit > 0 and credit * _FEED_BATCH >= credit + len(driver.inflight)
 
 
 class Session:
@@ -120,10 +143,10 @@ class Session:
         driver = self._driver
         if driver is None or driver.ended is not None:
             return False
-        if driver.credit <= 0:
-            # Nothing can be sent now, and credit only comes as an event, after which the
-            # session thread feeds its sources (this one is among them: it was added before
-            # this read). So a burst of submits neither waits for the driver nor wakes anyone.
+        if not _worth_feeding(driver):
+            # Credit comes, and tasks in flight finish, only as events, after each of which
+            # the session thread feeds its sources (this one is among them: it was added
+            # before this read). So a burst of submits neither waits for the driver nor wakes anyone.
             return True
         if not self._driving.acquire(blocking=False):
             return False
@@ -228,7 +251,7 @@ class Session:
             driver = self._driver = None  # the job failed: the next work opens another
         if driver is None and any(source.has_batch for source in self._snapshot()):
             driver = self._open_job()
-        if driver is not None:
+        if driver is not None and _worth_feeding(driver):
             driver.feed(self._snapshot())
         with self._lock:  # add() checks _closing under the same lock
             done = self._closing and not self._sources
