@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -216,6 +217,37 @@ def test_a_large_credit_keeps_more_than_max_ahead_tasks_in_flight() -> None:
     for _ in range(DEFAULT_MAX_AHEAD // 2):
         results.next()
     assert source.next_batch() is not None
+
+
+def test_a_feed_reads_no_further_source_once_its_credit_is_spent() -> None:
+    """With 1,000 one-call sources queued and credit for two, a feed reads three of them, not all."""
+    driver, connection = make_driver()
+    driver.handle(frames(msg.Started(job=1), msg.Credit(job=1, n=2)))
+    read = 0
+
+    def queued() -> Iterator[_ListSource]:
+        nonlocal read
+        for i in range(1000):
+            read += 1
+            yield _ListSource([Batch(b"f", [i], lambda outcomes: None, i)])
+
+    assert driver.feed(queued()) is True
+    assert read == 3  # two sent; the third found no credit left
+    assert [m.task for m in connection.take() if isinstance(m, msg.Task)] == [0, 1]
+
+
+def test_every_task_of_one_feed_leaves_in_one_write() -> None:
+    """Three calls fed together (their function included) are one send: one wake-up of the reactor."""
+    driver, connection = make_driver()
+    connection.take()
+    writes: list[int] = []
+    record = connection.send
+    connection.send = lambda *parts: (writes.append(len(parts)), record(*parts))  # type: ignore[method-assign]
+    driver.handle(frames(msg.Started(job=1), msg.Credit(job=1, n=3)))
+    sources = [_ListSource([Batch(b"f", [i], lambda outcomes: None, i)]) for i in range(3)]
+    assert driver.feed(sources) is True
+    assert len(writes) == 1
+    assert [type(m).__name__ for m in connection.take()] == ["Func", "Task", "Task", "Task"]
 
 
 class _ListSource:

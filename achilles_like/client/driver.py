@@ -187,19 +187,20 @@ class JobDriver:
         """Send batches while there is credit; return whether anything was sent."""
         if self.end_sent or self.ended is not None:
             return False
-        sent = False
-        for source in sources:
-            parts: list[bytes] = []
-            while self.credit > 0:
-                batch = source.next_batch()
-                if batch is None:
-                    break
-                parts += self._task(batch)
-            if parts:
-                # Sent before the next source is pulled, which may block.
+        parts: list[bytes] = []
+        try:
+            for source in sources:
+                if self.credit <= 0:
+                    break  # the rest wait for credit: a long queue of calls is not walked
+                while self.credit > 0:
+                    batch = source.next_batch()
+                    if batch is None:
+                        break
+                    parts += self._task(batch)
+        finally:
+            if parts:  # one write, and one wake-up of the reactor, for every task of this feed
                 self.connection.send(*parts)
-                sent = True
-        return sent
+        return bool(parts)
 
     def _address(self) -> tuple[int, int | None]:
         """``(job, ref)``: the job's id once known; before that, job 0 and this driver's ref."""

@@ -15,6 +15,11 @@ lets other controllers' jobs run, and this one takes its turn again as soon as
 it sends work, so there is no close and reopen around idle periods. The
 initializer runs once in each worker process that runs the pool's tasks.
 
+Calls are sent as credit allows, at once while little is in flight; a busy
+job's freed credit gathers until a quarter of its window can go in one write
+(see :func:`_worth_feeding`). A feed reads only the sources it can send, so
+thousands of queued ``submit`` calls add no work to a feed while they wait.
+
 A worker's outcomes are per item, so an exception fails only the call it
 belongs to. A job-level failure (an initializer that raises, a task that
 kills its worker on every attempt) fails the calls in flight; a Pool then
@@ -28,7 +33,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from achilles_like.client.connection import Connection, Lost
@@ -58,6 +63,24 @@ class _NoJob:
 
 
 _NO_JOB = _NoJob()
+
+
+# A busy job sends once this share of its window (credit + tasks in flight) is free.
+_FEED_BATCH = 4
+
+
+def _worth_feeding(driver: JobDriver) -> bool:
+    """Whether to send now: at once when little is in flight, else once a quarter of the window is free.
+
+    Sending as each result returns credit costs a wake-up of the reactor, a
+    write and a read on the server per call. While three quarters of the
+    window are in flight, at least a quarter of it waits on the server for a
+    node (the server's window is at least twice the nodes' slots), so the
+    nodes lose nothing while the freed credit gathers into one write. A lone
+    call, or the first of a burst, still goes at once.
+    """
+    credit = driver.credit
+    return credit > 0 and credit * _FEED_BATCH >= credit + len(driver.inflight)
 
 
 class Session:
@@ -122,7 +145,14 @@ class Session:
         stdlib's result handler) and the caller once.
         """
         driver = self._driver
-        if driver is None or driver.ended is not None or not self._driving.acquire(blocking=False):
+        if driver is None or driver.ended is not None:
+            return False
+        if not _worth_feeding(driver):
+            # Credit comes, and tasks in flight finish, only as events, after each of which
+            # the session thread feeds its sources (this one is among them: it was added
+            # before this read). So a burst of submits neither waits for the driver nor wakes anyone.
+            return True
+        if not self._driving.acquire(blocking=False):
             return False
         try:
             if driver is not self._driver or driver.ended is not None:
@@ -189,11 +219,25 @@ class Session:
             if self._connection is not None:
                 self._connection.close()
 
-    def _snapshot(self) -> list[PoolSource]:
+    def _snapshot(self) -> Iterator[PoolSource]:
+        """The sources not exhausted, in order, read one at a time.
+
+        A feed stops as soon as its credit runs out, so it reads only the first
+        few of thousands of queued ``submit`` calls: copying the whole queue at
+        every feed cost O(queued calls) per call.
+        """
         with self._lock:
             while self._sources and self._sources[0].exhausted:
                 self._sources.popleft()
-            return list(self._sources)
+            sources = self._sources
+        index = 0
+        while True:
+            with self._lock:  # add() appends in other threads; a failure replaces the deque
+                if sources is not self._sources or index >= len(sources):
+                    return
+                source = sources[index]
+            index += 1
+            yield source
 
     def _step(self) -> bool:
         with self._driving:
@@ -216,13 +260,12 @@ class Session:
         if self._terminating:
             self._break(self.broken or self.broken_type("the pool was terminated"))
             return None
-        sources = self._snapshot()
         driver = self._driver
         if driver is not None and driver.ended is not None:
             if not driver.started:  # refused at SUBMIT (queue full): fail the waiting work, no retry loop
                 self._fail_waiting(JobFailedError(driver.ended_message()))
             driver = self._driver = None  # the job failed: the next work opens another
-        if driver is None and any(source.has_batch for source in sources):
+        if driver is None and any(source.has_batch for source in self._snapshot()):
             driver = self._open_job()
         while self._withdrawals:
             batch, then = self._withdrawals.popleft()
@@ -231,8 +274,8 @@ class Session:
             elif driver is not None:
                 batch.on_withdrawn = then
                 driver.withdraw(batch)
-        if driver is not None:
-            driver.feed(sources)
+        if driver is not None and _worth_feeding(driver):
+            driver.feed(self._snapshot())
         with self._lock:  # add() checks _closing under the same lock
             done = self._closing and not self._sources
         if done:
