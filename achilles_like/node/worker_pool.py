@@ -40,11 +40,13 @@ Linux) and ignore Ctrl-C, which is the node's.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
-from collections import deque
-from collections.abc import Callable
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -70,7 +72,7 @@ class Outcome(Enum):
     TIMEOUT = "timeout"  # it ran over its time limit and its worker was killed
 
 
-@dataclass
+@dataclass(slots=True)
 class WorkItem:
     """One task attempt as the worker pool runs it."""
 
@@ -81,13 +83,18 @@ class WorkItem:
     setup_blob: bytes = field(repr=False)  # the job's initializer, sent with a worker's first task of it
     fn: int
     func_blob: bytes = field(repr=False)  # the function, sent with a worker's first task calling it
-    items_blob: bytes = field(repr=False)  # dropped once written to the worker
+    items_blob: bytes = field(repr=False)  # dropped once the task starts in a worker
     timeout: float | None = None
     max_tasks: int | None = None  # replace a worker once it has run this many tasks
     capture: bool = False  # the worker sends what the task prints (see ``achilles_like/task_output.py``)
 
 
 READ_BUDGET = 4 << 20  # bytes of a result read per reactor turn, at most (about, plus one read)
+READ_SIZE = 256 << 10  # bytes asked of a worker's socket per read: every result it has written
+QUEUE_DEPTH = 2  # tasks a worker may hold: the one it runs and the next, already in its socket
+QUEUE_BLOB_MAX = 64 << 10  # only tasks this small wait in a worker's socket (they are kept to re-queue)
+SHORT_TASK = 0.02  # seconds: only a job whose tasks take at most this long queues them behind each other
+_ESTIMATES_KEPT = 16  # jobs whose task duration the pool remembers
 
 Deliver = Callable[[WorkItem, Outcome, bytes, str], None]
 OnOutput = Callable[[WorkItem, bytes], None]
@@ -106,6 +113,8 @@ class WorkerPool:
         self._pending: deque[WorkItem] = deque()
         self._closed = False
         self._retired: list[_Worker] = []  # killed, waiting for their sentinel to be reaped
+        # job key -> how long its recent tasks took (seconds; the longest, decaying slowly)
+        self._durations: OrderedDict[int, float] = OrderedDict()
         self._workers: list[_Worker] = [self._spawn() for _ in range(processes)]
 
     def submit(self, item: WorkItem) -> None:
@@ -118,10 +127,17 @@ class WorkerPool:
         """Drop queued tasks matching ``should_drop`` and kill the workers running one."""
         self._pending = deque(item for item in self._pending if not should_drop(item))
         for worker in list(self._workers):
-            if worker.item is not None and should_drop(worker.item):
-                # Nobody wants the result: free the process for the next job now.
-                worker.item = None
-                self._replace(worker)
+            if not any(should_drop(item) for item in worker.queue):
+                continue
+            # Nobody wants the result: free the process for the next job now. The tasks in a
+            # worker's queue are of one job, so they all go; should one not, it is not lost:
+            # one queued behind never started (back to the queue), a running one is LOST.
+            running, *waiting = worker.queue
+            worker.queue.clear()
+            self._requeue(item for item in waiting if not should_drop(item))
+            self._replace(worker)
+            if not should_drop(running):
+                self._deliver(running, Outcome.LOST, b"", "its worker was stopped to cancel another task")
         self._assign()
 
     @property
@@ -147,14 +163,46 @@ class WorkerPool:
 
     def _assign(self) -> None:
         while self._pending:
-            idle = [worker for worker in self._workers if worker.item is None]
-            if not idle:
+            item = self._pending[0]
+            worker = self._pick(item)
+            if worker is None:
                 return
-            item = self._pending.popleft()
-            # Prefer a worker that has not run this job yet: a pool's first calls then run its
-            # initializer in as many processes as it has calls, as a local pool's would.
-            fresh = next((worker for worker in idle if item.job_key not in worker.jobs_seen), idle[0])
-            self._start(fresh, item)
+            self._pending.popleft()
+            self._start(worker, item)
+
+    def _pick(self, item: WorkItem) -> _Worker | None:
+        """An idle worker, preferring one that has not run this job yet; else one to queue behind."""
+        idle = behind = None
+        for worker in self._workers:
+            if not worker.alive:
+                continue
+            if not worker.queue:
+                # A pool's first calls then run its initializer in as many processes as it has
+                # calls, as a local pool's would.
+                if item.job_key not in worker.jobs_seen:
+                    return worker
+                idle = idle or worker
+            elif behind is None and self._may_queue(worker, item):
+                behind = worker
+        return idle or behind
+
+    def _may_queue(self, worker: _Worker, item: WorkItem) -> bool:
+        """Whether ``item`` may wait in ``worker``'s socket behind the task it runs.
+
+        Only a small task of the same job (cancelling the job kills the worker
+        anyway), of a job whose tasks are short (a long one would leave
+        another worker idle while this one waits), and not past the worker's
+        ``max_tasks``. The worker then reads it without sleeping in between.
+        """
+        last = worker.queue[-1]
+        if len(worker.queue) >= QUEUE_DEPTH or last.job_key != item.job_key:
+            return False
+        if len(item.items_blob) > QUEUE_BLOB_MAX:
+            return False
+        if item.max_tasks is not None and worker.tasks_run + len(worker.queue) >= item.max_tasks:
+            return False
+        duration = self._durations.get(item.job_key)
+        return duration is not None and duration <= SHORT_TASK
 
     def _start(self, worker: _Worker, item: WorkItem) -> None:
         first = item.job_key not in worker.jobs_seen
@@ -165,8 +213,9 @@ class WorkerPool:
             worker.functions_seen[item.job_key] = set()
         functions = worker.functions_seen[item.job_key]
         new_function = item.fn not in functions
-        functions.add(item.fn)
-        header = pipe_format.TaskHeader(
+        if new_function:
+            functions.add(item.fn)
+        header = pipe_format.encode_task(
             item.job_key,
             item.fn,
             len(item.setup_blob) if first else None,
@@ -174,45 +223,74 @@ class WorkerPool:
             len(item.items_blob),
             item.capture,
         )
-        parts = [header.encode()]
-        parts += [item.setup_blob] if first else []
-        parts += [item.func_blob] if new_function else []
+        parts = [header]
+        if first:
+            parts.append(item.setup_blob)
+        if new_function:
+            parts.append(item.func_blob)
         parts.append(item.items_blob)
-        worker.item = item
+        worker.queue.append(item)
+        if len(worker.queue) == 1:
+            self._running(worker)
+        worker.link.send(parts)
+
+    def _running(self, worker: _Worker) -> None:
+        """The head of ``worker``'s queue has started: time it, and arm its time limit."""
+        item = worker.queue[0]
+        worker.started = time.monotonic()
         if item.timeout is not None:
             worker.timer = self._reactor.callLater(item.timeout, self._expire, worker)
-        worker.link.send(parts)
-        item.items_blob = b""  # the socket or the link's queue holds it now; the server retries, not us
+        item.items_blob = b""  # the socket holds it now; the server retries it, not us
+
+    def _requeue(self, items: Iterable[WorkItem]) -> None:
+        """Tasks that waited in a worker's socket and never started: first in line again."""
+        self._pending.extendleft(reversed(list(items)))
 
     # -- outcomes ----------------------------------------------------------------------------
 
     def _output(self, worker: _Worker, blob: bytes) -> None:
         """What the worker's current task printed (it comes just before the task's result)."""
-        if worker.item is not None and self._on_output is not None:
-            self._on_output(worker.item, blob)
+        if worker.queue and self._on_output is not None:
+            self._on_output(worker.queue[0], blob)
 
     def _result(self, worker: _Worker, ok: bool, blob: bytes) -> None:
-        item, worker.item = worker.item, None
-        worker.cancel_timer()
-        if item is None:
+        if not worker.queue:
             return  # cancelled or timed out meanwhile
+        item = worker.queue.popleft()
+        worker.cancel_timer()
+        self._timed(item.job_key, time.monotonic() - worker.started)
         worker.tasks_run += 1
+        retire = item.max_tasks is not None and worker.tasks_run >= item.max_tasks
+        if worker.queue and not retire:
+            self._running(worker)  # the next task was in its socket: it is running now
         self._deliver(item, Outcome.OK if ok else Outcome.ERROR, blob, "")
-        if item.max_tasks is not None and worker.tasks_run >= item.max_tasks and worker in self._workers:
+        if retire and worker in self._workers:
+            self._requeue(worker.queue)  # none should be there (see _may_queue), but none is lost
             self._replace(worker)
         self._assign()
 
+    def _timed(self, job_key: int, seconds: float) -> None:
+        """Remember how long a task of the job took: the longest recently (a long one counts at once)."""
+        known = self._durations.get(job_key)
+        slower = known is None or seconds > known
+        self._durations[job_key] = seconds if slower else 0.75 * known + 0.25 * seconds  # type: ignore[operator]
+        if known is None and len(self._durations) > _ESTIMATES_KEPT:
+            self._durations.popitem(last=False)
+
     def _expire(self, worker: _Worker) -> None:
         worker.timer = None
-        item, worker.item = worker.item, None
-        if item is None or worker not in self._workers:
+        if not worker.queue or worker not in self._workers:
             return
+        item = worker.queue.popleft()
+        self._timed(item.job_key, item.timeout or 0.0)
         self._deliver(item, Outcome.TIMEOUT, b"", f"it ran over its {item.timeout:g}s time limit")
+        self._requeue(worker.queue)
         self._replace(worker)
         self._assign()
 
     def _died(self, worker: _Worker) -> None:
         """A worker's process exited (its sentinel fired): reap it, report its task, replace it."""
+        worker.alive = False  # no new task for it while its last results are read
         if worker.link.connected:
             worker.link.doRead()  # a result it wrote in full before dying still counts
         self._detach(worker)
@@ -221,11 +299,13 @@ class WorkerPool:
         if worker in self._retired:
             self._retired.remove(worker)
             return
-        item, worker.item = worker.item, None
-        if item is not None:
+        if worker.queue:
+            item = worker.queue.popleft()
             # Names memory when the kernel's OOM killer is the likely cause.
             detail = describe_exit(worker.process.exitcode)
             log.warning("task %d of job %d lost: %s", item.task_id, item.job_id, detail)
+            self._requeue(worker.queue)  # they never started: they cost nothing
+            worker.queue.clear()
             self._deliver(item, Outcome.LOST, b"", detail)
         if worker in self._workers and not self._closed:
             self._workers[self._workers.index(worker)] = self._spawn()
@@ -256,6 +336,7 @@ class WorkerPool:
     def _replace(self, worker: _Worker) -> None:
         """Kill a worker that is still running and put a fresh one in its place."""
         self._detach(worker)
+        worker.queue.clear()
         if worker.process.exitcode is None:
             worker.process.kill()
         self._retired.append(worker)  # reaped when its sentinel fires
@@ -271,12 +352,20 @@ class _Worker:
     process: Any
     link: _WorkerLink = field(init=False)
     sentinel: _Sentinel = field(init=False)
-    item: WorkItem | None = None
-    timer: Any = None  # the IDelayedCall of its task's time limit
+    # Tasks written to it and not answered, in order: the first runs, the others wait in its socket.
+    queue: deque[WorkItem] = field(default_factory=deque)
+    started: float = 0.0  # time.monotonic() when the first of ``queue`` started
+    timer: Any = None  # the IDelayedCall of its running task's time limit
     # Jobs whose setup this worker has (the same last few the worker caches), with their functions.
     jobs_seen: deque[int] = field(default_factory=lambda: deque(maxlen=JOB_CACHE_SIZE))
     functions_seen: dict[int, set[int]] = field(default_factory=dict)
     tasks_run: int = 0  # since this process started, for max_tasks (maxtasksperchild)
+    alive: bool = True  # False once its process has exited
+
+    @property
+    def item(self) -> WorkItem | None:
+        """The task it runs, if any."""
+        return self.queue[0] if self.queue else None
 
     def cancel_timer(self) -> None:
         if self.timer is not None and self.timer.active():
@@ -285,34 +374,57 @@ class _Worker:
 
 
 class _WorkerLink:
-    """The node's non-blocking end of one worker's socket pair, as a Twisted read/write descriptor."""
+    """The node's non-blocking end of one worker's socket pair, as a Twisted read/write descriptor.
+
+    Reading takes every byte the worker has written, up to :data:`READ_SIZE`,
+    in one ``read`` and hands on each complete message in it; a blob larger
+    than that is read into a buffer of its own (``BodyBuffer``) and forwarded
+    as those very bytes.
+    """
 
     def __init__(self, pool: WorkerPool, worker: _Worker, sock: socket.socket) -> None:
         self._pool = pool
         self._worker = worker
         self._sock = sock
+        self._fd = sock.fileno()
         self._reactor = pool._reactor
         self._out: deque[memoryview] = deque()  # what the socket has not taken yet
-        self._header = bytearray()
+        self._rest = b""  # the start of a message that is not complete yet
         self._kind = 0
-        self._body: BodyBuffer | None = None
+        self._body: BodyBuffer | None = None  # a large blob being read into its own buffer
         self.connected = True
 
     @property
     def receiving(self) -> int:
         """Bytes of a result received so far, while it is incomplete."""
-        return len(self._header) + (0 if self._body is None else self._body.filled)
+        return len(self._rest) + (0 if self._body is None else self._body.filled)
 
     def fileno(self) -> int:
-        return self._sock.fileno()
+        return self._fd
 
     def logPrefix(self) -> str:  # noqa: N802 - Twisted's name
         return "achilles-worker"
 
     def send(self, parts: list[bytes]) -> None:
         """Write ``parts`` without blocking; what does not fit now is written as the socket drains."""
-        self._out.extend(memoryview(part) for part in parts if part)
-        if self._write_some():
+        if not self.connected:
+            return
+        if self._out:  # still draining: keep the order
+            self._out.extend(memoryview(part) for part in parts if part)
+            return
+        try:
+            sent = os.writev(self._fd, parts)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return  # it died: its sentinel fires and the task is reported LOST
+        for part in parts:
+            if sent >= len(part):
+                sent -= len(part)
+            else:
+                self._out.append(memoryview(part)[sent:])
+                sent = 0
+        if self._out:
             self._reactor.addWriter(self)
 
     def doWrite(self) -> None:  # noqa: N802 - Twisted's name
@@ -323,7 +435,7 @@ class _WorkerLink:
         """Write what the socket takes; True if something is left."""
         while self._out and self.connected:
             try:
-                sent = os.writev(self._sock.fileno(), list(self._out)[:64])
+                sent = os.writev(self._fd, list(itertools.islice(self._out, 64)))
             except BlockingIOError:
                 return True
             except OSError:
@@ -340,64 +452,81 @@ class _WorkerLink:
         return bool(self._out) and self.connected
 
     def doRead(self) -> None:  # noqa: N802 - Twisted's name
-        """Read what has arrived of the worker's result; hand it on once complete."""
-        start = self.receiving
+        """Read what the worker has written; hand on every complete output and result."""
+        budget = READ_BUDGET  # a 64 MiB result arrives over several reactor turns, heartbeats between
         try:
-            # A budget per call: a 64 MiB result arrives over several reactor turns, heartbeats between.
-            while self.connected and self.receiving - start < READ_BUDGET:
-                if self._body is None:
-                    if not self._read_header():
+            while self.connected and budget > 0:
+                if self._body is not None:
+                    count = self._read_body()
+                    if count <= 0:
                         return
-                elif not self._read_body():
+                    budget -= count
+                    continue
+                try:
+                    chunk = os.read(self._fd, READ_SIZE)
+                except BlockingIOError:
                     return
-                if self._body is not None and not self._body.missing:
-                    blob, self._body = self._body.value(), None
-                    if self._kind == pipe_format.OUTPUT:
-                        self._pool._output(self._worker, blob)
-                        continue  # the task's result follows
-                    self._pool._result(self._worker, self._kind == pipe_format.RESULT_OK, blob)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    self._eof()
                     return
+                self._parse(self._rest + chunk if self._rest else chunk)
+                if len(chunk) < READ_SIZE:
+                    return  # drained (the reactor calls again when more arrives)
+                budget -= len(chunk)
         except pipe_format.PipeFormatError as error:
             log.error("worker %s wrote garbage to its pipe: %s", self._worker.process.pid, error)
             self.close()
             self._pool._link_broken(self._worker)
 
-    def _read_header(self) -> bool:
-        missing = pipe_format.RESULT_HEADER_SIZE - len(self._header)
-        try:
-            chunk = os.read(self._sock.fileno(), missing)
-        except BlockingIOError:
-            return False
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self._eof()
-            return False
-        self._header += chunk
-        if len(self._header) == pipe_format.RESULT_HEADER_SIZE:
-            self._kind, length = pipe_format.decode_reply(self._header)
-            self._header.clear()
-            self._body = BodyBuffer(length)
-        return True
+    def _parse(self, data: bytes) -> None:
+        """Hand on the complete messages at the start of ``data``; keep the rest for later."""
+        pos, size = 0, len(data)
+        header = pipe_format.RESULT_HEADER_SIZE
+        self._rest = b""
+        while size - pos >= header and self.connected:
+            kind, length = pipe_format.reply_at(data, pos)
+            end = pos + header + length
+            if end > size:
+                if length > READ_SIZE:  # large: into a buffer of its own, not through ours
+                    self._kind, self._body = kind, BodyBuffer(length)
+                    self._body.write(memoryview(data)[pos + header :])
+                    pos = size
+                break
+            blob = data[pos + header : end]
+            pos = end
+            self._hand_on(kind, blob)
+        if pos < size and self.connected:
+            self._rest = data[pos:]
 
-    def _read_body(self) -> bool:
-        assert self._body is not None
-        if not self._body.missing:
-            return True
-        view = self._body.view()
+    def _hand_on(self, kind: int, blob: bytes) -> None:
+        if kind == pipe_format.OUTPUT:
+            self._pool._output(self._worker, blob)  # the task's result follows
+        else:
+            self._pool._result(self._worker, kind == pipe_format.RESULT_OK, blob)
+
+    def _read_body(self) -> int:
+        """Read into the large blob's buffer; the byte count (0: nothing now, or the socket closed)."""
+        body = self._body
+        assert body is not None
+        view = body.view()
         try:
-            count = os.readv(self._sock.fileno(), [view])
+            count = os.readv(self._fd, [view])
         except BlockingIOError:
-            return False
+            return 0
         except OSError:
             count = 0
         finally:
             view.release()
         if count == 0:
             self._eof()
-            return False
-        self._body.advance(count)
-        return True
+            return 0
+        body.advance(count)
+        if not body.missing:
+            self._body = None
+            self._hand_on(self._kind, body.value())
+        return count
 
     def _eof(self) -> None:
         # The worker is gone (or closing): stop listening; its sentinel reports the death.
@@ -419,6 +548,7 @@ class _WorkerLink:
             self._sock.close()
             self._out.clear()
             self._body = None
+            self._rest = b""
 
 
 class _Sentinel:
