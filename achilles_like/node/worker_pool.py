@@ -94,6 +94,7 @@ READ_SIZE = 256 << 10  # bytes asked of a worker's socket per read: every result
 QUEUE_DEPTH = 2  # tasks a worker may hold: the one it runs and the next, already in its socket
 QUEUE_BLOB_MAX = 64 << 10  # only tasks this small wait in a worker's socket (they are kept to re-queue)
 SHORT_TASK = 0.02  # seconds: only a job whose tasks take at most this long queues them behind each other
+_IOV_MAX = 1024  # Linux's limit on buffers per writev
 _ESTIMATES_KEPT = 16  # jobs whose task duration the pool remembers
 
 Deliver = Callable[[WorkItem, Outcome, bytes, str], None]
@@ -115,7 +116,23 @@ class WorkerPool:
         self._retired: list[_Worker] = []  # killed, waiting for their sentinel to be reaped
         # job key -> how long its recent tasks took (seconds; the longest, decaying slowly)
         self._durations: OrderedDict[int, float] = OrderedDict()
+        self._holding = 0  # inside ``batch()``: tasks are written when it ends
+        self._held: list[_WorkerLink] = []  # links with tasks to write when the batch ends
+        self._batch = _Batch(self)
         self._workers: list[_Worker] = [self._spawn() for _ in range(processes)]
+
+    def batch(self) -> _Batch:
+        """``with pool.batch():`` tasks started inside are written when it ends, one ``writev`` per worker.
+
+        For a caller that submits several tasks in one reactor turn (the
+        node's frames of one read): a worker then wakes once for them all.
+        """
+        return self._batch
+
+    def _flush(self) -> None:
+        held, self._held = self._held, []
+        for link in held:
+            link.flush()
 
     def submit(self, item: WorkItem) -> None:
         """Queue a task; it starts as soon as a worker is idle."""
@@ -125,6 +142,10 @@ class WorkerPool:
 
     def cancel(self, should_drop: Callable[[WorkItem], bool]) -> None:
         """Drop queued tasks matching ``should_drop`` and kill the workers running one."""
+        with self._batch:
+            self._cancel(should_drop)
+
+    def _cancel(self, should_drop: Callable[[WorkItem], bool]) -> None:
         self._pending = deque(item for item in self._pending if not should_drop(item))
         for worker in list(self._workers):
             if not any(should_drop(item) for item in worker.queue):
@@ -290,6 +311,10 @@ class WorkerPool:
 
     def _died(self, worker: _Worker) -> None:
         """A worker's process exited (its sentinel fired): reap it, report its task, replace it."""
+        with self._batch:
+            self._reap(worker)
+
+    def _reap(self, worker: _Worker) -> None:
         worker.alive = False  # no new task for it while its last results are read
         if worker.link.connected:
             worker.link.doRead()  # a result it wrote in full before dying still counts
@@ -347,6 +372,22 @@ class WorkerPool:
         worker.link.close()
 
 
+class _Batch:
+    """The context manager of :meth:`WorkerPool.batch` (nested batches write when the outer one ends)."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self._pool = pool
+
+    def __enter__(self) -> None:
+        self._pool._holding += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        pool = self._pool
+        pool._holding -= 1
+        if not pool._holding:
+            pool._flush()
+
+
 @dataclass(eq=False)
 class _Worker:
     process: Any
@@ -389,6 +430,7 @@ class _WorkerLink:
         self._fd = sock.fileno()
         self._reactor = pool._reactor
         self._out: deque[memoryview] = deque()  # what the socket has not taken yet
+        self._held: list[bytes] = []  # what to write when the pool's batch ends
         self._rest = b""  # the start of a message that is not complete yet
         self._kind = 0
         self._body: BodyBuffer | None = None  # a large blob being read into its own buffer
@@ -406,22 +448,36 @@ class _WorkerLink:
         return "achilles-worker"
 
     def send(self, parts: list[bytes]) -> None:
-        """Write ``parts`` without blocking; what does not fit now is written as the socket drains."""
+        """Write ``parts`` without blocking (or when the pool's batch ends); the rest as the socket drains."""
         if not self.connected:
             return
+        if self._pool._holding:
+            if not self._held:
+                self._pool._held.append(self)
+            self._held.extend(parts)
+        else:
+            self._write(parts)
+
+    def flush(self) -> None:
+        """Write what was held for the end of a batch."""
+        parts, self._held = self._held, []
+        if parts and self.connected:
+            self._write(parts)
+
+    def _write(self, parts: list[bytes]) -> None:
         if self._out:  # still draining: keep the order
             self._out.extend(memoryview(part) for part in parts if part)
             return
         try:
-            sent = os.writev(self._fd, parts)
+            sent = os.writev(self._fd, parts[:_IOV_MAX])
         except BlockingIOError:
             sent = 0
         except OSError:
             return  # it died: its sentinel fires and the task is reported LOST
         for part in parts:
-            if sent >= len(part):
+            if sent >= len(part) and not self._out:
                 sent -= len(part)
-            else:
+            elif part:
                 self._out.append(memoryview(part)[sent:])
                 sent = 0
         if self._out:
@@ -453,6 +509,10 @@ class _WorkerLink:
 
     def doRead(self) -> None:  # noqa: N802 - Twisted's name
         """Read what the worker has written; hand on every complete output and result."""
+        with self._pool._batch:  # the tasks that follow these results go out together
+            self._read()
+
+    def _read(self) -> None:
         budget = READ_BUDGET  # a 64 MiB result arrives over several reactor turns, heartbeats between
         try:
             while self.connected and budget > 0:
@@ -547,6 +607,7 @@ class _WorkerLink:
             self._reactor.removeWriter(self)
             self._sock.close()
             self._out.clear()
+            self._held = []
             self._body = None
             self._rest = b""
 
