@@ -4,7 +4,7 @@
 
     reactor thread (the node's only thread)                           worker processes
     ───────────────────────────────────────                           ────────────────
-    submit(item) → idle worker? ── TaskHeader + blobs, non-blocking ──▶ worker_main: run_task(...)
+    submit(item) → idle worker? ── TaskHeader + blobs, non-blocking ──▶ worker_main: run_items(...)
     _WorkerLink.doRead ◀──────────── ResultHeader + result blob ◀────── (blocking pipe end)
       └─ deliver(item, OK/ERROR, blob)
     _Sentinel.doRead: the process exited → deliver(item, LOST), spawn a replacement
@@ -24,14 +24,27 @@ Everything here runs on the node's reactor thread: each worker's socket and
 its process sentinel are Twisted file descriptors (``addReader``), time
 limits are ``callLater`` calls, and outcomes go to ``deliver`` directly, so
 a task costs no thread hand-off on the node. Nothing here blocks the
-reactor: the node's end of each socket is non-blocking; a task is written
-only to an idle worker (one at a time, so a worker never holds more than
-the task it runs), and what the socket does not take at once stays queued on
-that worker and is written as the socket drains (``addWriter``), so a 64 MiB
-task or a stopped worker does not stall the heartbeats. A result is read
-into one buffer of its announced length (``BodyBuffer``) and forwarded as
-those very bytes. The bytes on the socket are ``pipe_format``: a struct
+reactor: the node's end of each socket is non-blocking, and what the socket
+does not take at once stays queued on that worker and is written as the
+socket drains (``addWriter``), so a 64 MiB task or a stopped worker does not
+stall the heartbeats. The bytes on the socket are ``pipe_format``: a struct
 header and the blobs as they came off the wire, nothing pickled around them.
+
+Per task the node spends as few system calls and wake-ups as it can:
+
+- A worker holds the task it runs and, when the job's tasks are short
+  (:data:`SHORT_TASK`) and small, the next task of the same job, waiting in
+  its socket: the worker reads it without sleeping. Results come back in
+  order, so the first of a worker's queue is the one running; if the worker
+  dies it alone is LOST and the waiting one, which never started, goes back
+  to the front of the pool's queue. Its time limit counts from when it
+  starts (when the result before it arrives). Only one job per worker queue,
+  so cancelling a job kills exactly the workers holding its tasks.
+- Tasks started in one batch (``batch()``: the node's frames of one read,
+  the results of one read) reach each worker in one ``writev``.
+- One ``read`` takes every result a worker has written (up to
+  :data:`READ_SIZE`); a larger blob is read into one buffer of its announced
+  length (``BodyBuffer``) and forwarded as those very bytes.
 
 A killed worker is reaped when its sentinel fires, never waited for on the
 reactor. Workers are forked; they die with the node (``PR_SET_PDEATHSIG`` on
