@@ -48,9 +48,9 @@ def test_reader_gets_every_task_whatever_each_read_returns(
     sent = [[1, 2], ["x" * 10], [b"y" * 200, 3]]
     node.sendall(task(4, dumps(sent[0]), b"func") + task(5, dumps(sent[1])) + task(6, dumps(sent[2])))
     reader = in_worker.TaskReader(worker.fileno())
-    for number, (key, items) in enumerate(zip((4, 5, 6), sent, strict=True)):
-        seq, header = reader.header()
-        assert (seq, header.key) == (number, key)
+    for key, items in zip((4, 5, 6), sent, strict=True):
+        header = reader.header()
+        assert header.key == key
         if header.function_length is not None:
             assert reader.take(header.function_length) == b"func"
         assert reader.load(header.items_length) == items
@@ -66,31 +66,9 @@ def test_items_that_fail_to_load_are_consumed_to_their_end(
     node.sendall(task(1, dumps([b"z" * 300, Unloadable(), b"tail" * 40])) + task(2, dumps(["next"])))
     reader = in_worker.TaskReader(worker.fileno())
     with pytest.raises(ModuleNotFoundError):
-        reader.load(reader.header()[1].items_length)
-    _, header = reader.header()
+        reader.load(reader.header().items_length)
+    header = reader.header()
     assert (header.key, reader.load(header.items_length)) == (2, ["next"])
-
-
-def test_a_recall_written_before_the_answer_is_seen_and_a_late_one_is_not(
-    pipe: tuple[socket.socket, socket.socket],
-) -> None:
-    """The reader finds a recall of its next task sent before its last answer; a stale recall is ignored."""
-    node, worker = pipe
-    items = dumps([1])
-    node.sendall(task(1, items) + task(1, items))
-    reader = in_worker.TaskReader(worker.fileno())
-    assert reader.header()[0] == 0
-    assert not reader.recalled(0, len(items))
-    reader.skip(len(items))
-    node.sendall(pipe_format.encode_recall(1))  # while task 0 runs: before its answer
-    reader.answered()
-    assert reader.header()[0] == 1
-    assert reader.recalled(1, len(items))
-    reader.skip(len(items))
-    reader.answered()
-    node.sendall(pipe_format.encode_recall(1) + task(1, items))  # too late for task 1: it was answered
-    assert reader.header()[0] == 2
-    assert not reader.recalled(2, len(items))
 
 
 def test_reader_raises_eof_when_the_node_closes_mid_task(pipe: tuple[socket.socket, socket.socket]) -> None:
@@ -99,7 +77,7 @@ def test_reader_raises_eof_when_the_node_closes_mid_task(pipe: tuple[socket.sock
     node.sendall(task(1, dumps(list(range(100))))[:-5])
     node.close()
     reader = in_worker.TaskReader(worker.fileno())
-    _, header = reader.header()
+    header = reader.header()
     with pytest.raises(EOFError):
         reader.load(header.items_length)
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import selectors
 import socket
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from conftest import status_of
@@ -109,7 +107,6 @@ class _Agent:
 
     settings = Settings(secret_key="storm-test-secret")
     client_tls = False
-    workers = SimpleNamespace(batch=contextlib.nullcontext)  # the frames of a read: no workers here
 
     def detach(self, protocol: Any) -> None:
         pass

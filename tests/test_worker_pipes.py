@@ -33,12 +33,6 @@ def pid_of(_: object) -> int:
     return os.getpid()
 
 
-def nap_then_pid(seconds: float) -> int:
-    """Sleep, then return the worker's pid."""
-    time.sleep(seconds)
-    return os.getpid()
-
-
 Delivered = list[tuple[int, Outcome, bytes, str]]
 
 
@@ -146,29 +140,6 @@ def test_a_task_waiting_in_a_killed_workers_socket_is_not_lost() -> None:
         os.kill(worker.process.pid, signal.SIGKILL)
         assert harness.outcome(2)[0] is Outcome.LOST
         assert harness.outcome(3)[:2] == (Outcome.OK, dumps([None]))  # run by the replacement
-    finally:
-        harness.pool.close()
-
-
-def test_a_task_waiting_behind_a_long_one_moves_to_a_worker_that_goes_idle(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A task queued behind one that runs on is recalled and run by the other worker once that one is idle."""
-    monkeypatch.setattr(worker_pool, "SHORT_TASK", 3600.0)
-    monkeypatch.setattr(worker_pool, "RECALL_AFTER", 0.0)
-    harness = Harness(2)
-    try:
-        harness.submit(1, nap_then_pid, [0])
-        harness.outcome(1)
-        harness.submit(2, nap_then_pid, [0.5])
-        harness.submit(3, nap_then_pid, [60])  # runs on past the test
-        harness.submit(4, nap_then_pid, [0])
-        (long,) = [w for w in harness.pool._workers if w.item is not None and w.item.task_id == 3]
-        assert [item.task_id for item in long.queue] == [3, 4]  # behind the task that started last
-        (other,) = [w for w in harness.pool._workers if w is not long]
-        assert loads(harness.outcome(4)[1]) == [other.process.pid]
-        assert loads(harness.outcome(2)[1]) == [other.process.pid]
-        assert all(task != 3 for task, *_ in harness.delivered)
     finally:
         harness.pool.close()
 

@@ -47,7 +47,6 @@ import multiprocessing.pool as mp_pool
 import os
 import pickle
 import signal
-import socket
 import sys
 import types
 from collections import OrderedDict
@@ -271,7 +270,7 @@ def worker_main(fd: int) -> None:
     authkey: object = None  # the key this process has now (as far as the tasks' jobs go)
     while True:
         try:
-            seq, header = reader.header()
+            header = reader.header()
             setup_blob = None if header.setup_length is None else reader.take(header.setup_length)
             func_blob = None if header.function_length is None else reader.take(header.function_length)
         except EOFError:
@@ -286,14 +285,6 @@ def worker_main(fd: int) -> None:
             code = JobCode(_missing(-1))
         if func_blob is not None:
             code.add_function(header.fn, func_blob)
-        if reader.recalled(seq, header.items_length):  # the node gave it to another worker: not run
-            try:
-                reader.skip(header.items_length)
-                write_all(fd, [pipe_format.encode_skipped()])
-            except (EOFError, OSError):
-                return
-            reader.answered()
-            continue
         if code.authkey is not authkey:  # the jobs of several callers share this worker
             authkey = code.authkey
             use_authkey(code.authkey)
@@ -311,7 +302,6 @@ def worker_main(fd: int) -> None:
             write_all(fd, parts + pieces)
         except OSError:
             return  # the node is gone
-        reader.answered()
         del pieces
 
 
@@ -349,10 +339,6 @@ class TaskReader:
         self.fd = fd
         self._data = b""  # bytes received and not consumed yet, from ``_pos`` on
         self._pos = 0
-        self._tasks = 0  # tasks read so far: the next one's sequence number
-        self._recalls: set[int] = set()  # sequence numbers the node recalled
-        self._current = True  # everything the node wrote before our last answer has been read
-        self._sock = socket.socket(fileno=os.dup(fd))  # the same socket, for reads that do not wait
 
     @property
     def buffered(self) -> int:
@@ -368,74 +354,15 @@ class TaskReader:
                 raise EOFError(str(error)) from error
             if not chunk:
                 raise EOFError(f"the node closed the socket {need - self.buffered} bytes short")
-            self._append(chunk)
-            self._current = len(chunk) < READ_SIZE  # a short read took all there was
+            self._data = self._data[self._pos :] + chunk if self.buffered else chunk
+            self._pos = 0
 
-    def _append(self, chunk: bytes) -> None:
-        self._data = self._data[self._pos :] + chunk if self.buffered else chunk
-        self._pos = 0
-
-    def header(self) -> tuple[int, pipe_format.TaskHeader]:
-        """The next task's sequence number and header (recalls on the way are noted)."""
-        while True:
-            self._fill(1)
-            if self._data[self._pos] != pipe_format.RECALL:
-                break
-            self._fill(pipe_format.RECALL_SIZE)
-            self._recalls.add(pipe_format.recall_at(self._data, self._pos))
-            self._pos += pipe_format.RECALL_SIZE
+    def header(self) -> pipe_format.TaskHeader:
+        """The next task's header."""
         self._fill(pipe_format.TASK_HEADER_SIZE)
         header = pipe_format.task_at(self._data, self._pos)
         self._pos += pipe_format.TASK_HEADER_SIZE
-        self._tasks += 1
-        return self._tasks - 1, header
-
-    def answered(self) -> None:
-        """A result was written: what the node wrote after it is not read yet."""
-        self._current = False
-
-    def recalled(self, seq: int, items_length: int) -> bool:
-        """Whether the node recalled task ``seq`` (its items not read yet) before our last answer.
-
-        The node recalls a task only while it has not seen the answer before
-        it, and gives it to another worker only if it still has not seen that
-        answer after writing the recall. So a recall written before our last
-        answer is in the socket by now: take what is there without waiting,
-        and look for one among the messages buffered behind this task.
-        """
-        if not self._current:
-            self._current = True
-            while True:
-                try:
-                    chunk = self._sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
-                except OSError:
-                    break  # nothing more now (or the node is gone: the next read says so)
-                if not chunk:
-                    break
-                self._append(chunk)
-        if self.buffered > items_length:
-            self._scan(self._pos + items_length)
-        if not self._recalls:
-            return False
-        self._recalls = {later for later in self._recalls if later >= seq}
-        if seq in self._recalls:
-            self._recalls.discard(seq)
-            return True
-        return False
-
-    def _scan(self, pos: int) -> None:
-        """Note the recalls among the complete messages buffered from ``pos`` on."""
-        data, size = self._data, len(self._data)
-        while pos < size:
-            if data[pos] == pipe_format.RECALL:
-                if size - pos < pipe_format.RECALL_SIZE:
-                    return
-                self._recalls.add(pipe_format.recall_at(data, pos))
-                pos += pipe_format.RECALL_SIZE
-            elif size - pos < pipe_format.TASK_HEADER_SIZE:
-                return
-            else:
-                pos += pipe_format.TASK_HEADER_SIZE + pipe_format.task_at(data, pos).body_length
+        return header
 
     def take(self, length: int) -> bytes:
         """The next ``length`` bytes, in one buffer."""

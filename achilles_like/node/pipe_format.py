@@ -40,8 +40,6 @@ TASK = 1
 RESULT_OK = 2
 RESULT_FAILED = 3
 OUTPUT = 4  # what the task printed, before its result (only when the task header asked for it)
-RECALL = 5  # node → worker: do not run the task with this sequence number if it has not started
-SKIPPED = 6  # worker → node: the task answered here was recalled and not run (its blob is empty)
 
 HAS_SETUP = 0x01
 HAS_FUNCTION = 0x02
@@ -58,7 +56,6 @@ _TASK = struct.Struct("<BBxxIQQQQ")
 _RESULT = struct.Struct("<B7xQ")
 TASK_HEADER_SIZE = _TASK.size
 RESULT_HEADER_SIZE = _RESULT.size
-RECALL_SIZE = _RESULT.size
 
 
 class PipeFormatError(ValueError):
@@ -148,25 +145,6 @@ def encode_output(length: int) -> bytes:
     return _RESULT.pack(OUTPUT, length)
 
 
-def encode_recall(seq: int) -> bytes:
-    """The 16 bytes asking a worker not to run its ``seq``-th task (counted from 0) if it has not started."""
-    _check("task sequence number", seq, MAX_KEY)
-    return _RESULT.pack(RECALL, seq)
-
-
-def encode_skipped() -> bytes:
-    """The 16 bytes a worker answers a recalled task with, in that task's place."""
-    return _RESULT.pack(SKIPPED, 0)
-
-
-def recall_at(data: bytes | bytearray | memoryview, offset: int) -> int:
-    """The sequence number of the recall at ``offset`` (``RECALL_SIZE`` bytes or more there)."""
-    kind, seq = _RESULT.unpack_from(data, offset)
-    if kind != RECALL:
-        raise PipeFormatError(f"expected a recall (kind {RECALL}), got kind {kind}")
-    return int(seq)
-
-
 def decode_reply(data: bytes | bytearray | memoryview) -> tuple[int, int]:
     """Read a worker's header (exactly ``RESULT_HEADER_SIZE`` bytes): its kind and blob length."""
     if len(data) != _RESULT.size:
@@ -177,7 +155,7 @@ def decode_reply(data: bytes | bytearray | memoryview) -> tuple[int, int]:
 def reply_at(data: bytes | bytearray | memoryview, offset: int) -> tuple[int, int]:
     """Read the worker's header at ``offset`` of a buffer with ``RESULT_HEADER_SIZE`` bytes or more there."""
     kind, length = _RESULT.unpack_from(data, offset)
-    if kind not in (RESULT_OK, RESULT_FAILED, OUTPUT, SKIPPED):
+    if kind not in (RESULT_OK, RESULT_FAILED, OUTPUT):
         raise PipeFormatError(
             f"expected a result header (kind {RESULT_OK} or {RESULT_FAILED}) or output ({OUTPUT}),"
             f" got kind {kind}"
@@ -190,8 +168,8 @@ def reply_at(data: bytes | bytearray | memoryview, offset: int) -> tuple[int, in
 def decode_result(data: bytes | bytearray | memoryview) -> tuple[bool, int]:
     """Read a result header (exactly ``RESULT_HEADER_SIZE`` bytes): whether it succeeded, blob length."""
     kind, length = decode_reply(data)
-    if kind in (OUTPUT, SKIPPED):
-        raise PipeFormatError(f"expected a result header, got kind {kind}")
+    if kind == OUTPUT:
+        raise PipeFormatError(f"expected a result header, got output (kind {kind})")
     return kind == RESULT_OK, length
 
 

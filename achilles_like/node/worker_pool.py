@@ -34,9 +34,7 @@ Per task the node spends as few system calls and wake-ups as it can:
 
 - A worker holds the task it runs and, when the job's tasks are short
   (:data:`SHORT_TASK`) and small, the next task of the same job, waiting in
-  its socket: the worker reads it without sleeping. Only the worker whose
-  task started last gets one, so a task that runs long (or waits for other
-  tasks) gets none queued behind it once another task has started. Results come back in
+  its socket: the worker reads it without sleeping. Results come back in
   order, so the first of a worker's queue is the one running; if the worker
   dies it alone is LOST and the waiting one, which never started, goes back
   to the front of the pool's queue. Its time limit counts from when it
@@ -109,7 +107,6 @@ READ_SIZE = 256 << 10  # bytes asked of a worker's socket per read: every result
 QUEUE_DEPTH = 2  # tasks a worker may hold: the one it runs and the next, already in its socket
 QUEUE_BLOB_MAX = 64 << 10  # only tasks this small wait in a worker's socket (they are kept to re-queue)
 SHORT_TASK = 0.02  # seconds: only a job whose tasks take at most this long queues them behind each other
-RECALL_AFTER = SHORT_TASK  # seconds a task runs before one waiting behind it may go to an idle worker
 _IOV_MAX = 1024  # Linux's limit on buffers per writev
 _ESTIMATES_KEPT = 16  # jobs whose task duration the pool remembers
 
@@ -132,8 +129,6 @@ class WorkerPool:
         self._retired: list[_Worker] = []  # killed, waiting for their sentinel to be reaped
         # job key -> how long its recent tasks took (seconds; the longest, decaying slowly)
         self._durations: OrderedDict[int, float] = OrderedDict()
-        self._starts = 0  # tasks started so far: orders the workers' running tasks
-        self._steal_timer: Any = None  # an IDelayedCall: look again for a task to recall
         self._holding = 0  # inside ``batch()``: tasks are written when it ends
         self._held: list[_WorkerLink] = []  # links with tasks to write when the batch ends
         self._batch = _Batch(self)
@@ -171,12 +166,11 @@ class WorkerPool:
             # Nobody wants the result: free the process for the next job now. The tasks in a
             # worker's queue are of one job, so they all go; should one not, it is not lost:
             # one queued behind never started (back to the queue), a running one is LOST.
-            running, stolen = worker.pop_head()
-            waiting = worker.unstarted()
+            running, *waiting = worker.queue
             worker.queue.clear()
             self._requeue(item for item in waiting if not should_drop(item))
             self._replace(worker)
-            if not stolen and not should_drop(running):
+            if not should_drop(running):
                 self._deliver(running, Outcome.LOST, b"", "its worker was stopped to cancel another task")
         self._assign()
 
@@ -191,8 +185,6 @@ class WorkerPool:
             return
         self._closed = True
         self._pending.clear()
-        if self._steal_timer is not None and self._steal_timer.active():
-            self._steal_timer.cancel()
         for worker in self._workers + self._retired:
             self._detach(worker)
             worker.sentinel.close()
@@ -211,11 +203,10 @@ class WorkerPool:
                 return
             self._pending.popleft()
             self._start(worker, item)
-        self._steal()
 
     def _pick(self, item: WorkItem) -> _Worker | None:
         """An idle worker, preferring one that has not run this job yet; else one to queue behind."""
-        idle = freshest = None
+        idle = behind = None
         for worker in self._workers:
             if not worker.alive:
                 continue
@@ -225,13 +216,9 @@ class WorkerPool:
                 if item.job_key not in worker.jobs_seen:
                     return worker
                 idle = idle or worker
-            elif freshest is None or worker.start_order > freshest.start_order:
-                freshest = worker
-        if idle is not None:
-            return idle
-        # Only behind the task that started last: a task that runs long (blocked, say, until
-        # other tasks have run) stops getting tasks queued behind it as soon as another starts.
-        return freshest if freshest is not None and self._may_queue(freshest, item) else None
+            elif behind is None and self._may_queue(worker, item):
+                behind = worker
+        return idle or behind
 
     def _may_queue(self, worker: _Worker, item: WorkItem) -> bool:
         """Whether ``item`` may wait in ``worker``'s socket behind the task it runs.
@@ -285,15 +272,9 @@ class WorkerPool:
         """The head of ``worker``'s queue has started: time it, and arm its time limit."""
         item = worker.queue[0]
         worker.started = time.monotonic()
-        self._starts += 1
-        worker.start_order = self._starts
-        recall = worker.recalls.get(worker.answered)
-        if recall is True:
-            return  # given to another worker: this one answers SKIPPED at once
         if item.timeout is not None:
             worker.timer = self._reactor.callLater(item.timeout, self._expire, worker)
-        if recall is None:
-            item.items_blob = b""  # the socket holds it now; the server retries it, not us
+        item.items_blob = b""  # the socket holds it now; the server retries it, not us
 
     def _requeue(self, items: Iterable[WorkItem]) -> None:
         """Tasks that waited in a worker's socket and never started: first in line again."""
@@ -306,65 +287,11 @@ class WorkerPool:
         if worker.queue and self._on_output is not None:
             self._on_output(worker.queue[0], blob)
 
-    def _skipped(self, worker: _Worker) -> None:
-        """The worker answered its first task SKIPPED: it saw our recall and did not run it."""
-        if not worker.queue:
-            return
-        item, stolen = worker.pop_head()
-        worker.cancel_timer()
-        if not stolen:
-            self._requeue([item])  # recalled but not given away: it runs elsewhere or here again
-        if worker.queue:
-            self._running(worker)
-        self._assign()
-
-    def _steal(self) -> None:
-        """Give an idle worker a task waiting behind a long one in another worker's socket.
-
-        The task is recalled: we write RECALL, then look whether the worker has
-        answered the task before it. Not yet: it will read the recall before
-        it starts the task (it looks for recalls after every answer) and
-        answer SKIPPED, so the task is ours to give. Already (or partly): it
-        may have started the task, which stays where it is; if it did see the
-        recall it answers SKIPPED and the task goes back to the queue.
-        """
-        idle = any(worker.alive and not worker.queue for worker in self._workers)
-        if not idle:
-            return
-        now = time.monotonic()
-        wait = None
-        for worker in self._workers:
-            if not worker.alive or len(worker.queue) < 2 or worker.answered + 1 in worker.recalls:
-                continue
-            young = worker.started + RECALL_AFTER - now
-            if young > 0:
-                wait = young if wait is None else min(wait, young)  # it may well end soon: look again then
-            elif worker.link.recall(worker.answered + 1):
-                worker.recalls[worker.answered + 1] = True
-                self._pending.appendleft(worker.queue[1])
-                self._assign()
-                return
-            else:
-                worker.recalls[worker.answered + 1] = False
-        if wait is not None and (self._steal_timer is None or not self._steal_timer.active()):
-            self._steal_timer = self._reactor.callLater(wait, self._look_again)
-
-    def _look_again(self) -> None:
-        self._steal_timer = None
-        with self._batch:
-            self._assign()
-
     def _result(self, worker: _Worker, ok: bool, blob: bytes) -> None:
         if not worker.queue:
             return  # cancelled or timed out meanwhile
-        item, stolen = worker.pop_head()
+        item = worker.queue.popleft()
         worker.cancel_timer()
-        if stolen:  # cannot happen (the worker read the recall before the task): never twice
-            log.error("worker %s ran task %d after it was recalled", worker.process.pid, item.task_id)
-            if worker.queue:
-                self._running(worker)
-            self._assign()
-            return
         self._timed(item.job_key, time.monotonic() - worker.started)
         worker.tasks_run += 1
         retire = item.max_tasks is not None and worker.tasks_run >= item.max_tasks
@@ -372,7 +299,7 @@ class WorkerPool:
             self._running(worker)  # the next task was in its socket: it is running now
         self._deliver(item, Outcome.OK if ok else Outcome.ERROR, blob, "")
         if retire and worker in self._workers:
-            self._requeue(worker.unstarted())  # none should be there (see _may_queue), but none is lost
+            self._requeue(worker.queue)  # none should be there (see _may_queue), but none is lost
             self._replace(worker)
         self._assign()
 
@@ -388,10 +315,10 @@ class WorkerPool:
         worker.timer = None
         if not worker.queue or worker not in self._workers:
             return
-        item, _ = worker.pop_head()
+        item = worker.queue.popleft()
         self._timed(item.job_key, item.timeout or 0.0)
         self._deliver(item, Outcome.TIMEOUT, b"", f"it ran over its {item.timeout:g}s time limit")
-        self._requeue(worker.unstarted())
+        self._requeue(worker.queue)
         self._replace(worker)
         self._assign()
 
@@ -411,15 +338,13 @@ class WorkerPool:
             self._retired.remove(worker)
             return
         if worker.queue:
-            item, stolen = worker.pop_head()
-            waiting = worker.unstarted()
+            item = worker.queue.popleft()
+            # Names memory when the kernel's OOM killer is the likely cause.
+            detail = describe_exit(worker.process.exitcode)
+            log.warning("task %d of job %d lost: %s", item.task_id, item.job_id, detail)
+            self._requeue(worker.queue)  # they never started: they cost nothing
             worker.queue.clear()
-            self._requeue(waiting)  # they never started: they cost nothing
-            if not stolen:
-                # Names memory when the kernel's OOM killer is the likely cause.
-                detail = describe_exit(worker.process.exitcode)
-                log.warning("task %d of job %d lost: %s", item.task_id, item.job_id, detail)
-                self._deliver(item, Outcome.LOST, b"", detail)
+            self._deliver(item, Outcome.LOST, b"", detail)
         if worker in self._workers and not self._closed:
             self._workers[self._workers.index(worker)] = self._spawn()
             self._assign()
@@ -484,25 +409,12 @@ class _Worker:
     # Tasks written to it and not answered, in order: the first runs, the others wait in its socket.
     queue: deque[WorkItem] = field(default_factory=deque)
     started: float = 0.0  # time.monotonic() when the first of ``queue`` started
-    start_order: int = 0  # the pool's count of started tasks when it started
     timer: Any = None  # the IDelayedCall of its running task's time limit
     # Jobs whose setup this worker has (the same last few the worker caches), with their functions.
     jobs_seen: deque[int] = field(default_factory=lambda: deque(maxlen=JOB_CACHE_SIZE))
     functions_seen: dict[int, set[int]] = field(default_factory=dict)
     tasks_run: int = 0  # since this process started, for max_tasks (maxtasksperchild)
     alive: bool = True  # False once its process has exited
-    answered: int = 0  # tasks it has answered (result or SKIPPED): the first of ``queue`` has this number
-    recalls: dict[int, bool] = field(default_factory=dict)  # task number -> recalled and given away
-
-    def pop_head(self) -> tuple[WorkItem, bool]:
-        """Take the first task off the queue: it has been answered; True if it had been given away."""
-        stolen = self.recalls.pop(self.answered, False)
-        self.answered += 1
-        return self.queue.popleft(), stolen
-
-    def unstarted(self) -> list[WorkItem]:
-        """The tasks waiting behind the first that were not given away (after ``pop_head``: all of them)."""
-        return [item for n, item in enumerate(self.queue, self.answered) if self.recalls.get(n) is not True]
 
     @property
     def item(self) -> WorkItem | None:
@@ -558,32 +470,6 @@ class _WorkerLink:
             self._held.extend(parts)
         else:
             self._write(parts)
-
-    def recall(self, seq: int) -> bool:
-        """Write RECALL for task ``seq``; True if the worker has answered nothing since (it is ours).
-
-        Only when nothing is queued or held for the socket: the recall must
-        be in the worker's socket before we look for its answer.
-        """
-        if not self.connected or self._out or self._held:
-            return False
-        data = pipe_format.encode_recall(seq)
-        try:
-            sent = os.write(self._fd, data)
-        except OSError:
-            return False
-        if sent < len(data):
-            self._out.append(memoryview(data)[sent:])
-            self._reactor.addWriter(self)
-            return False
-        if self._rest or self._body is not None:
-            return False  # part of an answer is here already
-        try:
-            return not self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # b"": it exited
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
 
     def flush(self) -> None:
         """Write what was held for the end of a batch."""
@@ -690,8 +576,6 @@ class _WorkerLink:
     def _hand_on(self, kind: int, blob: bytes) -> None:
         if kind == pipe_format.OUTPUT:
             self._pool._output(self._worker, blob)  # the task's result follows
-        elif kind == pipe_format.SKIPPED:
-            self._pool._skipped(self._worker)
         else:
             self._pool._result(self._worker, kind == pipe_format.RESULT_OK, blob)
 
