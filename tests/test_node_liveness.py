@@ -7,9 +7,7 @@ proved the secret sends: only an authenticated SHUTDOWN stops it.
 
 from __future__ import annotations
 
-import contextlib
 import secrets
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -34,7 +32,6 @@ class FakeAgent:
         self.slots = 2
         self.attached: list[NodeProtocol] = []
         self.closed = False
-        self.workers = SimpleNamespace(batch=contextlib.nullcontext)  # the frames of a read: no workers here
 
     def attach(self, protocol: NodeProtocol) -> None:
         self.attached.append(protocol)

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from twisted.internet.epollreactor import EPollReactor
 
-from achilles_like.node import worker_pool
 from achilles_like.node.worker_pool import Outcome, WorkerPool, WorkItem
 from achilles_like.serialization import dumps, loads
 
@@ -116,73 +115,5 @@ def test_max_tasks_replaces_the_worker_and_time_limit_kills_only_its_task() -> N
         harness.submit(4, pid_of, [0])
         assert harness.outcome(3)[0] is Outcome.TIMEOUT
         assert harness.outcome(4)[0] is Outcome.OK
-    finally:
-        harness.pool.close()
-
-
-@pytest.fixture
-def every_job_short(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any job that has finished one task counts as short (however slow this machine is right now)."""
-    monkeypatch.setattr(worker_pool, "SHORT_TASK", 3600.0)
-
-
-@pytest.mark.usefixtures("every_job_short")
-def test_a_task_waiting_in_a_killed_workers_socket_is_not_lost() -> None:
-    """A short job's next task waits in a busy worker's socket; killing it loses the running one only."""
-    harness = Harness(1)
-    try:
-        harness.submit(1, time.sleep, [0])
-        assert harness.outcome(1)[0] is Outcome.OK  # the job's tasks are known to be short now
-        harness.submit(2, time.sleep, [60])
-        harness.submit(3, time.sleep, [0])
-        (worker,) = harness.pool._workers
-        assert [item.task_id for item in worker.queue] == [2, 3]  # task 3 is in the worker's socket
-        os.kill(worker.process.pid, signal.SIGKILL)
-        assert harness.outcome(2)[0] is Outcome.LOST
-        assert harness.outcome(3)[:2] == (Outcome.OK, dumps([None]))  # run by the replacement
-    finally:
-        harness.pool.close()
-
-
-@pytest.mark.usefixtures("every_job_short")
-def test_a_task_waiting_behind_one_over_its_time_limit_still_runs() -> None:
-    """A time limit counts from when a waiting task starts: the one over it is TIMEOUT, the next one runs."""
-    harness = Harness(1)
-    try:
-        harness.submit(1, time.sleep, [0], timeout=0.5)
-        assert harness.outcome(1)[0] is Outcome.OK
-        harness.submit(2, time.sleep, [60], timeout=0.5)
-        harness.submit(3, time.sleep, [0], timeout=0.5)
-        assert len(harness.pool._workers[0].queue) == 2
-        assert harness.outcome(2)[0] is Outcome.TIMEOUT
-        assert harness.outcome(3)[0] is Outcome.OK
-    finally:
-        harness.pool.close()
-
-
-def test_tasks_of_a_slow_job_or_past_max_tasks_do_not_wait_in_a_busy_worker(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A job whose tasks take long, or a worker about to be replaced, gets no second task in its socket."""
-    monkeypatch.setattr(worker_pool, "SHORT_TASK", 0.1)
-    harness = Harness(1)
-    try:
-        harness.submit(1, time.sleep, [0.2])
-        assert harness.outcome(1)[0] is Outcome.OK
-        harness.submit(2, time.sleep, [0])
-        harness.submit(3, time.sleep, [0])
-        assert len(harness.pool._workers[0].queue) == 1  # task 3 waits on the node, not behind task 2
-        assert [harness.outcome(task)[0] for task in (2, 3)] == [Outcome.OK] * 2
-    finally:
-        harness.pool.close()
-    monkeypatch.setattr(worker_pool, "SHORT_TASK", 3600.0)
-    harness = Harness(1)
-    try:
-        harness.submit(1, pid_of, [0], max_tasks=2)
-        harness.outcome(1)
-        for task in (2, 3, 4):
-            harness.submit(task, pid_of, [0], max_tasks=2)
-        pids = [loads(harness.outcome(task)[1])[0] for task in (1, 2, 3, 4)]
-        assert pids[0] == pids[1] != pids[2] == pids[3]
     finally:
         harness.pool.close()

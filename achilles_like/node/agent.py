@@ -245,9 +245,8 @@ class NodeProtocol(Protocol):
         if self._hello_wait is not None:
             self._stop_hello_wait()
         try:
-            with self.agent.workers.batch():  # the tasks of this read reach each worker in one write
-                for frame in self.decoder.feed(data):
-                    self._handle(frame)
+            for frame in self.decoder.feed(data):
+                self._handle(frame)
             if self.decoder.error is not None:
                 raise self.decoder.error
         except AuthenticationError as error:

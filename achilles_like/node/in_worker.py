@@ -30,7 +30,7 @@ returned blob untouched. The worker writes it behind a ``pipe_format`` result
 header (``os.writev``: header and blob are not joined).
 
 Per task the loop costs one ``read`` (it takes every byte the node has
-queued: the next task is often there already) and one ``writev``. The
+written: the header and the blobs) and one ``writev``. The
 pickler, the output capture's writers and the caller's authkey are set up
 once, not per task. A large argument or result is held once: items over
 :data:`STREAM_OVER` bytes are unpickled from the socket (``pickle`` reads a
@@ -327,9 +327,8 @@ def _run(
 class TaskReader:
     """The worker's end of its socket: tasks in as few reads as possible.
 
-    One ``read`` takes whatever the node has queued (a task's header and
-    blobs together, often the next task's too), so a small task costs one
-    read. A large items blob is unpickled straight from the socket
+    One ``read`` takes whatever the node has written (a task's header and
+    blobs together), so a small task costs one read. A large items blob is unpickled straight from the socket
     (:meth:`load`): ``pickle`` reads a large ``bytes`` payload with
     ``readinto`` into the object it makes, so a 64 MiB argument is held once,
     not once as a blob and again as the unpickled value.

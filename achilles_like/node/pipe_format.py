@@ -19,10 +19,10 @@ on the node. The header says which blobs follow and how long each is:
   :data:`RESULT_FAILED`: a pickled failure or per-item outcomes, see
   ``in_worker.py``) and the blob's length.
 
-Messages follow each other back to back: one read may bring a worker its
-next task as well (a node queues a short job's next task behind the running
-one), or the node several results. :func:`task_at` and :func:`reply_at`
-decode a header in place, at an offset of such a buffer.
+Messages follow each other back to back: one read may bring the node a
+task's output and its result, or a worker a task's header and its blobs.
+:func:`task_at` and :func:`reply_at` decode a header in place, at an offset
+of such a buffer.
 
 Pure: bytes in, values out, no I/O. A header that is short, of another kind,
 with unknown flags or a length over :data:`MAX_BLOB` raises

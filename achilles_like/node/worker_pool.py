@@ -32,16 +32,10 @@ header and the blobs as they came off the wire, nothing pickled around them.
 
 Per task the node spends as few system calls and wake-ups as it can:
 
-- A worker holds the task it runs and, when the job's tasks are short
-  (:data:`SHORT_TASK`) and small, the next task of the same job, waiting in
-  its socket: the worker reads it without sleeping. Results come back in
-  order, so the first of a worker's queue is the one running; if the worker
-  dies it alone is LOST and the waiting one, which never started, goes back
-  to the front of the pool's queue. Its time limit counts from when it
-  starts (when the result before it arrives). Only one job per worker queue,
-  so cancelling a job kills exactly the workers holding its tasks.
-- Tasks started in one batch (``batch()``: the node's frames of one read,
-  the results of one read) reach each worker in one ``writev``.
+- A worker holds one task at a time, so a task never waits behind another
+  while a worker is free (tasks that wait for each other, as a local pool
+  allows, never deadlock). Results come back in order, one per task.
+- A task is written with one ``writev`` (header and blobs, not joined).
 - One ``read`` takes every result a worker has written (up to
   :data:`READ_SIZE`); a larger blob is read into one buffer of its announced
   length (``BodyBuffer``) and forwarded as those very bytes.
@@ -57,9 +51,8 @@ import itertools
 import logging
 import os
 import socket
-import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -104,11 +97,7 @@ class WorkItem:
 
 READ_BUDGET = 4 << 20  # bytes of a result read per reactor turn, at most (about, plus one read)
 READ_SIZE = 256 << 10  # bytes asked of a worker's socket per read: every result it has written
-QUEUE_DEPTH = 2  # tasks a worker may hold: the one it runs and the next, already in its socket
-QUEUE_BLOB_MAX = 64 << 10  # only tasks this small wait in a worker's socket (they are kept to re-queue)
-SHORT_TASK = 0.02  # seconds: only a job whose tasks take at most this long queues them behind each other
 _IOV_MAX = 1024  # Linux's limit on buffers per writev
-_ESTIMATES_KEPT = 16  # jobs whose task duration the pool remembers
 
 Deliver = Callable[[WorkItem, Outcome, bytes, str], None]
 OnOutput = Callable[[WorkItem, bytes], None]
@@ -127,25 +116,7 @@ class WorkerPool:
         self._pending: deque[WorkItem] = deque()
         self._closed = False
         self._retired: list[_Worker] = []  # killed, waiting for their sentinel to be reaped
-        # job key -> how long its recent tasks took (seconds; the longest, decaying slowly)
-        self._durations: OrderedDict[int, float] = OrderedDict()
-        self._holding = 0  # inside ``batch()``: tasks are written when it ends
-        self._held: list[_WorkerLink] = []  # links with tasks to write when the batch ends
-        self._batch = _Batch(self)
         self._workers: list[_Worker] = [self._spawn() for _ in range(processes)]
-
-    def batch(self) -> _Batch:
-        """``with pool.batch():`` tasks started inside are written when it ends, one ``writev`` per worker.
-
-        For a caller that submits several tasks in one reactor turn (the
-        node's frames of one read): a worker then wakes once for them all.
-        """
-        return self._batch
-
-    def _flush(self) -> None:
-        held, self._held = self._held, []
-        for link in held:
-            link.flush()
 
     def submit(self, item: WorkItem) -> None:
         """Queue a task; it starts as soon as a worker is idle."""
@@ -155,23 +126,12 @@ class WorkerPool:
 
     def cancel(self, should_drop: Callable[[WorkItem], bool]) -> None:
         """Drop queued tasks matching ``should_drop`` and kill the workers running one."""
-        with self._batch:
-            self._cancel(should_drop)
-
-    def _cancel(self, should_drop: Callable[[WorkItem], bool]) -> None:
         self._pending = deque(item for item in self._pending if not should_drop(item))
         for worker in list(self._workers):
-            if not any(should_drop(item) for item in worker.queue):
-                continue
-            # Nobody wants the result: free the process for the next job now. The tasks in a
-            # worker's queue are of one job, so they all go; should one not, it is not lost:
-            # one queued behind never started (back to the queue), a running one is LOST.
-            running, *waiting = worker.queue
-            worker.queue.clear()
-            self._requeue(item for item in waiting if not should_drop(item))
-            self._replace(worker)
-            if not should_drop(running):
-                self._deliver(running, Outcome.LOST, b"", "its worker was stopped to cancel another task")
+            if worker.item is not None and should_drop(worker.item):
+                # Nobody wants the result: free the process for the next job now.
+                worker.item = None
+                self._replace(worker)
         self._assign()
 
     @property
@@ -205,38 +165,16 @@ class WorkerPool:
             self._start(worker, item)
 
     def _pick(self, item: WorkItem) -> _Worker | None:
-        """An idle worker, preferring one that has not run this job yet; else one to queue behind."""
-        idle = behind = None
+        """An idle worker, preferring one that has not run this job yet."""
+        idle = None
         for worker in self._workers:
-            if not worker.alive:
-                continue
-            if not worker.queue:
+            if worker.alive and worker.item is None:
                 # A pool's first calls then run its initializer in as many processes as it has
                 # calls, as a local pool's would.
                 if item.job_key not in worker.jobs_seen:
                     return worker
                 idle = idle or worker
-            elif behind is None and self._may_queue(worker, item):
-                behind = worker
-        return idle or behind
-
-    def _may_queue(self, worker: _Worker, item: WorkItem) -> bool:
-        """Whether ``item`` may wait in ``worker``'s socket behind the task it runs.
-
-        Only a small task of the same job (cancelling the job kills the worker
-        anyway), of a job whose tasks are short (a long one would leave
-        another worker idle while this one waits), and not past the worker's
-        ``max_tasks``. The worker then reads it without sleeping in between.
-        """
-        last = worker.queue[-1]
-        if len(worker.queue) >= QUEUE_DEPTH or last.job_key != item.job_key:
-            return False
-        if len(item.items_blob) > QUEUE_BLOB_MAX:
-            return False
-        if item.max_tasks is not None and worker.tasks_run + len(worker.queue) >= item.max_tasks:
-            return False
-        duration = self._durations.get(item.job_key)
-        return duration is not None and duration <= SHORT_TASK
+        return idle
 
     def _start(self, worker: _Worker, item: WorkItem) -> None:
         first = item.job_key not in worker.jobs_seen
@@ -263,71 +201,41 @@ class WorkerPool:
         if new_function:
             parts.append(item.func_blob)
         parts.append(item.items_blob)
-        worker.queue.append(item)
-        if len(worker.queue) == 1:
-            self._running(worker)
-        worker.link.send(parts)
-
-    def _running(self, worker: _Worker) -> None:
-        """The head of ``worker``'s queue has started: time it, and arm its time limit."""
-        item = worker.queue[0]
-        worker.started = time.monotonic()
+        worker.item = item
         if item.timeout is not None:
             worker.timer = self._reactor.callLater(item.timeout, self._expire, worker)
-        item.items_blob = b""  # the socket holds it now; the server retries it, not us
-
-    def _requeue(self, items: Iterable[WorkItem]) -> None:
-        """Tasks that waited in a worker's socket and never started: first in line again."""
-        self._pending.extendleft(reversed(list(items)))
+        worker.link.send(parts)
+        item.items_blob = b""  # the socket (or the link's buffer) holds it now; the server retries it, not us
 
     # -- outcomes ----------------------------------------------------------------------------
 
     def _output(self, worker: _Worker, blob: bytes) -> None:
         """What the worker's current task printed (it comes just before the task's result)."""
-        if worker.queue and self._on_output is not None:
-            self._on_output(worker.queue[0], blob)
+        if worker.item is not None and self._on_output is not None:
+            self._on_output(worker.item, blob)
 
     def _result(self, worker: _Worker, ok: bool, blob: bytes) -> None:
-        if not worker.queue:
-            return  # cancelled or timed out meanwhile
-        item = worker.queue.popleft()
+        item, worker.item = worker.item, None
         worker.cancel_timer()
-        self._timed(item.job_key, time.monotonic() - worker.started)
+        if item is None:
+            return  # cancelled or timed out meanwhile
         worker.tasks_run += 1
-        retire = item.max_tasks is not None and worker.tasks_run >= item.max_tasks
-        if worker.queue and not retire:
-            self._running(worker)  # the next task was in its socket: it is running now
         self._deliver(item, Outcome.OK if ok else Outcome.ERROR, blob, "")
-        if retire and worker in self._workers:
-            self._requeue(worker.queue)  # none should be there (see _may_queue), but none is lost
+        if item.max_tasks is not None and worker.tasks_run >= item.max_tasks and worker in self._workers:
             self._replace(worker)
         self._assign()
 
-    def _timed(self, job_key: int, seconds: float) -> None:
-        """Remember how long a task of the job took: the longest recently (a long one counts at once)."""
-        known = self._durations.get(job_key)
-        slower = known is None or seconds > known
-        self._durations[job_key] = seconds if slower else 0.75 * known + 0.25 * seconds  # type: ignore[operator]
-        if known is None and len(self._durations) > _ESTIMATES_KEPT:
-            self._durations.popitem(last=False)
-
     def _expire(self, worker: _Worker) -> None:
         worker.timer = None
-        if not worker.queue or worker not in self._workers:
+        item, worker.item = worker.item, None
+        if item is None or worker not in self._workers:
             return
-        item = worker.queue.popleft()
-        self._timed(item.job_key, item.timeout or 0.0)
         self._deliver(item, Outcome.TIMEOUT, b"", f"it ran over its {item.timeout:g}s time limit")
-        self._requeue(worker.queue)
         self._replace(worker)
         self._assign()
 
     def _died(self, worker: _Worker) -> None:
         """A worker's process exited (its sentinel fired): reap it, report its task, replace it."""
-        with self._batch:
-            self._reap(worker)
-
-    def _reap(self, worker: _Worker) -> None:
         worker.alive = False  # no new task for it while its last results are read
         if worker.link.connected:
             worker.link.doRead()  # a result it wrote in full before dying still counts
@@ -337,13 +245,11 @@ class WorkerPool:
         if worker in self._retired:
             self._retired.remove(worker)
             return
-        if worker.queue:
-            item = worker.queue.popleft()
+        item, worker.item = worker.item, None
+        if item is not None:
             # Names memory when the kernel's OOM killer is the likely cause.
             detail = describe_exit(worker.process.exitcode)
             log.warning("task %d of job %d lost: %s", item.task_id, item.job_id, detail)
-            self._requeue(worker.queue)  # they never started: they cost nothing
-            worker.queue.clear()
             self._deliver(item, Outcome.LOST, b"", detail)
         if worker in self._workers and not self._closed:
             self._workers[self._workers.index(worker)] = self._spawn()
@@ -374,7 +280,6 @@ class WorkerPool:
     def _replace(self, worker: _Worker) -> None:
         """Kill a worker that is still running and put a fresh one in its place."""
         self._detach(worker)
-        worker.queue.clear()
         if worker.process.exitcode is None:
             worker.process.kill()
         self._retired.append(worker)  # reaped when its sentinel fires
@@ -385,41 +290,18 @@ class WorkerPool:
         worker.link.close()
 
 
-class _Batch:
-    """The context manager of :meth:`WorkerPool.batch` (nested batches write when the outer one ends)."""
-
-    def __init__(self, pool: WorkerPool) -> None:
-        self._pool = pool
-
-    def __enter__(self) -> None:
-        self._pool._holding += 1
-
-    def __exit__(self, *exc_info: object) -> None:
-        pool = self._pool
-        pool._holding -= 1
-        if not pool._holding:
-            pool._flush()
-
-
 @dataclass(eq=False)
 class _Worker:
     process: Any
     link: _WorkerLink = field(init=False)
     sentinel: _Sentinel = field(init=False)
-    # Tasks written to it and not answered, in order: the first runs, the others wait in its socket.
-    queue: deque[WorkItem] = field(default_factory=deque)
-    started: float = 0.0  # time.monotonic() when the first of ``queue`` started
+    item: WorkItem | None = None  # the task it runs
     timer: Any = None  # the IDelayedCall of its running task's time limit
     # Jobs whose setup this worker has (the same last few the worker caches), with their functions.
     jobs_seen: deque[int] = field(default_factory=lambda: deque(maxlen=JOB_CACHE_SIZE))
     functions_seen: dict[int, set[int]] = field(default_factory=dict)
     tasks_run: int = 0  # since this process started, for max_tasks (maxtasksperchild)
     alive: bool = True  # False once its process has exited
-
-    @property
-    def item(self) -> WorkItem | None:
-        """The task it runs, if any."""
-        return self.queue[0] if self.queue else None
 
     def cancel_timer(self) -> None:
         if self.timer is not None and self.timer.active():
@@ -443,7 +325,6 @@ class _WorkerLink:
         self._fd = sock.fileno()
         self._reactor = pool._reactor
         self._out: deque[memoryview] = deque()  # what the socket has not taken yet
-        self._held: list[bytes] = []  # what to write when the pool's batch ends
         self._rest = b""  # the start of a message that is not complete yet
         self._kind = 0
         self._body: BodyBuffer | None = None  # a large blob being read into its own buffer
@@ -461,23 +342,9 @@ class _WorkerLink:
         return "achilles-worker"
 
     def send(self, parts: list[bytes]) -> None:
-        """Write ``parts`` without blocking (or when the pool's batch ends); the rest as the socket drains."""
+        """Write ``parts`` without blocking; what does not fit now is written as the socket drains."""
         if not self.connected:
             return
-        if self._pool._holding:
-            if not self._held:
-                self._pool._held.append(self)
-            self._held.extend(parts)
-        else:
-            self._write(parts)
-
-    def flush(self) -> None:
-        """Write what was held for the end of a batch."""
-        parts, self._held = self._held, []
-        if parts and self.connected:
-            self._write(parts)
-
-    def _write(self, parts: list[bytes]) -> None:
         if self._out:  # still draining: keep the order
             self._out.extend(memoryview(part) for part in parts if part)
             return
@@ -522,10 +389,6 @@ class _WorkerLink:
 
     def doRead(self) -> None:  # noqa: N802 - Twisted's name
         """Read what the worker has written; hand on every complete output and result."""
-        with self._pool._batch:  # the tasks that follow these results go out together
-            self._read()
-
-    def _read(self) -> None:
         budget = READ_BUDGET  # a 64 MiB result arrives over several reactor turns, heartbeats between
         try:
             while self.connected and budget > 0:
@@ -620,7 +483,6 @@ class _WorkerLink:
             self._reactor.removeWriter(self)
             self._sock.close()
             self._out.clear()
-            self._held = []
             self._body = None
             self._rest = b""
 
