@@ -89,7 +89,7 @@ class WorkItem:
     setup_blob: bytes = field(repr=False)  # the job's initializer, sent with a worker's first task of it
     fn: int
     func_blob: bytes = field(repr=False)  # the function, sent with a worker's first task calling it
-    items_blob: bytes = field(repr=False)  # dropped once the task starts in a worker
+    items_blob: bytes = field(repr=False)  # dropped once written to the worker
     timeout: float | None = None
     max_tasks: int | None = None  # replace a worker once it has run this many tasks
     capture: bool = False  # the worker sends what the task prints (see ``achilles_like/task_output.py``)
