@@ -46,6 +46,12 @@ class Capture:
         else:
             self.parts.append([stream, kept])
 
+    def clear(self) -> None:
+        """Forget everything written (the next task's capture starts empty)."""
+        self.parts = []
+        self.size = 0
+        self.dropped = 0
+
     def encode(self) -> bytes:
         """The capture as the bytes of an OUTPUT message; empty when nothing was written."""
         if not self.parts and not self.dropped:
@@ -78,6 +84,28 @@ def captured() -> Iterator[Capture]:
         yield capture
     finally:
         sys.stdout, sys.stderr = saved
+
+
+class Capturing:
+    """:func:`captured` for a loop of tasks: the writers are made once, each task only swaps streams."""
+
+    def __init__(self) -> None:
+        self.capture = Capture()
+        self._writers = _Writer(self.capture, 1), _Writer(self.capture, 2)
+        self._saved: tuple[Any, Any] | None = None
+
+    def start(self) -> None:
+        """Send ``sys.stdout`` and ``sys.stderr`` to an empty capture."""
+        self.capture.clear()
+        self._saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = self._writers
+
+    def stop(self) -> bytes:
+        """Give the standard streams back; the capture's bytes (empty when nothing was written)."""
+        if self._saved is not None:
+            sys.stdout, sys.stderr = self._saved
+            self._saved = None
+        return self.capture.encode()
 
 
 def replay(body: bytes, stdout: Any, stderr: Any) -> None:

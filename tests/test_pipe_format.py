@@ -105,3 +105,37 @@ def test_unknown_flags_and_lengths_without_their_flag_are_refused() -> None:
     with_setup[1] = 0  # the setup flag cleared, its length left
     with pytest.raises(pf.PipeFormatError, match="setup length but no setup flag"):
         pf.decode_task(bytes(with_setup))
+
+
+@given(
+    headers=st.lists(
+        st.tuples(st.integers(0, pf.MAX_KEY), st.integers(0, pf.MAX_FN), optional_lengths, lengths),
+        min_size=1,
+        max_size=4,
+    ),
+    lead=st.binary(max_size=8),
+)
+def test_task_headers_back_to_back_decode_at_their_offsets(
+    headers: list[tuple[int, int, int | None, int]], lead: bytes
+) -> None:
+    """Several task headers in one buffer (what one read brings a worker) decode at their offsets."""
+    data = lead + b"".join(pf.encode_task(k, f, s, None, i, True) for k, f, s, i in headers)
+    for n, (key, fn, setup, items) in enumerate(headers):
+        header = pf.task_at(data, len(lead) + n * pf.TASK_HEADER_SIZE)
+        assert header == pf.TaskHeader(key, fn, setup, None, items, True)
+
+
+def test_encode_task_is_the_header_encoding() -> None:
+    """The node's direct encoder writes the same bytes as a TaskHeader, and refuses the same fields."""
+    assert pf.encode_task(5, 6, None, 7, 8, False) == pf.TaskHeader(5, 6, None, 7, 8).encode()
+    with pytest.raises(ValueError, match="items length"):
+        pf.encode_task(5, 6, None, None, pf.MAX_BLOB + 1, False)
+
+
+def test_replies_back_to_back_decode_at_their_offsets() -> None:
+    """An output header and a result header in one buffer (what one read brings the node) both decode."""
+    data = b"xx" + pf.encode_output(3) + b"abc" + pf.encode_result(False, 0)
+    assert pf.reply_at(data, 2) == (pf.OUTPUT, 3)
+    assert pf.reply_at(data, 2 + pf.RESULT_HEADER_SIZE + 3) == (pf.RESULT_FAILED, 0)
+    with pytest.raises(pf.PipeFormatError, match="kind"):
+        pf.reply_at(data, 0)

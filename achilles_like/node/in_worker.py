@@ -28,6 +28,15 @@ Whether a failure ends the job is the server's and the controller's business,
 not the worker's. Nothing here touches the network: the node forwards the
 returned blob untouched. The worker writes it behind a ``pipe_format`` result
 header (``os.writev``: header and blob are not joined).
+
+Per task the loop costs one ``read`` (it takes every byte the node has
+written: the header and the blobs) and one ``writev``. The
+pickler, the output capture's writers and the caller's authkey are set up
+once, not per task. A large argument or result is held once: items over
+:data:`STREAM_OVER` bytes are unpickled from the socket (``pickle`` reads a
+large ``bytes`` payload with ``readinto`` into the object it builds), and a
+result is pickled into pieces whose large payloads are the result's own
+``bytes`` objects (``PieceDumper``), written with ``writev``.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import ctypes
 import multiprocessing
 import multiprocessing.pool as mp_pool
 import os
+import pickle
 import signal
 import sys
 import types
@@ -49,9 +59,13 @@ import multiprocess
 from achilles_like import task_output
 from achilles_like.node import pipe_format
 from achilles_like.protocol.body_buffer import BodyBuffer
-from achilles_like.serialization import RemoteFailure, dumps, loads
+from achilles_like.serialization import PieceDumper, RemoteFailure, dumps, loads
 
 _CACHE_SIZE = 4
+READ_SIZE = 256 << 10  # bytes asked of the socket per read: every small task the node has queued
+STREAM_OVER = 1 << 20  # items blobs larger than this are unpickled from the socket, not from a copy
+_IOV_MAX = 1024  # Linux's limit on buffers per writev
+_UNKNOWN = object()
 JOB_CACHE_SIZE = _CACHE_SIZE  # the worker pool tracks which jobs a worker has by the same bound
 
 
@@ -190,25 +204,27 @@ def use_authkey(authkey: bytes | None) -> None:
         multiprocess.current_process().authkey = authkey
 
 
-def run_task(code: JobCode, fn: int, items_blob: bytes) -> tuple[bool, bytes]:
-    """Run one task; see the module docstring for the three shapes of what comes back."""
+def task_failure(code: JobCode, fn: int) -> bytes | None:
+    """Why every task of ``fn`` fails before its items are even loaded (a pickled failure), or None."""
     if code.init_failure is not None:
-        return False, code.init_failure
-    use_authkey(code.authkey)  # the jobs of several callers share this worker
+        return code.init_failure
     function = code.functions.get(fn)
     if function is None:
-        function = _missing(fn)
-    if isinstance(function, bytes):
-        return False, function
-    try:
-        items = loads(items_blob)
-    except BaseException as error:  # noqa: BLE001 - the task's items did not load here
-        return False, dumps(RemoteFailure.capture(error, None))
+        return _missing(fn)
+    return function if isinstance(function, bytes) else None
+
+
+def run_items(
+    function: Function, items: list[Any], dump: Callable[[object], list[bytes]]
+) -> tuple[bool, list[bytes]]:
+    """Call ``function`` on every item; see the module docstring for the shapes of what comes back."""
+    # The common case, a plain map without a callback, calls the user's function directly.
+    call = function.func if function.mode == "map" and function.callback is None else function
     values: list[Any] = []
     failed = False
     for index, item in enumerate(items):
         try:
-            values.append(function(item))
+            values.append(call(item))
         except BaseException as error:  # noqa: BLE001 - this item's caller gets it
             if not failed:  # the values so far become outcomes
                 failed = True
@@ -218,10 +234,10 @@ def run_task(code: JobCode, fn: int, items_blob: bytes) -> tuple[bool, bytes]:
         if failed:
             values[-1] = (True, values[-1])
     try:
-        return not failed, dumps(values)
+        return not failed, dump(values)
     except Exception:  # noqa: BLE001 - find the values that cannot travel back
         outcomes = values if failed else [(True, value) for value in values]
-        return False, dumps([_encodable(outcome, index) for index, outcome in enumerate(outcomes)])
+        return False, [dumps([_encodable(outcome, index) for index, outcome in enumerate(outcomes)])]
 
 
 def _missing(fn: int) -> bytes:
@@ -247,17 +263,21 @@ def worker_main(fd: int) -> None:
     """A worker process's loop: read a task from its socket, run it, write the outcome."""
     init_worker()
     os.set_blocking(fd, True)
+    reader = TaskReader(fd)
+    dump = PieceDumper()
+    capturing = task_output.Capturing()
     jobs: OrderedDict[int, JobCode] = OrderedDict()
+    authkey: object = None  # the key this process has now (as far as the tasks' jobs go)
     while True:
         try:
-            header = pipe_format.decode_task(read_exactly(fd, pipe_format.TASK_HEADER_SIZE))
-            setup_blob = None if header.setup_length is None else read_exactly(fd, header.setup_length)
-            func_blob = None if header.function_length is None else read_exactly(fd, header.function_length)
-            items_blob = read_exactly(fd, header.items_length)
+            header = reader.header()
+            setup_blob = None if header.setup_length is None else reader.take(header.setup_length)
+            func_blob = None if header.function_length is None else reader.take(header.function_length)
         except EOFError:
             return  # the node closed the socket: it is shutting down
         if setup_blob is not None:
             jobs[header.key] = load_job(setup_blob)
+            authkey = _UNKNOWN  # loading the job set its key
             while len(jobs) > _CACHE_SIZE:
                 jobs.popitem(last=False)
         code = jobs.get(header.key)
@@ -265,43 +285,174 @@ def worker_main(fd: int) -> None:
             code = JobCode(_missing(-1))
         if func_blob is not None:
             code.add_function(header.fn, func_blob)
+        if code.authkey is not authkey:  # the jobs of several callers share this worker
+            authkey = code.authkey
+            use_authkey(code.authkey)
         if header.capture:
-            with task_output.captured() as capture:
-                ok, blob = run_task(code, header.fn, items_blob)
-            output = capture.encode()
-        else:
-            ok, blob = run_task(code, header.fn, items_blob)
-            output = b""
-        del items_blob
-        parts = [pipe_format.encode_output(len(output)), output] if output else []
+            capturing.start()
         try:
-            write_all(fd, [*parts, pipe_format.encode_result(ok, len(blob)), blob])
+            ok, pieces = _run(reader, code, header, dump)
+        except EOFError:
+            return  # the node closed the socket in the middle of the task's items
+        finally:
+            output = capturing.stop() if header.capture else b""
+        parts = [pipe_format.encode_output(len(output)), output] if output else []
+        parts.append(pipe_format.encode_result(ok, sum(map(len, pieces))))
+        try:
+            write_all(fd, parts + pieces)
         except OSError:
             return  # the node is gone
+        del pieces
 
 
-def read_exactly(fd: int, length: int) -> bytes:
-    """Read ``length`` bytes from a blocking descriptor into one buffer (EOFError if it closes first)."""
-    buffer = BodyBuffer(length)
-    while buffer.missing:
-        view = buffer.view()
+def _run(
+    reader: TaskReader, code: JobCode, header: pipe_format.TaskHeader, dump: Callable[[object], list[bytes]]
+) -> tuple[bool, list[bytes]]:
+    """Load one task's items from the socket and run it (EOFError: the node closed the socket)."""
+    failure = task_failure(code, header.fn)
+    if failure is not None:
+        reader.skip(header.items_length)
+        return False, [failure]
+    try:
+        items = reader.load(header.items_length)
+    except EOFError:
+        raise
+    except BaseException as error:  # noqa: BLE001 - the task's items did not load here
+        return False, [dumps(RemoteFailure.capture(error, None))]
+    function = code.functions[header.fn]
+    assert isinstance(function, Function)
+    return run_items(function, items, dump)
+
+
+class TaskReader:
+    """The worker's end of its socket: tasks in as few reads as possible.
+
+    One ``read`` takes whatever the node has written (a task's header and
+    blobs together), so a small task costs one read. A large items blob is unpickled straight from the socket
+    (:meth:`load`): ``pickle`` reads a large ``bytes`` payload with
+    ``readinto`` into the object it makes, so a 64 MiB argument is held once,
+    not once as a blob and again as the unpickled value.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._data = b""  # bytes received and not consumed yet, from ``_pos`` on
+        self._pos = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not consumed yet."""
+        return len(self._data) - self._pos
+
+    def _fill(self, need: int) -> None:
+        """Receive until at least ``need`` bytes are buffered (EOFError if the socket closes first)."""
+        while self.buffered < need:
+            try:
+                chunk = os.read(self.fd, max(READ_SIZE, need - self.buffered))
+            except OSError as error:
+                raise EOFError(str(error)) from error
+            if not chunk:
+                raise EOFError(f"the node closed the socket {need - self.buffered} bytes short")
+            self._data = self._data[self._pos :] + chunk if self.buffered else chunk
+            self._pos = 0
+
+    def header(self) -> pipe_format.TaskHeader:
+        """The next task's header."""
+        self._fill(pipe_format.TASK_HEADER_SIZE)
+        header = pipe_format.task_at(self._data, self._pos)
+        self._pos += pipe_format.TASK_HEADER_SIZE
+        return header
+
+    def take(self, length: int) -> bytes:
+        """The next ``length`` bytes, in one buffer."""
+        if length <= self.buffered or length <= READ_SIZE:
+            self._fill(length)
+            blob = self._data[self._pos : self._pos + length]
+            self._pos += length
+            return blob
+        buffer = BodyBuffer(length)  # large: read into its own buffer, not through ours
+        buffer.write(memoryview(self._data)[self._pos :])
+        self._data, self._pos = b"", 0
+        while buffer.missing:
+            view = buffer.view()
+            try:
+                count = os.readv(self.fd, [view])
+            except OSError as error:
+                raise EOFError(str(error)) from error
+            finally:
+                view.release()
+            if count == 0:
+                raise EOFError(f"the node closed the socket {buffer.missing} bytes short")
+            buffer.advance(count)
+        return buffer.value()
+
+    def skip(self, length: int) -> None:
+        """Consume ``length`` bytes without keeping them."""
+        while length:
+            self._fill(min(length, READ_SIZE))
+            step = min(length, self.buffered)
+            self._pos += step
+            length -= step
+
+    def load(self, length: int) -> Any:
+        """Unpickle the next ``length`` bytes; they are consumed even if unpickling raises."""
+        if length <= STREAM_OVER:
+            return loads(self.take(length))
+        stream = _BlobStream(self, length)
         try:
-            count = os.readv(fd, [view])
-        except OSError as error:
-            raise EOFError(str(error)) from error
+            return pickle.Unpickler(stream).load()
         finally:
-            view.release()
-        if count == 0:
-            raise EOFError(f"the node closed the pipe {buffer.missing} bytes short")
-        buffer.advance(count)
-    return buffer.value()
+            stream.drain()
+
+
+class _BlobStream:
+    """``length`` bytes of a reader as a file for ``pickle.Unpickler`` (read, readinto, readline)."""
+
+    def __init__(self, reader: TaskReader, length: int) -> None:
+        self._reader = reader
+        self.left = length
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.left if size < 0 else min(size, self.left)
+        blob = self._reader.take(size)
+        self.left -= size
+        return blob
+
+    def readinto(self, target: memoryview) -> int:
+        with memoryview(target).cast("B") as view:
+            size = min(len(view), self.left)
+            reader = self._reader
+            done = min(size, reader.buffered)
+            view[:done] = memoryview(reader._data)[reader._pos : reader._pos + done]
+            reader._pos += done
+            while done < size:
+                try:
+                    count = os.readv(reader.fd, [view[done:size]])
+                except OSError as error:
+                    raise EOFError(str(error)) from error
+                if count == 0:
+                    raise EOFError(f"the node closed the socket {size - done} bytes short")
+                done += count
+        self.left -= size
+        return size
+
+    def readline(self) -> bytes:
+        line = bytearray()
+        while self.left and not line.endswith(b"\n"):
+            line += self.read(1)
+        return bytes(line)
+
+    def drain(self) -> None:
+        """Consume what unpickling left unread (after an error, or trailing bytes)."""
+        self._reader.skip(self.left)
+        self.left = 0
 
 
 def write_all(fd: int, parts: list[bytes]) -> None:
     """Write ``parts`` in order to a blocking descriptor, without joining them."""
     views = [memoryview(part) for part in parts if part]
     while views:
-        sent = os.writev(fd, views)
+        sent = os.writev(fd, views[:_IOV_MAX])
         while sent:
             if sent >= len(views[0]):
                 sent -= len(views.pop(0))

@@ -19,6 +19,11 @@ on the node. The header says which blobs follow and how long each is:
   :data:`RESULT_FAILED`: a pickled failure or per-item outcomes, see
   ``in_worker.py``) and the blob's length.
 
+Messages follow each other back to back: one read may bring the node a
+task's output and its result, or a worker a task's header and its blobs.
+:func:`task_at` and :func:`reply_at` decode a header in place, at an offset
+of such a buffer.
+
 Pure: bytes in, values out, no I/O. A header that is short, of another kind,
 with unknown flags or a length over :data:`MAX_BLOB` raises
 :class:`PipeFormatError`: the pipe is a private channel to our own child, so
@@ -29,7 +34,7 @@ death.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 TASK = 1
 RESULT_OK = 2
@@ -57,9 +62,8 @@ class PipeFormatError(ValueError):
     """Bytes on a worker pipe that are not a header this module wrote."""
 
 
-@dataclass(frozen=True)
-class TaskHeader:
-    """What precedes a task's blobs on the pipe to a worker."""
+class TaskHeader(NamedTuple):
+    """What precedes a task's blobs on the pipe to a worker (a tuple: the worker decodes one per task)."""
 
     key: int  # the job key: the worker caches the job's setup and functions by it
     fn: int
@@ -70,26 +74,8 @@ class TaskHeader:
 
     def encode(self) -> bytes:
         """The 40 header bytes; ValueError if a field is out of its range."""
-        _check("job key", self.key, MAX_KEY)
-        _check("function id", self.fn, MAX_FN)
-        _check("items length", self.items_length, MAX_BLOB)
-        flags = 0
-        if self.setup_length is not None:
-            _check("setup length", self.setup_length, MAX_BLOB)
-            flags |= HAS_SETUP
-        if self.function_length is not None:
-            _check("function length", self.function_length, MAX_BLOB)
-            flags |= HAS_FUNCTION
-        if self.capture:
-            flags |= CAPTURE_OUTPUT
-        return _TASK.pack(
-            TASK,
-            flags,
-            self.fn,
-            self.key,
-            self.setup_length or 0,
-            self.function_length or 0,
-            self.items_length,
+        return encode_task(
+            self.key, self.fn, self.setup_length, self.function_length, self.items_length, self.capture
         )
 
     @property
@@ -98,18 +84,41 @@ class TaskHeader:
         return (self.setup_length or 0) + (self.function_length or 0) + self.items_length
 
 
+def encode_task(
+    key: int, fn: int, setup_length: int | None, function_length: int | None, items_length: int, capture: bool
+) -> bytes:
+    """The 40 header bytes of a task (see :class:`TaskHeader`); ValueError if a field is out of its range."""
+    _check("job key", key, MAX_KEY)
+    _check("function id", fn, MAX_FN)
+    _check("items length", items_length, MAX_BLOB)
+    flags = CAPTURE_OUTPUT if capture else 0
+    if setup_length is not None:
+        _check("setup length", setup_length, MAX_BLOB)
+        flags |= HAS_SETUP
+    if function_length is not None:
+        _check("function length", function_length, MAX_BLOB)
+        flags |= HAS_FUNCTION
+    return _TASK.pack(TASK, flags, fn, key, setup_length or 0, function_length or 0, items_length)
+
+
 def decode_task(data: bytes | bytearray | memoryview) -> TaskHeader:
     """Read a task header (exactly ``TASK_HEADER_SIZE`` bytes)."""
     if len(data) != _TASK.size:
         raise PipeFormatError(f"a task header is {_TASK.size} bytes, got {len(data)}")
-    kind, flags, fn, key, setup, function, items = _TASK.unpack(data)
+    return task_at(data, 0)
+
+
+def task_at(data: bytes | bytearray | memoryview, offset: int) -> TaskHeader:
+    """Read the task header at ``offset`` of a buffer holding at least ``TASK_HEADER_SIZE`` bytes there."""
+    kind, flags, fn, key, setup, function, items = _TASK.unpack_from(data, offset)
     if kind != TASK:
         raise PipeFormatError(f"expected a task header (kind {TASK}), got kind {kind}")
     if flags & ~_TASK_FLAGS:
         raise PipeFormatError(f"unknown task header flags 0x{flags:02x}")
-    for name, length in (("setup", setup), ("function", function), ("items", items)):
-        if length > MAX_BLOB:
-            raise PipeFormatError(f"task header announces a {length}-byte {name} blob")
+    if max(setup, function, items) > MAX_BLOB:
+        for name, length in (("setup", setup), ("function", function), ("items", items)):
+            if length > MAX_BLOB:
+                raise PipeFormatError(f"task header announces a {length}-byte {name} blob")
     if not flags & HAS_SETUP and setup:
         raise PipeFormatError("task header has a setup length but no setup flag")
     if not flags & HAS_FUNCTION and function:
@@ -140,7 +149,12 @@ def decode_reply(data: bytes | bytearray | memoryview) -> tuple[int, int]:
     """Read a worker's header (exactly ``RESULT_HEADER_SIZE`` bytes): its kind and blob length."""
     if len(data) != _RESULT.size:
         raise PipeFormatError(f"a result header is {_RESULT.size} bytes, got {len(data)}")
-    kind, length = _RESULT.unpack(data)
+    return reply_at(data, 0)
+
+
+def reply_at(data: bytes | bytearray | memoryview, offset: int) -> tuple[int, int]:
+    """Read the worker's header at ``offset`` of a buffer with ``RESULT_HEADER_SIZE`` bytes or more there."""
+    kind, length = _RESULT.unpack_from(data, offset)
     if kind not in (RESULT_OK, RESULT_FAILED, OUTPUT):
         raise PipeFormatError(
             f"expected a result header (kind {RESULT_OK} or {RESULT_FAILED}) or output ({OUTPUT}),"

@@ -4,7 +4,7 @@
 
     reactor thread (the node's only thread)                           worker processes
     ───────────────────────────────────────                           ────────────────
-    submit(item) → idle worker? ── TaskHeader + blobs, non-blocking ──▶ worker_main: run_task(...)
+    submit(item) → idle worker? ── TaskHeader + blobs, non-blocking ──▶ worker_main: run_items(...)
     _WorkerLink.doRead ◀──────────── ResultHeader + result blob ◀────── (blocking pipe end)
       └─ deliver(item, OK/ERROR, blob)
     _Sentinel.doRead: the process exited → deliver(item, LOST), spawn a replacement
@@ -24,14 +24,21 @@ Everything here runs on the node's reactor thread: each worker's socket and
 its process sentinel are Twisted file descriptors (``addReader``), time
 limits are ``callLater`` calls, and outcomes go to ``deliver`` directly, so
 a task costs no thread hand-off on the node. Nothing here blocks the
-reactor: the node's end of each socket is non-blocking; a task is written
-only to an idle worker (one at a time, so a worker never holds more than
-the task it runs), and what the socket does not take at once stays queued on
-that worker and is written as the socket drains (``addWriter``), so a 64 MiB
-task or a stopped worker does not stall the heartbeats. A result is read
-into one buffer of its announced length (``BodyBuffer``) and forwarded as
-those very bytes. The bytes on the socket are ``pipe_format``: a struct
+reactor: the node's end of each socket is non-blocking, and what the socket
+does not take at once stays queued on that worker and is written as the
+socket drains (``addWriter``), so a 64 MiB task or a stopped worker does not
+stall the heartbeats. The bytes on the socket are ``pipe_format``: a struct
 header and the blobs as they came off the wire, nothing pickled around them.
+
+Per task the node spends as few system calls and wake-ups as it can:
+
+- A worker holds one task at a time, so a task never waits behind another
+  while a worker is free (tasks that wait for each other, as a local pool
+  allows, never deadlock). Results come back in order, one per task.
+- A task is written with one ``writev`` (header and blobs, not joined).
+- One ``read`` takes every result a worker has written (up to
+  :data:`READ_SIZE`); a larger blob is read into one buffer of its announced
+  length (``BodyBuffer``) and forwarded as those very bytes.
 
 A killed worker is reaped when its sentinel fires, never waited for on the
 reactor. Workers are forked; they die with the node (``PR_SET_PDEATHSIG`` on
@@ -40,6 +47,7 @@ Linux) and ignore Ctrl-C, which is the node's.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -70,7 +78,7 @@ class Outcome(Enum):
     TIMEOUT = "timeout"  # it ran over its time limit and its worker was killed
 
 
-@dataclass
+@dataclass(slots=True)
 class WorkItem:
     """One task attempt as the worker pool runs it."""
 
@@ -89,6 +97,8 @@ class WorkItem:
 
 
 READ_BUDGET = 4 << 20  # bytes of a result read per reactor turn, at most (about, plus one read)
+READ_SIZE = 256 << 10  # bytes asked of a worker's socket per read: every result it has written
+_IOV_MAX = 1024  # Linux's limit on buffers per writev
 
 Deliver = Callable[[WorkItem, Outcome, bytes, str], None]
 OnOutput = Callable[[WorkItem, bytes], None]
@@ -162,14 +172,24 @@ class WorkerPool:
 
     def _assign(self) -> None:
         while self._pending:
-            idle = [worker for worker in self._workers if worker.item is None]
-            if not idle:
+            item = self._pending[0]
+            worker = self._pick(item)
+            if worker is None:
                 return
-            item = self._pending.popleft()
-            # Prefer a worker that has not run this job yet: a pool's first calls then run its
-            # initializer in as many processes as it has calls, as a local pool's would.
-            fresh = next((worker for worker in idle if item.job_key not in worker.jobs_seen), idle[0])
-            self._start(fresh, item)
+            self._pending.popleft()
+            self._start(worker, item)
+
+    def _pick(self, item: WorkItem) -> _Worker | None:
+        """An idle worker, preferring one that has not run this job yet."""
+        idle = None
+        for worker in self._workers:
+            if worker.alive and worker.item is None:
+                # A pool's first calls then run its initializer in as many processes as it has
+                # calls, as a local pool's would.
+                if item.job_key not in worker.jobs_seen:
+                    return worker
+                idle = idle or worker
+        return idle
 
     def _start(self, worker: _Worker, item: WorkItem) -> None:
         first = item.job_key not in worker.jobs_seen
@@ -180,8 +200,9 @@ class WorkerPool:
             worker.functions_seen[item.job_key] = set()
         functions = worker.functions_seen[item.job_key]
         new_function = item.fn not in functions
-        functions.add(item.fn)
-        header = pipe_format.TaskHeader(
+        if new_function:
+            functions.add(item.fn)
+        header = pipe_format.encode_task(
             item.job_key,
             item.fn,
             len(item.setup_blob) if first else None,
@@ -189,15 +210,17 @@ class WorkerPool:
             len(item.items_blob),
             item.capture,
         )
-        parts = [header.encode()]
-        parts += [item.setup_blob] if first else []
-        parts += [item.func_blob] if new_function else []
+        parts = [header]
+        if first:
+            parts.append(item.setup_blob)
+        if new_function:
+            parts.append(item.func_blob)
         parts.append(item.items_blob)
         worker.item = item
         if item.timeout is not None:
             worker.timer = self._reactor.callLater(item.timeout, self._expire, worker)
         worker.link.send(parts)
-        item.items_blob = b""  # the socket or the link's queue holds it now; the server retries, not us
+        item.items_blob = b""  # the socket (or the link's buffer) holds it now; the server retries it, not us
         if item.report_start and self._on_start is not None:
             self._on_start(item)
 
@@ -230,6 +253,7 @@ class WorkerPool:
 
     def _died(self, worker: _Worker) -> None:
         """A worker's process exited (its sentinel fired): reap it, report its task, replace it."""
+        worker.alive = False  # no new task for it while its last results are read
         if worker.link.connected:
             worker.link.doRead()  # a result it wrote in full before dying still counts
         self._detach(worker)
@@ -288,12 +312,13 @@ class _Worker:
     process: Any
     link: _WorkerLink = field(init=False)
     sentinel: _Sentinel = field(init=False)
-    item: WorkItem | None = None
-    timer: Any = None  # the IDelayedCall of its task's time limit
+    item: WorkItem | None = None  # the task it runs
+    timer: Any = None  # the IDelayedCall of its running task's time limit
     # Jobs whose setup this worker has (the same last few the worker caches), with their functions.
     jobs_seen: deque[int] = field(default_factory=lambda: deque(maxlen=JOB_CACHE_SIZE))
     functions_seen: dict[int, set[int]] = field(default_factory=dict)
     tasks_run: int = 0  # since this process started, for max_tasks (maxtasksperchild)
+    alive: bool = True  # False once its process has exited
 
     def cancel_timer(self) -> None:
         if self.timer is not None and self.timer.active():
@@ -302,34 +327,57 @@ class _Worker:
 
 
 class _WorkerLink:
-    """The node's non-blocking end of one worker's socket pair, as a Twisted read/write descriptor."""
+    """The node's non-blocking end of one worker's socket pair, as a Twisted read/write descriptor.
+
+    Reading takes every byte the worker has written, up to :data:`READ_SIZE`,
+    in one ``read`` and hands on each complete message in it; a blob larger
+    than that is read into a buffer of its own (``BodyBuffer``) and forwarded
+    as those very bytes.
+    """
 
     def __init__(self, pool: WorkerPool, worker: _Worker, sock: socket.socket) -> None:
         self._pool = pool
         self._worker = worker
         self._sock = sock
+        self._fd = sock.fileno()
         self._reactor = pool._reactor
         self._out: deque[memoryview] = deque()  # what the socket has not taken yet
-        self._header = bytearray()
+        self._rest = b""  # the start of a message that is not complete yet
         self._kind = 0
-        self._body: BodyBuffer | None = None
+        self._body: BodyBuffer | None = None  # a large blob being read into its own buffer
         self.connected = True
 
     @property
     def receiving(self) -> int:
         """Bytes of a result received so far, while it is incomplete."""
-        return len(self._header) + (0 if self._body is None else self._body.filled)
+        return len(self._rest) + (0 if self._body is None else self._body.filled)
 
     def fileno(self) -> int:
-        return self._sock.fileno()
+        return self._fd
 
     def logPrefix(self) -> str:  # noqa: N802 - Twisted's name
         return "achilles-worker"
 
     def send(self, parts: list[bytes]) -> None:
         """Write ``parts`` without blocking; what does not fit now is written as the socket drains."""
-        self._out.extend(memoryview(part) for part in parts if part)
-        if self._write_some():
+        if not self.connected:
+            return
+        if self._out:  # still draining: keep the order
+            self._out.extend(memoryview(part) for part in parts if part)
+            return
+        try:
+            sent = os.writev(self._fd, parts[:_IOV_MAX])
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return  # it died: its sentinel fires and the task is reported LOST
+        for part in parts:
+            if sent >= len(part) and not self._out:
+                sent -= len(part)
+            elif part:
+                self._out.append(memoryview(part)[sent:])
+                sent = 0
+        if self._out:
             self._reactor.addWriter(self)
 
     def doWrite(self) -> None:  # noqa: N802 - Twisted's name
@@ -340,7 +388,7 @@ class _WorkerLink:
         """Write what the socket takes; True if something is left."""
         while self._out and self.connected:
             try:
-                sent = os.writev(self._sock.fileno(), list(self._out)[:64])
+                sent = os.writev(self._fd, list(itertools.islice(self._out, 64)))
             except BlockingIOError:
                 return True
             except OSError:
@@ -357,64 +405,81 @@ class _WorkerLink:
         return bool(self._out) and self.connected
 
     def doRead(self) -> None:  # noqa: N802 - Twisted's name
-        """Read what has arrived of the worker's result; hand it on once complete."""
-        start = self.receiving
+        """Read what the worker has written; hand on every complete output and result."""
+        budget = READ_BUDGET  # a 64 MiB result arrives over several reactor turns, heartbeats between
         try:
-            # A budget per call: a 64 MiB result arrives over several reactor turns, heartbeats between.
-            while self.connected and self.receiving - start < READ_BUDGET:
-                if self._body is None:
-                    if not self._read_header():
+            while self.connected and budget > 0:
+                if self._body is not None:
+                    count = self._read_body()
+                    if count <= 0:
                         return
-                elif not self._read_body():
+                    budget -= count
+                    continue
+                try:
+                    chunk = os.read(self._fd, READ_SIZE)
+                except BlockingIOError:
                     return
-                if self._body is not None and not self._body.missing:
-                    blob, self._body = self._body.value(), None
-                    if self._kind == pipe_format.OUTPUT:
-                        self._pool._output(self._worker, blob)
-                        continue  # the task's result follows
-                    self._pool._result(self._worker, self._kind == pipe_format.RESULT_OK, blob)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    self._eof()
                     return
+                self._parse(self._rest + chunk if self._rest else chunk)
+                if len(chunk) < READ_SIZE:
+                    return  # drained (the reactor calls again when more arrives)
+                budget -= len(chunk)
         except pipe_format.PipeFormatError as error:
             log.error("worker %s wrote garbage to its pipe: %s", self._worker.process.pid, error)
             self.close()
             self._pool._link_broken(self._worker)
 
-    def _read_header(self) -> bool:
-        missing = pipe_format.RESULT_HEADER_SIZE - len(self._header)
-        try:
-            chunk = os.read(self._sock.fileno(), missing)
-        except BlockingIOError:
-            return False
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self._eof()
-            return False
-        self._header += chunk
-        if len(self._header) == pipe_format.RESULT_HEADER_SIZE:
-            self._kind, length = pipe_format.decode_reply(self._header)
-            self._header.clear()
-            self._body = BodyBuffer(length)
-        return True
+    def _parse(self, data: bytes) -> None:
+        """Hand on the complete messages at the start of ``data``; keep the rest for later."""
+        pos, size = 0, len(data)
+        header = pipe_format.RESULT_HEADER_SIZE
+        self._rest = b""
+        while size - pos >= header and self.connected:
+            kind, length = pipe_format.reply_at(data, pos)
+            end = pos + header + length
+            if end > size:
+                if length > READ_SIZE:  # large: into a buffer of its own, not through ours
+                    self._kind, self._body = kind, BodyBuffer(length)
+                    self._body.write(memoryview(data)[pos + header :])
+                    pos = size
+                break
+            blob = data[pos + header : end]
+            pos = end
+            self._hand_on(kind, blob)
+        if pos < size and self.connected:
+            self._rest = data[pos:]
 
-    def _read_body(self) -> bool:
-        assert self._body is not None
-        if not self._body.missing:
-            return True
-        view = self._body.view()
+    def _hand_on(self, kind: int, blob: bytes) -> None:
+        if kind == pipe_format.OUTPUT:
+            self._pool._output(self._worker, blob)  # the task's result follows
+        else:
+            self._pool._result(self._worker, kind == pipe_format.RESULT_OK, blob)
+
+    def _read_body(self) -> int:
+        """Read into the large blob's buffer; the byte count (0: nothing now, or the socket closed)."""
+        body = self._body
+        assert body is not None
+        view = body.view()
         try:
-            count = os.readv(self._sock.fileno(), [view])
+            count = os.readv(self._fd, [view])
         except BlockingIOError:
-            return False
+            return 0
         except OSError:
             count = 0
         finally:
             view.release()
         if count == 0:
             self._eof()
-            return False
-        self._body.advance(count)
-        return True
+            return 0
+        body.advance(count)
+        if not body.missing:
+            self._body = None
+            self._hand_on(self._kind, body.value())
+        return count
 
     def _eof(self) -> None:
         # The worker is gone (or closing): stop listening; its sentinel reports the death.
@@ -436,6 +501,7 @@ class _WorkerLink:
             self._sock.close()
             self._out.clear()
             self._body = None
+            self._rest = b""
 
 
 class _Sentinel:
