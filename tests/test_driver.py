@@ -83,7 +83,7 @@ def test_the_first_task_goes_at_once_then_tasks_wait_for_credit() -> None:
     early = connection.take()
     assert early == [
         msg.Func(job=0, fn=0, ref=driver.ref, body=b"f"),
-        msg.Task(job=0, task=0, fn=0, ref=driver.ref, body=dumps([0])),
+        msg.Tasks(job=0, entries=[(0, 0, 0, dumps([0]))], ref=driver.ref),
     ]
     assert driver.feed([source]) is False  # no credit until the server grants some
     driver.handle(frames(msg.Queued(job=7, position=1, ref=driver.ref)))
@@ -91,15 +91,13 @@ def test_the_first_task_goes_at_once_then_tasks_wait_for_credit() -> None:
     # The first grant includes the task sent ahead: 3 granted, 2 more may go.
     driver.handle(frames(msg.Started(job=7, ref=driver.ref), msg.Credit(job=7, n=3)))
     assert driver.feed([source]) is True
-    sent = connection.take()
-    assert [(type(m).__name__, getattr(m, "task", None), m.job) for m in sent] == [
-        ("Task", 1, 7),
-        ("Task", 2, 7),
-    ]
+    [sent] = connection.take()  # every task there is credit for, in one frame
+    assert isinstance(sent, msg.Tasks) and sent.job == 7
+    assert [(task, loads(blob)) for task, _, _, blob in sent.entries] == [(1, [1]), (2, [2])]
     driver.handle(frames(msg.Credit(job=7, n=1)))
     driver.feed([source])
     [task] = connection.take()  # the function went already
-    assert isinstance(task, msg.Task) and loads(task.body) == [3]
+    assert isinstance(task, msg.Tasks) and loads(task.entries[0][3]) == [3]
 
 
 def test_results_reach_their_sinks_whole_or_per_item() -> None:
@@ -112,8 +110,7 @@ def test_results_reach_their_sinks_whole_or_per_item() -> None:
     driver.handle(frames(msg.Started(job=1), msg.Credit(job=1, n=2)))
     driver.feed([source])
     mixed = dumps([(True, 9), (False, failure_at(1))])
-    driver.handle(frames(msg.Result(job=1, task=1, ok=False, body=mixed)))
-    driver.handle(frames(msg.Result(job=1, task=0, ok=True, body=dumps([1, 4]))))
+    driver.handle(frames(msg.Results(job=1, entries=[(1, 0, 0, mixed), (0, 0, 1, dumps([1, 4]))])))
     assert delivered[1] == Outcomes(True, [1, 4])
     (ok, nine), (failed, error) = delivered[0].items
     assert (ok, nine, failed, type(error)) == (True, 9, False, tasks.CustomError)

@@ -38,7 +38,8 @@ def test_freest_and_totals_match_a_recount(ops: list[tuple[str, int, int]]) -> N
         assert (freest is None) == (most == 0)
         assert freest is None or free[freest] == most
         assert (index.total_slots, index.total_free) == (sum(slots.values()), sum(free.values()))
-        assert index.recount() == (index.total_slots, index.total_free)
+        assert index.free_nodes == sum(1 for count in free.values() if count)
+        assert index.recount() == (index.total_slots, index.total_free, index.free_nodes)
 
 
 def test_equal_nodes_take_turns() -> None:

@@ -4,6 +4,7 @@
 
     server ──JOB/FUNC/TASK/CANCEL──▶ NodeProtocol ──▶ NodeAgent ──submit──▶ WorkerPool ──▶ worker processes
            ◀──RESULT/LOST/PONG─────── NodeProtocol ◀── NodeAgent._finished ◀── deliver ◀─┘
+              (one RESULT frame per job and reactor turn: NodeAgent.flush_results)
                                       (all on the reactor thread: no thread hand-off on the node)
 
 The reactor thread only moves bytes: the worker processes' sockets are served
@@ -16,7 +17,7 @@ budget), and a task over its job's time limit has only its own worker
 killed and is reported as a timeout error for its items.
 
 The server may send up to ``2 × processes`` tasks (a small prefetch, so a
-worker never idles for a round trip). A CANCEL drops the job's queued tasks
+worker never idles for a round trip), several in one TASK frame. A CANCEL drops the job's queued tasks
 and kills the workers still running one, so the next job starts at once on
 fresh workers.
 
@@ -56,6 +57,7 @@ from achilles_like.node.worker_pool import Outcome, WorkerPool, WorkItem
 from achilles_like.plain_or_tls import PREAMBLE, explain_early_close
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder
 from achilles_like.protocol import messages as msg
+from achilles_like.protocol.batch import Entry
 from achilles_like.protocol.handshake import NONCE_BYTES, HandshakeState
 from achilles_like.secret_strength import check_peer_secret
 from achilles_like.serialization import RemoteFailure, dumps
@@ -63,10 +65,12 @@ from achilles_like.tls import client_creator
 
 log = logging.getLogger("achilles_like.node")
 
-PREFETCH_PER_PROCESS = 2
+PREFETCH_PER_PROCESS = 4
 SERVER_TIMEOUT = 30.0  # seconds without a byte from the server before reconnecting
 HELLO_TIMEOUT = 5.0  # seconds to wait for the server's first message (HELLO) on a new connection
 _REMEMBERED_JOBS = 8
+# Longest a finished task's result waits to share a frame with others (see NodeAgent._finished).
+RESULT_DELAY = 0.002
 
 
 def job_key(generation: int, job_id: int) -> int:
@@ -86,6 +90,12 @@ class NodeAgent:
         self.functions: dict[tuple[int, int], bytes] = {}  # (job id, fn) -> function blob
         self.cancelled: deque[int] = deque(maxlen=_REMEMBERED_JOBS)
         self.protocol: NodeProtocol | None = None
+        # Results gathered, by job; sent as one frame each by flush_results (see _finished).
+        self._results: dict[int, list[Entry]] = {}
+        self._gathered = 0
+        self._flush_call: IDelayedCall | None = None
+        self._flush_soon = False  # the flush call is for the end of this reactor turn
+        self.holding: dict[int, int] = {}  # job id -> its tasks on this node (queued or running)
         self.generation = 0
         self.closed = False
 
@@ -107,6 +117,9 @@ class NodeAgent:
             self._drop_connection_state()
 
     def _drop_connection_state(self) -> None:
+        self._results.clear()  # the old connection's results: the server has re-queued those tasks
+        self._gathered = 0
+        self.holding.clear()
         self.jobs.clear()
         self.functions.clear()
         self.cancelled.clear()
@@ -138,11 +151,14 @@ class NodeAgent:
             key, job_id, task_id, attempt, setup_blob, fn, func_blob, blob, options.timeout, options.max_tasks
         )
         item.capture = options.output
+        self.holding[job_id] = self.holding.get(job_id, 0) + 1
         self.workers.submit(item)
 
     def cancel(self, job_id: int) -> None:
         """Drop a job's queued tasks and stop its running ones."""
         self.cancelled.append(job_id)
+        self._gathered -= len(self._results.pop(job_id, ()))
+        self.holding.pop(job_id, None)
         self._forget(job_id)
         key = job_key(self.generation, job_id)
         self.workers.cancel(lambda item: item.job_key == key)
@@ -153,25 +169,68 @@ class NodeAgent:
             del self.functions[key]
 
     def _output(self, item: WorkItem, body: bytes) -> None:
-        """Send what a task printed to the server (for its job's controller), unless it is stale."""
+        """Send what a task printed to the server (for its job's controller), unless it is stale.
+
+        It leaves at once; the task's RESULT waits for the end of the turn, so it comes after.
+        """
         stale = item.job_key >> 32 != self.generation or item.job_id in self.cancelled
         if not stale and self.protocol is not None:
             output = msg.Output(job=item.job_id, task=item.task_id, attempt=item.attempt, body=body)
             self.protocol.send_message(output)
 
     def _finished(self, item: WorkItem, outcome: Outcome, blob: bytes, detail: str) -> None:
-        """A task left the worker pool (called by it, on the reactor thread): tell the server."""
+        """A task left the worker pool (called by it, on the reactor thread): tell the server.
+
+        Results are gathered and leave as one RESULT frame per job (``protocol/batch.py``):
+        at the end of this reactor turn once the node holds no other task of the job
+        or has gathered a result per process, else within RESULT_DELAY seconds. So tiny
+        tasks travel in batches both ways (the server refills what a frame frees), and
+        a lone call (``Pool.apply``) or the last tasks of a job are not held back.
+        """
         stale = item.job_key >> 32 != self.generation or item.job_id in self.cancelled
         if stale or self.protocol is None:
             return
         job, task, attempt = item.job_id, item.task_id, item.attempt
+        left = self.holding.get(job, 1) - 1
+        if left > 0:
+            self.holding[job] = left
+        else:
+            self.holding.pop(job, None)
         if outcome is Outcome.LOST:
+            self.flush_results()  # in order: what finished before the loss leaves first
             self.protocol.send(msg.Lost(job=job, task=task, attempt=attempt, reason=detail).to_bytes())
             return
         if outcome is Outcome.TIMEOUT:
             blob = dumps(_timeout_failure(item, detail))  # a failure of the whole task
-        ok = outcome is Outcome.OK
-        self.protocol.send_message(msg.Result(job=job, task=task, ok=ok, attempt=attempt, body=blob))
+        entry = (task, attempt, int(outcome is Outcome.OK), blob)
+        if job in self._results:
+            self._results[job].append(entry)
+        else:
+            self._results[job] = [entry]
+        self._gathered += 1
+        if left <= 0 or self._gathered >= self.slots // 2:
+            if not self._flush_soon:
+                self._schedule_flush(0.0)
+        elif self._flush_call is None:
+            self._schedule_flush(RESULT_DELAY)
+
+    def _schedule_flush(self, delay: float) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_soon = delay == 0.0
+        self._flush_call = self.reactor.callLater(delay, self.flush_results)
+
+    def flush_results(self) -> None:
+        """Send the gathered results now: one RESULT frame per job."""
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        self._flush_soon = False
+        results, self._results, self._gathered = self._results, {}, 0
+        if self.protocol is not None:
+            for job, entries in results.items():
+                self.protocol.send_message(msg.Results(job=job, entries=entries))
 
     def close(self) -> None:
         """Stop the workers (node shutdown)."""
@@ -268,10 +327,9 @@ class NodeProtocol(Protocol):
                 self._register()
             return
         match msg.decode(frame):
-            case msg.Task(job=job, task=task, fn=fn, attempt=attempt, body=body):
-                if fn is None or attempt is None:
-                    raise ProtocolViolationError("a TASK to a node must name its function and attempt")
-                self.agent.add_task(job, task, attempt, fn, body)
+            case msg.Tasks(job=job, entries=entries):
+                for task, attempt, fn, body in entries:
+                    self.agent.add_task(job, task, attempt, fn, body)
             case msg.Func(job=job, fn=fn, body=body):
                 self.agent.add_function(job, fn, body)
             case msg.Job(job=job, timeout=timeout, maxtasks=max_tasks, output=output, body=body):

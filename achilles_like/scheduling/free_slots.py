@@ -7,8 +7,8 @@ are kept in buckets by their free count, with a heap of the counts that have
 a bucket (``L`` distinct counts, at most the largest node's slots and in
 practice a handful). Within a bucket nodes wait in the order they reached
 that count, so equal nodes take turns instead of the first-joined node
-getting every tie. Full nodes are in no bucket. The cluster's total slots and
-total free slots are running sums.
+getting every tie. Full nodes are in no bucket. The cluster's total slots,
+total free slots and the number of nodes with a free slot are running sums.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class FreeSlots:
         self._in_heap: set[int] = set()  # the counts in _levels; their buckets may have emptied since
         self.total_slots = 0
         self.total_free = 0
+        self.free_nodes = 0  # nodes with at least one free slot
 
     def __contains__(self, node_id: object) -> bool:
         return node_id in self._slots
@@ -69,9 +70,9 @@ class FreeSlots:
             self._in_heap.discard(-heapq.heappop(self._levels))  # emptied since it was pushed
         return None
 
-    def recount(self) -> tuple[int, int]:
-        """Total slots and free slots summed afresh (for tests of the running sums)."""
-        return sum(self._slots.values()), sum(self._free.values())
+    def recount(self) -> tuple[int, int, int]:
+        """Total slots, free slots and nodes with a free slot, counted afresh (for tests)."""
+        return sum(self._slots.values()), sum(self._free.values()), sum(1 for f in self._free.values() if f)
 
     def _set_free(self, node_id: str, free: int) -> None:
         old = self._free[node_id]
@@ -79,6 +80,7 @@ class FreeSlots:
             return
         if old > 0:
             del self._buckets[old][node_id]
+        self.free_nodes += (free > 0) - (old > 0)
         if free > 0:
             bucket = self._buckets.get(free)
             if bucket is None:

@@ -64,6 +64,7 @@ from achilles_like.errors import (
 from achilles_like.liveness import enable_keepalive
 from achilles_like.protocol import Frame, FrameDecoder, ServerHandshake
 from achilles_like.protocol import messages as msg
+from achilles_like.protocol.batch import Entry
 from achilles_like.protocol.frames import body_limits
 from achilles_like.protocol.handshake import NONCE_BYTES
 from achilles_like.scheduling import actions as act
@@ -268,7 +269,7 @@ class ClusterServer(ServerFactory):
         self.job_refs: dict[int, int] = {}
         # A controller may send its job's first task (and END) before the job starts:
         # held here until it does, so a one-item call costs one round trip, not two.
-        self.early: dict[int, list[msg.Task | msg.End]] = {}
+        self.early: dict[int, list[msg.Tasks | msg.End]] = {}
         self._counter = 0
         self.authenticated: dict[str, int] = {"node": 0, "controller": 0, "admin": 0}  # connections, by role
         self.on_stop_requested: Any = None  # set by start_server: stops the process
@@ -342,10 +343,9 @@ class ClusterServer(ServerFactory):
         """Handle a message from an authenticated node."""
         registered = peer.peer_id in self.node_info
         match message:
-            case msg.Result(job=job, task=task, ok=ok, attempt=attempt, body=body) if registered:
-                if attempt is None:
-                    raise ProtocolViolationError("a node's RESULT must name its attempt")
-                self.execute(self.scheduler.result_received(peer.peer_id, job, task, attempt, ok, body))
+            case msg.Results(job=job, entries=entries) if registered:
+                # Each result is checked on its own: one without the current attempt is stale.
+                self.execute(self.scheduler.results_received(peer.peer_id, job, entries))
             case msg.Output(job=job, task=task, body=body) if registered:
                 # Only to the controller of the job, and only from the node that holds the task.
                 controller = self.scheduler.task_owner(peer.peer_id, job, task)
@@ -401,7 +401,7 @@ class ClusterServer(ServerFactory):
                 self.job_options[job_id] = (message.timeout, max_tasks, message.output)
             self.execute(actions)
             return
-        if not isinstance(message, msg.Func | msg.Task | msg.End | msg.Cancel):
+        if not isinstance(message, msg.Func | msg.Tasks | msg.End | msg.Cancel):
             raise ProtocolViolationError(f"a controller may not send {message.VERB}")
         if message.job == 0:  # addressed by the controller's own reference
             ref = -1 if message.ref is None else message.ref
@@ -417,7 +417,7 @@ class ClusterServer(ServerFactory):
         if owner is not None and owner != peer.peer_id:
             raise ProtocolViolationError(f"job {message.job} belongs to another controller")
         if (
-            isinstance(message, msg.Task | msg.End)
+            isinstance(message, msg.Tasks | msg.End)
             and owner is not None
             and not self.scheduler.is_started(message.job)
         ):
@@ -426,22 +426,23 @@ class ClusterServer(ServerFactory):
         match message:
             case msg.Func(job=job, fn=fn, body=body):
                 self.execute(self.scheduler.function_received(job, fn, body))
-            case msg.Task(job=job, task=task, fn=fn, body=body):
-                if fn is None:
-                    raise ProtocolViolationError(f"task {task} must name the job function it calls (fn=)")
-                self.execute(self.scheduler.task_received(job, task, body, fn))
+            case msg.Tasks(job=job, entries=entries):
+                tasks = [(task, blob, fn) for task, _, fn, blob in entries]
+                self.execute(self.scheduler.tasks_received(job, tasks))
             case msg.End(job=job, tasks=tasks):
                 self.execute(self.scheduler.input_ended(job, tasks))
             case msg.Cancel(job=job):
                 self.execute(self.scheduler.cancel_job(job))
 
-    def _hold_early(self, message: msg.Task | msg.End) -> None:
+    def _hold_early(self, message: msg.Tasks | msg.End) -> None:
         """Keep a queued job's first task (and its END) until the job starts."""
         early = self.early.setdefault(message.job, [])
-        if isinstance(message, msg.Task) and any(isinstance(held, msg.Task) for held in early):
+        if isinstance(message, msg.Tasks) and (
+            len(message.entries) > 1 or any(isinstance(held, msg.Tasks) for held in early)
+        ):
             raise ProtocolViolationError(
-                f"task {message.task} of job {message.job} arrived before STARTED; only a job's first"
-                " task may be sent before it starts"
+                f"task {message.entries[-1][0]} of job {message.job} arrived before STARTED; only a job's"
+                " first task may be sent before it starts"
             )
         early.append(message)
 
@@ -498,22 +499,68 @@ class ClusterServer(ServerFactory):
     # -- actions -------------------------------------------------------------
 
     def execute(self, actions: list[act.Action]) -> None:
-        """Carry out the scheduler's actions, in order, as frames."""
+        """Carry out the scheduler's actions as frames, in order per peer.
+
+        The tasks for one node, the results for one controller and the credit
+        of one job that follow each other become one frame each (``protocol/batch.py``):
+        they are gathered here and written when another kind of action comes
+        (which must not overtake them) or at the end.
+        """
         self.events.observe(actions)  # metrics, dashboard and job log lines
+        tasks: dict[tuple[str, int], list[Entry]] = {}
+        results: dict[tuple[str, int], list[Entry]] = {}
+        credit: dict[tuple[str, int], int] = {}
         for action in actions:
-            self._execute_one(action)
+            kind = type(action)
+            if kind is act.AssignTask:
+                assign: act.AssignTask = action  # type: ignore[assignment]
+                key = (assign.node_id, assign.job_id)
+                entry = (assign.task_id, assign.attempt, assign.fn or 0, assign.blob)
+                if key in tasks:
+                    tasks[key].append(entry)
+                else:
+                    tasks[key] = [entry]
+            elif kind is act.ForwardResult:
+                forward: act.ForwardResult = action  # type: ignore[assignment]
+                key = (forward.controller_id, forward.job_id)
+                entry = (forward.task_id, 0, int(forward.ok), forward.blob)
+                if key in results:
+                    results[key].append(entry)
+                else:
+                    results[key] = [entry]
+            elif kind is act.GrantCredit:
+                grant: act.GrantCredit = action  # type: ignore[assignment]
+                key = (grant.controller_id, grant.job_id)
+                credit[key] = credit.get(key, 0) + grant.count
+            else:
+                if tasks or results or credit:
+                    self._send_batches(tasks, results, credit)
+                self._execute_one(action)
+        if tasks or results or credit:
+            self._send_batches(tasks, results, credit)
         for action in actions:
             if isinstance(action, act.JobStarted) and action.job_id in self.early:
                 self._replay_early(action.controller_id, action.job_id)
 
+    def _send_batches(
+        self,
+        tasks: dict[tuple[str, int], list[Entry]],
+        results: dict[tuple[str, int], list[Entry]],
+        credit: dict[tuple[str, int], int],
+    ) -> None:
+        """Write the gathered batches (one frame per node and job, or controller and job); forget them."""
+        for (node_id, job_id), entries in tasks.items():
+            self._send(node_id, msg.Tasks(job=job_id, entries=entries))
+        for (controller_id, job_id), entries in results.items():
+            self._send(controller_id, msg.Results(job=job_id, entries=entries))
+        for (controller_id, job_id), count in credit.items():
+            self._send(controller_id, msg.Credit(job=job_id, n=count))
+        tasks.clear()
+        results.clear()
+        credit.clear()
+
     def _execute_one(self, action: act.Action) -> None:
         match action:
-            case act.AssignTask(node_id, job_id, task_id, attempt, blob, fn):
-                self._send(node_id, msg.Task(job=job_id, task=task_id, fn=fn, attempt=attempt, body=blob))
-            case act.ForwardResult(controller_id, job_id, task_id, ok, blob):
-                self._send(controller_id, msg.Result(job=job_id, task=task_id, ok=ok, body=blob))
-            case act.GrantCredit(controller_id, job_id, count):
-                self._send(controller_id, msg.Credit(job=job_id, n=count))
             case act.SendJob(node_id, job_id, blob):
                 timeout, max_tasks, output = self.job_options.get(job_id, (None, None, False))
                 job = msg.Job(job=job_id, timeout=timeout, maxtasks=max_tasks, output=output, body=blob)
