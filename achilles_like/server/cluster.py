@@ -18,6 +18,12 @@ all: it routes blobs by their header fields. After the handshake every frame
 is decoded into its typed message (``protocol/messages.py``) and the peer's
 role (node, controller, admin) decides which messages it may send.
 
+Tasks and results travel in batches (``protocol/batch.py``): a controller's
+TASK frame is queued in one scheduler call, and :meth:`ClusterServer.execute`
+turns the actions of one event into one TASK frame per node, one RESULT
+frame and one CREDIT per controller and job. A node's RESULT frame is checked
+result by result: only each task's current attempt completes it.
+
 ``ClusterServer`` owns the scheduler and the registry of live connections.
 It turns the scheduler's actions into frames on the right connection; an
 action for a connection that has gone away is dropped, because the
