@@ -16,10 +16,12 @@ reported to the server as LOST so it is retried (within the job's attempt
 budget), and a task over its job's time limit has only its own worker
 killed and is reported as a timeout error for its items.
 
-The server may send up to ``2 × processes`` tasks (a small prefetch, so a
-worker never idles for a round trip), several in one TASK frame. A CANCEL drops the job's queued tasks
-and kills the workers still running one, so the next job starts at once on
-fresh workers.
+The server may send up to ``PREFETCH_PER_PROCESS × processes`` tasks,
+several in one TASK frame: a prefetch deep enough that a worker never idles
+for a round trip while finished results wait to share a RESULT frame
+(``_finished``). A CANCEL drops the job's queued tasks (and its results not
+yet sent) and kills the workers still running one, so the next job starts
+at once on fresh workers.
 
 Every connection to the server has a generation number, part of each task's
 job key. A result that comes back after the connection it belongs to was
@@ -65,6 +67,9 @@ from achilles_like.tls import client_creator
 
 log = logging.getLogger("achilles_like.node")
 
+# Tasks a node holds per process (running and queued). Four, not two: results wait to share
+# a frame (up to half the slots' worth), and the workers must stay busy meanwhile. Deeper
+# means fewer frames per task but a longer tail of queued tasks at a job's end.
 PREFETCH_PER_PROCESS = 4
 SERVER_TIMEOUT = 30.0  # seconds without a byte from the server before reconnecting
 HELLO_TIMEOUT = 5.0  # seconds to wait for the server's first message (HELLO) on a new connection
@@ -183,7 +188,7 @@ class NodeAgent:
 
         Results are gathered and leave as one RESULT frame per job (``protocol/batch.py``):
         at the end of this reactor turn once the node holds no other task of the job
-        or has gathered a result per process, else within RESULT_DELAY seconds. So tiny
+        or has gathered results for half its slots, else within RESULT_DELAY seconds. So tiny
         tasks travel in batches both ways (the server refills what a frame frees), and
         a lone call (``Pool.apply``) or the last tasks of a job are not held back.
         """

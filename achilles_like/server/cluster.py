@@ -517,27 +517,23 @@ class ClusterServer(ServerFactory):
         results: dict[tuple[str, int], list[Entry]] = {}
         credit: dict[tuple[str, int], int] = {}
         for action in actions:
-            kind = type(action)
-            if kind is act.AssignTask:
-                assign: act.AssignTask = action  # type: ignore[assignment]
-                key = (assign.node_id, assign.job_id)
-                entry = (assign.task_id, assign.attempt, assign.fn or 0, assign.blob)
+            if isinstance(action, act.AssignTask):
+                key = (action.node_id, action.job_id)
+                entry = (action.task_id, action.attempt, action.fn or 0, action.blob)
                 if key in tasks:
                     tasks[key].append(entry)
                 else:
                     tasks[key] = [entry]
-            elif kind is act.ForwardResult:
-                forward: act.ForwardResult = action  # type: ignore[assignment]
-                key = (forward.controller_id, forward.job_id)
-                entry = (forward.task_id, 0, int(forward.ok), forward.blob)
+            elif isinstance(action, act.ForwardResult):
+                key = (action.controller_id, action.job_id)
+                entry = (action.task_id, 0, int(action.ok), action.blob)
                 if key in results:
                     results[key].append(entry)
                 else:
                     results[key] = [entry]
-            elif kind is act.GrantCredit:
-                grant: act.GrantCredit = action  # type: ignore[assignment]
-                key = (grant.controller_id, grant.job_id)
-                credit[key] = credit.get(key, 0) + grant.count
+            elif isinstance(action, act.GrantCredit):
+                key = (action.controller_id, action.job_id)
+                credit[key] = credit.get(key, 0) + action.count
             else:
                 if tasks or results or credit:
                     self._send_batches(tasks, results, credit)
