@@ -14,6 +14,7 @@ EXAMPLES: list[msg.Message] = [
     msg.Pong(),
     msg.Register(slots=4, processes=2, name="host-1", pid=77),
     msg.Registered(node="n3"),
+    msg.Slots(slots=16),
     msg.Job(job=3, timeout=1.5, maxtasks=2, body=b"setup"),
     msg.Job(job=3),
     msg.Func(job=3, fn=1, body=b"\r\nfunc\r\n"),

@@ -9,7 +9,16 @@ from twisted.internet.task import Clock
 
 from achilles_like.config import Settings
 from achilles_like.node import agent as agent_module
-from achilles_like.node.agent import RESULT_DELAY, JobOptions, NodeAgent
+from achilles_like.node.agent import (
+    DEEP_PREFETCH_PER_PROCESS,
+    DEPTH_SAMPLES,
+    DEPTH_WINDOW,
+    PREFETCH_PER_PROCESS,
+    RESULT_DELAY,
+    SHORT_TASK,
+    JobOptions,
+    NodeAgent,
+)
 from achilles_like.node.worker_pool import Outcome, WorkItem
 from achilles_like.protocol import FrameDecoder
 from achilles_like.protocol import messages as msg
@@ -43,7 +52,7 @@ class FakeProtocol:
 
 @pytest.fixture
 def node(monkeypatch: pytest.MonkeyPatch) -> tuple[NodeAgent, FakePool, FakeProtocol, Clock]:
-    """An agent of 2 processes (8 slots: results leave by 4) with one job of 3 tasks submitted."""
+    """An agent of 2 processes (shallow: results leave by 2) with one job of 3 tasks submitted."""
     pools: list[FakePool] = []
 
     def make_pool(*args: Any) -> FakePool:
@@ -67,18 +76,20 @@ def finish(agent: NodeAgent, item: WorkItem, outcome: Outcome = Outcome.OK) -> N
     agent._finished(item, outcome, b"result-%d" % item.task_id, "exit code -9")
 
 
-def test_results_of_one_turn_leave_as_one_frame_once_the_job_has_nothing_left(node: Any) -> None:
-    """Two results wait for the third; once the node holds nothing else of the job, all three leave as one."""
+def test_results_leave_together_at_half_the_slots_or_when_the_job_has_nothing_left(node: Any) -> None:
+    """A lone result waits; two (half the 4 slots) leave as one frame; the job's last leaves at once."""
     agent, pool, protocol, clock = node
     finish(agent, pool.items[0])
+    clock.advance(0)
+    assert protocol.sent == []  # the job still has tasks here, and 1 < half the slots
     finish(agent, pool.items[1])
     clock.advance(0)
-    assert protocol.sent == []  # the job still has a task here, and 2 < half the slots
+    assert protocol.sent == [
+        msg.Results(job=1, entries=[(task, 1, 1, b"result-%d" % task) for task in (0, 1)])
+    ]
     finish(agent, pool.items[2])
     clock.advance(0)
-    assert protocol.sent == [
-        msg.Results(job=1, entries=[(task, 1, 1, b"result-%d" % task) for task in range(3)])
-    ]
+    assert protocol.sent[1:] == [msg.Results(job=1, entries=[(2, 1, 1, b"result-2")])]
 
 
 def test_a_gathered_result_waits_at_most_the_result_delay(node: Any) -> None:
@@ -106,3 +117,20 @@ def test_a_cancelled_job_sends_none_of_its_gathered_results(node: Any) -> None:
     agent.cancel(1)
     clock.advance(RESULT_DELAY)
     assert protocol.sent == []
+
+
+def test_short_tasks_deepen_the_node_and_long_ones_make_it_shallow_again(node: Any) -> None:
+    """Tasks finishing far faster than SHORT_TASK make the node offer deep slots; slow ones bring it back."""
+    agent, pool, protocol, clock = node
+    for task in range(3, 3 + DEPTH_SAMPLES * 2):
+        agent.add_task(1, task, 1, 0, b"items")
+    for item in list(pool.items):
+        clock.advance(SHORT_TASK / 10)
+        finish(agent, item)
+    deep = 2 * DEEP_PREFETCH_PER_PROCESS
+    assert msg.Slots(slots=deep) in protocol.sent and agent.slots == deep
+    protocol.sent.clear()
+    agent.add_task(1, 1000, 1, 0, b"items")
+    clock.advance(DEPTH_WINDOW)
+    finish(agent, pool.items[-1])
+    assert msg.Slots(slots=2 * PREFETCH_PER_PROCESS) in protocol.sent

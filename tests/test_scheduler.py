@@ -984,3 +984,23 @@ def test_a_failure_in_a_frame_ends_a_stopping_job_and_the_rest_are_stale() -> No
     ended = [a for a in actions if isinstance(a, JobEnded)]
     assert [(e.outcome, e.task_id) for e in ended] == [(JobOutcome.FAILED, 1)]
     assert status(s)["stale_results"] == 1
+
+
+def test_a_node_that_offers_more_slots_gets_more_work_and_credit() -> None:
+    """Growing a node fills its new slots and widens the window; shrinking it below what it holds waits."""
+    s = Scheduler(min_window=1, window_per_slot=2)
+    s.node_joined("n1", 2)
+    s.submit_job("c", FUNC)
+    assert len(assigns(s.tasks_received(1, batch_of(range(4))))) == 2
+    grown = s.node_resized("n1", 8)
+    assert [a.task_id for a in assigns(grown)] == [2, 3]
+    assert [a for a in grown if isinstance(a, GrantCredit)] == [GrantCredit("c", 1, 12)]
+    held = assigns(s.tasks_received(1, batch_of(range(4, 8))))
+    assert s.slot_totals() == (8, 0) and len(held) == 4
+    assert s.node_resized("n1", 2) == []
+    assert assigns(s.tasks_received(1, batch_of([8, 9]))) == []  # 8 held on 2 slots: they wait
+    assert assigns(succeed(s, at("n1", 0))) == []  # still 7 held
+    assert s.slot_totals() == (2, 0)
+    for task_id in range(1, 7):
+        placed = assigns(succeed(s, at("n1", task_id)))
+    assert [a.task_id for a in placed] == [8]  # 1 held: one slot free again

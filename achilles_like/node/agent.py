@@ -17,11 +17,12 @@ budget), and a task over its job's time limit has only its own worker
 killed and is reported as a timeout error for its items.
 
 The server may send up to ``PREFETCH_PER_PROCESS × processes`` tasks,
-several in one TASK frame: a prefetch deep enough that a worker never idles
-for a round trip while finished results wait to share a RESULT frame
-(``_finished``). A CANCEL drops the job's queued tasks (and its results not
-yet sent) and kills the workers still running one, so the next job starts
-at once on fresh workers.
+several in one TASK frame, so a worker never idles for a round trip; while
+the node's tasks are short it offers ``DEEP_PREFETCH_PER_PROCESS`` per
+process instead (``SLOTS``), so that finished results can wait to share a
+RESULT frame (``_finished``) while the workers stay busy. A CANCEL drops
+the job's queued tasks (and its results not yet sent) and kills the workers
+still running one, so the next job starts at once on fresh workers.
 
 Every connection to the server has a generation number, part of each task's
 job key. A result that comes back after the connection it belongs to was
@@ -67,10 +68,16 @@ from achilles_like.tls import client_creator
 
 log = logging.getLogger("achilles_like.node")
 
-# Tasks a node holds per process (running and queued). Four, not two: results wait to share
-# a frame (up to half the slots' worth), and the workers must stay busy meanwhile. Deeper
-# means fewer frames per task but a longer tail of queued tasks at a job's end.
-PREFETCH_PER_PROCESS = 4
+# Tasks a node holds per process (running and queued): two, so a worker never idles for a
+# round trip; eight while its tasks are short (under SHORT_TASK on average, measured over
+# DEPTH_WINDOW), so results share frames (up to half the slots' worth) while the workers
+# stay busy. Deep is cheap per task but leaves a longer tail of queued tasks at a job's
+# end, which only matters when tasks are long: then the node offers two again (SLOTS).
+PREFETCH_PER_PROCESS = 2
+DEEP_PREFETCH_PER_PROCESS = 8
+SHORT_TASK = 0.005
+DEPTH_WINDOW = 0.5
+DEPTH_SAMPLES = 32  # per process: a measurement also ends after this many finished tasks
 SERVER_TIMEOUT = 30.0  # seconds without a byte from the server before reconnecting
 HELLO_TIMEOUT = 5.0  # seconds to wait for the server's first message (HELLO) on a new connection
 _REMEMBERED_JOBS = 8
@@ -101,19 +108,24 @@ class NodeAgent:
         self._flush_call: IDelayedCall | None = None
         self._flush_soon = False  # the flush call is for the end of this reactor turn
         self.holding: dict[int, int] = {}  # job id -> its tasks on this node (queued or running)
+        self.depth = PREFETCH_PER_PROCESS  # tasks offered per process now (see SLOTS)
+        self._window_start = 0.0  # when the current measurement of task length began
+        self._done_in_window = 0
         self.generation = 0
         self.closed = False
 
     @property
     def slots(self) -> int:
         """How many tasks the server may send ahead."""
-        return self.processes * PREFETCH_PER_PROCESS
+        return self.processes * self.depth
 
     def attach(self, protocol: NodeProtocol) -> None:
         """A new authenticated connection: everything from the old one is stale."""
         self._drop_connection_state()
         self.generation += 1
         self.protocol = protocol
+        self.depth = PREFETCH_PER_PROCESS  # what REGISTER offers; deepened once tasks prove short
+        self._window_start, self._done_in_window = self.reactor.seconds(), 0
 
     def detach(self, protocol: NodeProtocol) -> None:
         """The connection is gone: drop its work (the server re-queues it)."""
@@ -196,6 +208,7 @@ class NodeAgent:
         if stale or self.protocol is None:
             return
         job, task, attempt = item.job_id, item.task_id, item.attempt
+        self._measure()
         left = self.holding.get(job, 1) - 1
         if left > 0:
             self.holding[job] = left
@@ -218,6 +231,28 @@ class NodeAgent:
                 self._schedule_flush(0.0)
         elif self._flush_call is None:
             self._schedule_flush(RESULT_DELAY)
+
+    def _measure(self) -> None:
+        """Count a finished task; after a measurement, offer deep slots if tasks were short, else shallow.
+
+        A measurement lasts DEPTH_WINDOW seconds or DEPTH_SAMPLES tasks per process,
+        whichever ends first, so a burst of tiny tasks deepens the node within a few
+        milliseconds.
+
+        The average task length is ``processes × elapsed / finished``: idle time makes
+        tasks look long, so an idle node falls back to the shallow default.
+        """
+        self._done_in_window += 1
+        now = self.reactor.seconds()
+        elapsed = now - self._window_start
+        if elapsed < DEPTH_WINDOW and self._done_in_window < DEPTH_SAMPLES * self.processes:
+            return
+        short = self.processes * elapsed < SHORT_TASK * self._done_in_window
+        depth = DEEP_PREFETCH_PER_PROCESS if short else PREFETCH_PER_PROCESS
+        self._window_start, self._done_in_window = now, 0
+        if depth != self.depth and self.protocol is not None:
+            self.depth = depth
+            self.protocol.send(msg.Slots(slots=self.slots).to_bytes())
 
     def _schedule_flush(self, delay: float) -> None:
         if self._flush_call is not None and self._flush_call.active():

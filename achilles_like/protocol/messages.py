@@ -178,6 +178,14 @@ class Register(Message):
     pid: int | None = None
 
 
+@message("SLOTS")
+@dataclass(frozen=True)
+class Slots(Message):
+    """A registered node now offers ``slots`` (deeper while its tasks are short, ``node/agent.py``)."""
+
+    slots: int
+
+
 @message("REGISTERED")
 @dataclass(frozen=True)
 class Registered(Message):

@@ -264,6 +264,21 @@ class Scheduler:
         self._free.add(node_id, slots)
         return self._dispatch() + self._top_up()
 
+    def node_resized(self, node_id: str, slots: int) -> list[Action]:
+        """A node now offers ``slots`` (deeper while its tasks are short); more credit if the window grew.
+
+        Shrinking below what the node holds takes nothing back: it gets no task
+        until enough of them finish. An unknown node is ignored (it was just lost).
+        """
+        node = self._nodes.get(node_id)
+        if node is None:
+            return []
+        if slots < 1:
+            raise ProtocolViolationError(f"node {node_id!r} offered {slots} slots; at least 1 is needed")
+        node.slots = slots
+        self._free.resize(node_id, slots)
+        return self._dispatch() + self._top_up()
+
     def node_lost(self, node_id: str) -> list[Action]:
         """A node is gone: its tasks go back to the front of their queues as a new attempt.
 

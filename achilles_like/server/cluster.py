@@ -360,6 +360,10 @@ class ClusterServer(ServerFactory):
             case msg.Lost(job=job, task=task, attempt=attempt, reason=reason) if registered:
                 self.events.task_lost(peer.peer_id, job, task, reason[:300])  # metrics hook
                 self.execute(self.scheduler.task_lost(peer.peer_id, job, task, attempt, reason[:300]))
+            case msg.Slots(slots=slots) if registered:
+                if not 1 <= slots <= 100_000:
+                    raise ProtocolViolationError(f"SLOTS slots={slots} is out of range")
+                self.execute(self.scheduler.node_resized(peer.peer_id, slots))
             case msg.Register(slots=slots, processes=processes, name=name, pid=pid) if not registered:
                 if not 1 <= slots <= 100_000:
                     raise ProtocolViolationError(f"REGISTER slots={slots} is out of range")
