@@ -124,7 +124,7 @@ def test_short_tasks_deepen_the_node_and_long_ones_make_it_shallow_again(node: A
     agent, pool, protocol, clock = node
     for task in range(3, 3 + DEPTH_SAMPLES * 2):
         agent.add_task(1, task, 1, 0, b"items")
-    for item in list(pool.items):
+    for item in pool.items[:-1]:  # the last stays held: the node is never idle here
         clock.advance(SHORT_TASK / 10)
         finish(agent, item)
     deep = 2 * DEEP_PREFETCH_PER_PROCESS
@@ -132,5 +132,19 @@ def test_short_tasks_deepen_the_node_and_long_ones_make_it_shallow_again(node: A
     protocol.sent.clear()
     agent.add_task(1, 1000, 1, 0, b"items")
     clock.advance(DEPTH_WINDOW)
+    finish(agent, pool.items[-2])  # one task in a whole window: long
+    assert msg.Slots(slots=2 * PREFETCH_PER_PROCESS) in protocol.sent
+
+
+def test_a_node_left_with_nothing_goes_back_to_shallow_slots(node: Any) -> None:
+    """Deepened by short tasks, a node that finishes everything offers the shallow slots again."""
+    agent, pool, protocol, clock = node
+    for task in range(3, 3 + DEPTH_SAMPLES * 2):
+        agent.add_task(1, task, 1, 0, b"items")
+    for item in pool.items[:-1]:
+        clock.advance(SHORT_TASK / 10)
+        finish(agent, item)
+    assert agent.slots == 2 * DEEP_PREFETCH_PER_PROCESS
     finish(agent, pool.items[-1])
+    assert agent.slots == 2 * PREFETCH_PER_PROCESS
     assert msg.Slots(slots=2 * PREFETCH_PER_PROCESS) in protocol.sent

@@ -214,6 +214,8 @@ class NodeAgent:
             self.holding[job] = left
         else:
             self.holding.pop(job, None)
+            if not self.holding:
+                self._offer(PREFETCH_PER_PROCESS)  # idle: the next job's tasks may be long
         if outcome is Outcome.LOST:
             self.flush_results()  # in order: what finished before the loss leaves first
             self.protocol.send(msg.Lost(job=job, task=task, attempt=attempt, reason=detail).to_bytes())
@@ -240,7 +242,9 @@ class NodeAgent:
         milliseconds.
 
         The average task length is ``processes × elapsed / finished``: idle time makes
-        tasks look long, so an idle node falls back to the shallow default.
+        tasks look long. A node left with no task at all goes back to the shallow
+        default at once (``_finished``), so a job of long tasks after one of short
+        ones does not find it deep.
         """
         self._done_in_window += 1
         now = self.reactor.seconds()
@@ -248,8 +252,11 @@ class NodeAgent:
         if elapsed < DEPTH_WINDOW and self._done_in_window < DEPTH_SAMPLES * self.processes:
             return
         short = self.processes * elapsed < SHORT_TASK * self._done_in_window
-        depth = DEEP_PREFETCH_PER_PROCESS if short else PREFETCH_PER_PROCESS
-        self._window_start, self._done_in_window = now, 0
+        self._offer(DEEP_PREFETCH_PER_PROCESS if short else PREFETCH_PER_PROCESS)
+
+    def _offer(self, depth: int) -> None:
+        """Offer ``depth`` tasks per process from now on (a SLOTS frame if that changes anything)."""
+        self._window_start, self._done_in_window = self.reactor.seconds(), 0
         if depth != self.depth and self.protocol is not None:
             self.depth = depth
             self.protocol.send(msg.Slots(slots=self.slots).to_bytes())
