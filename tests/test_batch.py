@@ -60,13 +60,21 @@ def test_a_large_blob_travels_alone_and_is_not_copied() -> None:
 
 
 def test_entries_are_grouped_in_order_up_to_the_frame_size() -> None:
-    """``runs`` keeps the order and never puts more than ALONE_BYTES of small blobs in one frame."""
-    blob = b"s" * (batch.ALONE_BYTES // 3)
+    """``runs`` keeps the order and never puts more than ALONE_BYTES of table and blobs in one frame."""
+    blob = b"s" * (batch.ALONE_BYTES // 3 - batch.ENTRY.size)  # exactly three fit
     entries = [(n, 0, 0, blob) for n in range(7)]
     runs = list(batch.runs(entries))
     assert [entry for run in runs for entry in run] == entries
-    assert all(sum(len(e[3]) for e in run) <= batch.ALONE_BYTES for run in runs)
-    assert len(runs) == 3
+    assert all(sum(batch.ENTRY.size + len(e[3]) for e in run) <= batch.ALONE_BYTES for run in runs)
+    assert [len(run) for run in runs] == [3, 3, 1]
+
+
+def test_a_batch_stays_within_the_receivers_body_limit() -> None:
+    """With a small max_body, small tasks still share frames, but no frame's body passes the limit."""
+    entries = [(n, 0, 0, b"t" * 300) for n in range(20)]
+    frames = FrameDecoder().feed(b"".join(msg.Tasks(job=1, entries=entries, limit=1000).encode()))
+    assert all(len(frame.body) <= 1000 for frame in frames) and len(frames) < 20
+    assert [e for frame in frames for e in msg.decode(frame).entries] == entries  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from achilles_like.client.calls import DEFAULT_MAX_AHEAD
 from achilles_like.client.driver import Batch, JobDriver, Outcomes
 from achilles_like.client.results import IMapIterator
 from achilles_like.client.sources import IterSource
+from achilles_like.config import Settings
 from achilles_like.errors import ClusterConnectionError, JobFailedError
 from achilles_like.protocol import FrameDecoder
 from achilles_like.protocol import messages as msg
@@ -25,6 +26,7 @@ class FakeConnection:
         self.sent: list[msg.Message] = []
         self.routes: dict[int, Any] = {}
         self.closed = False
+        self.settings = Settings()
         self._decoder = FrameDecoder()
 
     def send(self, *parts: bytes) -> None:

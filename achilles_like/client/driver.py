@@ -145,6 +145,7 @@ class JobDriver:
         on_job_failure: Callable[[BaseException], BaseException] | None = None,
     ) -> None:
         self.connection = connection
+        self.max_body = connection.settings.max_body  # the server's too: a batch frame stays within it
         self.inbox = inbox
         self.ref = next(_refs)
         self._submit = msg.Submit(
@@ -196,7 +197,8 @@ class JobDriver:
                 job, ref = self._address()
                 # One TASK frame for every task there is credit for (protocol/batch.py), sent
                 # before the next source is pulled, which may block.
-                self.connection.send(*functions, *msg.Tasks(job=job, ref=ref, entries=entries).encode())
+                tasks = msg.Tasks(job=job, ref=ref, entries=entries, limit=self.max_body)
+                self.connection.send(*functions, *tasks.encode())
                 sent = True
         return sent
 

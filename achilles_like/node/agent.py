@@ -277,7 +277,8 @@ class NodeAgent:
         results, self._results, self._gathered = self._results, {}, 0
         if self.protocol is not None:
             for job, entries in results.items():
-                self.protocol.send_message(msg.Results(job=job, entries=entries))
+                limit = self.settings.max_body
+                self.protocol.send_message(msg.Results(job=job, entries=entries, limit=limit))
 
     def close(self) -> None:
         """Stop the workers (node shutdown)."""

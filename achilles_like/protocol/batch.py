@@ -66,15 +66,21 @@ def unpack(body: bytes, count: int, verb: str) -> list[Entry]:
     return entries
 
 
-def runs(entries: Sequence[Entry]) -> Iterator[Sequence[Entry]]:
-    """Split entries, in order, into frames: small blobs together (ALONE_BYTES a frame), large ones alone."""
+def runs(entries: Sequence[Entry], limit: int = ALONE_BYTES) -> Iterator[Sequence[Entry]]:
+    """Split entries, in order, into frames: large blobs alone, small ones together.
+
+    A batch frame's body (table and blobs) stays within ``min(ALONE_BYTES, limit)``,
+    where ``limit`` is the receiver's body limit (``max_body``), so batching never
+    makes a frame the receiver refuses; a blob alone is the body it always was.
+    """
+    cap = min(ALONE_BYTES, limit)
     start, size = 0, 0
     for index, entry in enumerate(entries):
-        blob = len(entry[3])
-        if blob >= ALONE_BYTES or size + blob > ALONE_BYTES or index - start >= MAX_ENTRIES:
+        cost = ENTRY.size + len(entry[3])
+        if size + cost > cap or index - start >= MAX_ENTRIES:
             if index > start:
                 yield entries[start:index]
             start, size = index, 0
-        size += blob
+        size += cost if len(entry[3]) < ALONE_BYTES else cap + 1  # a large blob closes its run
     if start < len(entries):
         yield entries[start:]

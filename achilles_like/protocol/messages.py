@@ -230,12 +230,14 @@ class Tasks(Message):
     job: int
     entries: list[batch.Entry] = field(default_factory=list, repr=False)
     ref: int | None = None  # from a controller that does not know the job id yet (job=0)
+    # Not on the wire: the receiver's body limit, which a batch frame must stay within.
+    limit: int = field(default=batch.ALONE_BYTES, compare=False, repr=False)
 
     def encode(self) -> list[bytes]:
         """The frames (several when large blobs travel alone), each header then body parts."""
         parts: list[bytes] = []
         ref = {} if self.ref is None else {"ref": self.ref}
-        for run in batch.runs(self.entries):
+        for run in batch.runs(self.entries, self.limit):
             if len(run) == 1:
                 task, attempt, fn, blob = run[0]
                 fields = {"task": task, "fn": fn, **({"attempt": attempt} if attempt else {}), **ref}
@@ -266,11 +268,13 @@ class Results(Message):
 
     job: int
     entries: list[batch.Entry] = field(default_factory=list, repr=False)
+    # Not on the wire: the receiver's body limit, which a batch frame must stay within.
+    limit: int = field(default=batch.ALONE_BYTES, compare=False, repr=False)
 
     def encode(self) -> list[bytes]:
         """The frames (several when large blobs travel alone), each header then body parts."""
         parts: list[bytes] = []
-        for run in batch.runs(self.entries):
+        for run in batch.runs(self.entries, self.limit):
             if len(run) == 1:
                 task, attempt, ok, blob = run[0]
                 fields = {"task": task, "ok": bool(ok), **({"attempt": attempt} if attempt else {})}

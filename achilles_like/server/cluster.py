@@ -555,10 +555,11 @@ class ClusterServer(ServerFactory):
         credit: dict[tuple[str, int], int],
     ) -> None:
         """Write the gathered batches (one frame per node and job, or controller and job); forget them."""
+        limit = self.settings.max_body  # every machine has the same (docs/protocol.md)
         for (node_id, job_id), entries in tasks.items():
-            self._send(node_id, msg.Tasks(job=job_id, entries=entries))
+            self._send(node_id, msg.Tasks(job=job_id, entries=entries, limit=limit))
         for (controller_id, job_id), entries in results.items():
-            self._send(controller_id, msg.Results(job=job_id, entries=entries))
+            self._send(controller_id, msg.Results(job=job_id, entries=entries, limit=limit))
         for (controller_id, job_id), count in credit.items():
             self._send(controller_id, msg.Credit(job=job_id, n=count))
         tasks.clear()
