@@ -13,6 +13,7 @@ from achilles_like.node.agent import (
     DEEP_PREFETCH_PER_PROCESS,
     DEPTH_SAMPLES,
     DEPTH_WINDOW,
+    IDLE_RESET,
     PREFETCH_PER_PROCESS,
     RESULT_DELAY,
     SHORT_TASK,
@@ -137,7 +138,7 @@ def test_short_tasks_deepen_the_node_and_long_ones_make_it_shallow_again(node: A
 
 
 def test_a_node_left_with_nothing_goes_back_to_shallow_slots(node: Any) -> None:
-    """Deepened by short tasks, a node that finishes everything offers the shallow slots again."""
+    """Deepened by short tasks, a node left with no task for IDLE_RESET offers the shallow slots again."""
     agent, pool, protocol, clock = node
     for task in range(3, 3 + DEPTH_SAMPLES * 2):
         agent.add_task(1, task, 1, 0, b"items")
@@ -146,5 +147,11 @@ def test_a_node_left_with_nothing_goes_back_to_shallow_slots(node: Any) -> None:
         finish(agent, item)
     assert agent.slots == 2 * DEEP_PREFETCH_PER_PROCESS
     finish(agent, pool.items[-1])
+    clock.advance(IDLE_RESET / 2)
+    agent.add_task(1, 1000, 1, 0, b"items")  # a drained pipeline, refilled in time: still deep
+    clock.advance(IDLE_RESET)
+    assert agent.slots == 2 * DEEP_PREFETCH_PER_PROCESS
+    finish(agent, pool.items[-1])
+    clock.advance(IDLE_RESET)
     assert agent.slots == 2 * PREFETCH_PER_PROCESS
-    assert msg.Slots(slots=2 * PREFETCH_PER_PROCESS) in protocol.sent
+    assert protocol.sent[-1] == msg.Slots(slots=2 * PREFETCH_PER_PROCESS)

@@ -78,6 +78,7 @@ DEEP_PREFETCH_PER_PROCESS = 8
 SHORT_TASK = 0.005
 DEPTH_WINDOW = 0.5
 DEPTH_SAMPLES = 32  # per process: a measurement also ends after this many finished tasks
+IDLE_RESET = 0.1  # seconds with no task before a deep node offers the shallow slots again
 SERVER_TIMEOUT = 30.0  # seconds without a byte from the server before reconnecting
 HELLO_TIMEOUT = 5.0  # seconds to wait for the server's first message (HELLO) on a new connection
 _REMEMBERED_JOBS = 8
@@ -109,6 +110,7 @@ class NodeAgent:
         self._flush_soon = False  # the flush call is for the end of this reactor turn
         self.holding: dict[int, int] = {}  # job id -> its tasks on this node (queued or running)
         self.depth = PREFETCH_PER_PROCESS  # tasks offered per process now (see SLOTS)
+        self._idle_call: IDelayedCall | None = None
         self._window_start = 0.0  # when the current measurement of task length began
         self._done_in_window = 0
         self.generation = 0
@@ -214,8 +216,8 @@ class NodeAgent:
             self.holding[job] = left
         else:
             self.holding.pop(job, None)
-            if not self.holding:
-                self._offer(PREFETCH_PER_PROCESS)  # idle: the next job's tasks may be long
+            if not self.holding and self._idle_call is None and self.depth != PREFETCH_PER_PROCESS:
+                self._idle_call = self.reactor.callLater(IDLE_RESET, self._idle_check)
         if outcome is Outcome.LOST:
             self.flush_results()  # in order: what finished before the loss leaves first
             self.protocol.send(msg.Lost(job=job, task=task, attempt=attempt, reason=detail).to_bytes())
@@ -242,9 +244,10 @@ class NodeAgent:
         milliseconds.
 
         The average task length is ``processes × elapsed / finished``: idle time makes
-        tasks look long. A node left with no task at all goes back to the shallow
-        default at once (``_finished``), so a job of long tasks after one of short
-        ones does not find it deep.
+        tasks look long. A node left with no task for IDLE_RESET seconds goes back
+        to the shallow default (``_idle_check``), so a job of long tasks after one
+        of short ones does not find it deep; a pipeline that drains for a moment
+        between two batches does not.
         """
         self._done_in_window += 1
         now = self.reactor.seconds()
@@ -253,6 +256,12 @@ class NodeAgent:
             return
         short = self.processes * elapsed < SHORT_TASK * self._done_in_window
         self._offer(DEEP_PREFETCH_PER_PROCESS if short else PREFETCH_PER_PROCESS)
+
+    def _idle_check(self) -> None:
+        """Still no task IDLE_RESET seconds after the last one finished: offer the shallow slots again."""
+        self._idle_call = None
+        if not self.holding:
+            self._offer(PREFETCH_PER_PROCESS)  # the next job's tasks may be long
 
     def _offer(self, depth: int) -> None:
         """Offer ``depth`` tasks per process from now on (a SLOTS frame if that changes anything)."""
