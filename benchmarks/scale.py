@@ -9,7 +9,9 @@ processes speaking the real protocol from a raw socket (handshake,
 ``REGISTER``, ``PONG`` to every ``PING``) in one selector loop on a thread
 of its own; it answers every ``TASK`` at once with a ``RESULT`` of the right
 shape (``ok=1``, the pickled list of one ``None`` per item), or, in the long
-task phase, holds every task for ``--hold`` seconds first. The controller is
+task phase, holds every task for ``--hold`` seconds first. A TASK frame of
+several tasks is answered by one RESULT frame, as a real node answers what
+its workers finish in one reactor turn. The controller is
 the real one: ``achilles_like.map(abs, range(T), chunksize=1, host=...)`` from
 the main thread. The server's CPU comes from ``/proc/<pid>/stat`` (utime +
 stime, 10 ms ticks) before and after each phase, its memory from ``VmRSS``.
@@ -51,6 +53,7 @@ import _measure
 import achilles_like
 from achilles_like import LocalCluster
 from achilles_like.protocol import ClientHandshake, FrameDecoder, encode_frame
+from achilles_like.protocol import messages as msg
 
 #: Processes (slots) per simulated node.
 SLOTS = 4
@@ -183,7 +186,9 @@ class Swarm:
                 continue
             verb = frame.verb
             if verb == "TASK":
-                self._task(node, frame.fields, frame.body)
+                tasks = msg.decode(frame)
+                assert isinstance(tasks, msg.Tasks)
+                self._tasks(node, tasks)
             elif verb == "PING":
                 self._send(node, encode_frame("PONG"))
             elif verb == "REGISTERED":
@@ -196,31 +201,31 @@ class Swarm:
                 self._fail(node, f"ERROR from the server: {frame.fields}")
             # JOB, FUNC and RELEASE need no answer: a simulated node runs nothing.
 
-    def _task(self, node: SimNode, fields: dict[str, str], body: bytes) -> None:
-        items = len(pickle.loads(body))  # the server's pickle, after a mutual handshake
-        result = encode_frame(
-            "RESULT",
-            pickle.dumps([None] * items),
-            job=fields["job"],
-            task=fields["task"],
-            attempt=fields["attempt"],
-            ok=1,
-        )
-        node.held += 1
-        if node.held > SLOTS:
-            self.over_slots += 1
-        self.held_now += 1
+    def _tasks(self, node: SimNode, tasks: msg.Tasks) -> None:
+        """Answer a TASK frame's tasks: at once in one RESULT frame (as a node's turn does), or each later."""
+        results = []
+        for task, attempt, _, body in tasks.entries:
+            items = len(pickle.loads(body))  # the server's pickle, after a mutual handshake
+            results.append((task, attempt, 1, pickle.dumps([None] * items)))
+        count = len(results)
+        over_before = max(0, node.held - SLOTS)
+        node.held += count
+        self.over_slots += max(0, node.held - SLOTS) - over_before  # tasks beyond the node's slots
+        self.held_now += count
         self.held_peak = max(self.held_peak, self.held_now)
+        job = str(tasks.job)
         if self.hold <= 0:
-            self._answer(node, result)
+            self._answer(node, b"".join(msg.Results(job=tasks.job, entries=results).encode()), count)
             return
-        self._sequence += 1
         due = time.monotonic() + self.hold
-        heapq.heappush(self._due, (due, self._sequence, node, fields["job"], result))
+        for entry in results:
+            self._sequence += 1
+            frame = b"".join(msg.Results(job=tasks.job, entries=[entry]).encode())
+            heapq.heappush(self._due, (due, self._sequence, node, job, frame))
 
-    def _answer(self, node: SimNode, result: bytes) -> None:
-        node.held -= 1
-        self.held_now -= 1
+    def _answer(self, node: SimNode, result: bytes, count: int = 1) -> None:
+        node.held -= count
+        self.held_now -= count
         if not node.dead:
             try:
                 self._send(node, result)

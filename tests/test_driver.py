@@ -13,6 +13,7 @@ from achilles_like.client.calls import DEFAULT_MAX_AHEAD
 from achilles_like.client.driver import Batch, JobDriver, Outcomes
 from achilles_like.client.results import IMapIterator
 from achilles_like.client.sources import IterSource
+from achilles_like.config import Settings
 from achilles_like.errors import ClusterConnectionError, JobFailedError
 from achilles_like.protocol import FrameDecoder
 from achilles_like.protocol import messages as msg
@@ -26,6 +27,7 @@ class FakeConnection:
         self.sent: list[msg.Message] = []
         self.routes: dict[int, Any] = {}
         self.closed = False
+        self.settings = Settings()
         self._decoder = FrameDecoder()
 
     def send(self, *parts: bytes) -> None:
@@ -84,7 +86,7 @@ def test_the_first_task_goes_at_once_then_tasks_wait_for_credit() -> None:
     early = connection.take()
     assert early == [
         msg.Func(job=0, fn=0, ref=driver.ref, body=b"f"),
-        msg.Task(job=0, task=0, fn=0, ref=driver.ref, body=dumps([0])),
+        msg.Tasks(job=0, entries=[(0, 0, 0, dumps([0]))], ref=driver.ref),
     ]
     assert driver.feed([source]) is False  # no credit until the server grants some
     driver.handle(frames(msg.Queued(job=7, position=1, ref=driver.ref)))
@@ -92,15 +94,13 @@ def test_the_first_task_goes_at_once_then_tasks_wait_for_credit() -> None:
     # The first grant includes the task sent ahead: 3 granted, 2 more may go.
     driver.handle(frames(msg.Started(job=7, ref=driver.ref), msg.Credit(job=7, n=3)))
     assert driver.feed([source]) is True
-    sent = connection.take()
-    assert [(type(m).__name__, getattr(m, "task", None), m.job) for m in sent] == [
-        ("Task", 1, 7),
-        ("Task", 2, 7),
-    ]
+    [sent] = connection.take()  # every task there is credit for, in one frame
+    assert isinstance(sent, msg.Tasks) and sent.job == 7
+    assert [(task, loads(blob)) for task, _, _, blob in sent.entries] == [(1, [1]), (2, [2])]
     driver.handle(frames(msg.Credit(job=7, n=1)))
     driver.feed([source])
     [task] = connection.take()  # the function went already
-    assert isinstance(task, msg.Task) and loads(task.body) == [3]
+    assert isinstance(task, msg.Tasks) and loads(task.entries[0][3]) == [3]
 
 
 def test_results_reach_their_sinks_whole_or_per_item() -> None:
@@ -113,8 +113,7 @@ def test_results_reach_their_sinks_whole_or_per_item() -> None:
     driver.handle(frames(msg.Started(job=1), msg.Credit(job=1, n=2)))
     driver.feed([source])
     mixed = dumps([(True, 9), (False, failure_at(1))])
-    driver.handle(frames(msg.Result(job=1, task=1, ok=False, body=mixed)))
-    driver.handle(frames(msg.Result(job=1, task=0, ok=True, body=dumps([1, 4]))))
+    driver.handle(frames(msg.Results(job=1, entries=[(1, 0, 0, mixed), (0, 0, 1, dumps([1, 4]))])))
     assert delivered[1] == Outcomes(True, [1, 4])
     (ok, nine), (failed, error) = delivered[0].items
     assert (ok, nine, failed, type(error)) == (True, 9, False, tasks.CustomError)
@@ -156,7 +155,7 @@ def test_running_and_withdrawal_reach_their_batch() -> None:
     driver.withdraw(batches[1])  # asked once only
     assert connection.take() == [msg.Withdraw(job=2, task=1)]
     driver.handle(frames(msg.Withdrawn(job=2, task=1)))
-    driver.handle(frames(msg.Result(job=2, task=0, ok=True, body=dumps([0]))))
+    driver.handle(frames(msg.Results(job=2, entries=[(0, 0, 1, dumps([0]))])))
     assert events == ["run 0", "withdrawn 1", "result"]
     assert driver.idle
     driver.withdraw(batches[0])  # answered already: nothing to ask
@@ -233,7 +232,8 @@ def test_a_feed_reads_no_further_source_once_its_credit_is_spent() -> None:
 
     assert driver.feed(queued()) is True
     assert read == 3  # two sent; the third found no credit left
-    assert [m.task for m in connection.take() if isinstance(m, msg.Task)] == [0, 1]
+    sent = [m for m in connection.take() if isinstance(m, msg.Tasks)]
+    assert [entry[0] for m in sent for entry in m.entries] == [0, 1]
 
 
 def test_every_task_of_one_feed_leaves_in_one_write() -> None:
@@ -247,7 +247,9 @@ def test_every_task_of_one_feed_leaves_in_one_write() -> None:
     sources = [_ListSource([Batch(b"f", [i], lambda outcomes: None, i)]) for i in range(3)]
     assert driver.feed(sources) is True
     assert len(writes) == 1
-    assert [type(m).__name__ for m in connection.take()] == ["Func", "Task", "Task", "Task"]
+    func, tasks = connection.take()
+    assert isinstance(func, msg.Func) and isinstance(tasks, msg.Tasks)
+    assert [entry[0] for entry in tasks.entries] == [0, 1, 2]  # one TASK frame for all three
 
 
 class _ListSource:

@@ -62,7 +62,7 @@ def test_small_frames_go_straight_through() -> None:
     """With no large body in progress a write reaches the transport at once and no producer is registered."""
     writer, transport = connected()
     writer.write(encode_frame("PING"))
-    writer.write_sequence(msg.Result(job=1, task=2, ok=True, body=b"x" * 1000).encode())
+    writer.write_sequence(msg.Results(job=1, entries=[(2, 0, 1, b"x" * 1000)]).encode())
     assert transport.producer is None
     assert [f.verb for f in FrameDecoder().feed(transport.value())] == ["PING", "RESULT"]
 
@@ -72,12 +72,12 @@ def test_frames_queued_behind_a_large_body_arrive_intact_and_in_order() -> None:
     writer, transport = connected()
     body = bytes(range(256)) * (BIG // 256)
     writer.write(encode_frame("PING"))
-    writer.write_sequence(msg.Task(job=1, task=0, fn=0, attempt=1, body=body).encode())
+    writer.write_sequence(msg.Tasks(job=1, entries=[(0, 1, 0, body)]).encode())
     writer.write(encode_frame("PONG"))
     assert transport.producer is writer and writer.queued > BIG - SLICE
     transport.drain()
     transport.drain()
-    writer.write_sequence(msg.Result(job=1, task=7, ok=True, body=b"r" * 100).encode())
+    writer.write_sequence(msg.Results(job=1, entries=[(7, 0, 1, b"r" * 100)]).encode())
     frames = drain_all(transport)
     assert [f.verb for f in frames] == ["PING", "TASK", "PONG", "RESULT"]
     assert frames[1].body == body and frames[3].body == b"r" * 100
@@ -89,7 +89,7 @@ def test_frames_queued_behind_a_large_body_arrive_intact_and_in_order() -> None:
 def test_the_transport_holds_one_slice_of_a_large_body_at_a_time() -> None:
     """However large the body, the transport's buffer never holds more than a slice and the small frames."""
     writer, transport = connected()
-    writer.write_sequence(msg.Task(job=1, task=0, fn=0, attempt=1, body=b"\x01" * BIG).encode())
+    writer.write_sequence(msg.Tasks(job=1, entries=[(0, 1, 0, b"\x01" * BIG)]).encode())
     writer.write(encode_frame("PING"))
     frames = drain_all(transport)
     assert [len(f.body) for f in frames] == [BIG, 0]
@@ -118,7 +118,7 @@ def test_two_large_bodies_in_a_row_keep_their_order() -> None:
 def test_a_lost_connection_drops_what_was_waiting() -> None:
     """stopProducing (the connection is gone) releases the queued body and the frames behind it."""
     writer, transport = connected()
-    writer.write_sequence(msg.Task(job=1, task=0, fn=0, attempt=1, body=b"\x01" * BIG).encode())
+    writer.write_sequence(msg.Tasks(job=1, entries=[(0, 1, 0, b"\x01" * BIG)]).encode())
     writer.write(encode_frame("PING"))
     assert writer.queued == BIG + len(encode_frame("PING"))  # nothing drained: all of the body waits
     writer.stopProducing()

@@ -8,14 +8,16 @@ from hypothesis import strategies as st
 from achilles_like.scheduling.free_slots import FreeSlots
 
 OPS = st.lists(
-    st.tuples(st.sampled_from(["add", "remove", "take", "give"]), st.integers(0, 7), st.integers(1, 5)),
+    st.tuples(
+        st.sampled_from(["add", "remove", "take", "give", "resize"]), st.integers(0, 7), st.integers(1, 5)
+    ),
     max_size=200,
 )
 
 
 @given(OPS)
 def test_freest_and_totals_match_a_recount(ops: list[tuple[str, int, int]]) -> None:
-    """After any joins, losses, assignments and releases the freest node and both totals are exact."""
+    """After any joins, losses, assignments, releases and resizes the freest node and the totals are exact."""
     index = FreeSlots()
     slots: dict[str, int] = {}
     free: dict[str, int] = {}
@@ -28,17 +30,26 @@ def test_freest_and_totals_match_a_recount(ops: list[tuple[str, int, int]]) -> N
             index.remove(node_id)
             del slots[node_id], free[node_id]
         elif op in ("take", "give") and node_id in slots:
+            # free[] is slots minus held: below zero after a resize under what a node holds.
             delta = (
-                -min(amount, free[node_id]) if op == "take" else min(amount, slots[node_id] - free[node_id])
+                -min(amount, max(0, free[node_id]))
+                if op == "take"
+                else min(amount, slots[node_id] - free[node_id])
             )
             index.change(node_id, delta)
             free[node_id] += delta
+        elif op == "resize" and node_id in slots:
+            held = slots[node_id] - free[node_id]
+            index.resize(node_id, amount)
+            slots[node_id], free[node_id] = amount, amount - held
+        usable = {node: max(0, count) for node, count in free.items()}
         freest = index.freest()
-        most = max(free.values(), default=0)
+        most = max(usable.values(), default=0)
         assert (freest is None) == (most == 0)
-        assert freest is None or free[freest] == most
-        assert (index.total_slots, index.total_free) == (sum(slots.values()), sum(free.values()))
-        assert index.recount() == (index.total_slots, index.total_free)
+        assert freest is None or usable[freest] == most
+        assert (index.total_slots, index.total_free) == (sum(slots.values()), sum(usable.values()))
+        assert index.free_nodes == sum(1 for count in usable.values() if count)
+        assert index.recount() == (index.total_slots, index.total_free, index.free_nodes)
 
 
 def test_equal_nodes_take_turns() -> None:

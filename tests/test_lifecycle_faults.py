@@ -27,11 +27,13 @@ from conftest import status_of, target, wait_until
 
 import achilles_like as al
 from achilles_like import ClusterConnectionError, JobFailedError, LocalCluster
+from achilles_like.node.agent import PREFETCH_PER_PROCESS
 
 pytestmark = pytest.mark.timeout(120)
 
 SERVER_ARGS = ("--heartbeat-interval", "0.5", "--heartbeat-timeout", "2", "--no-node-timeout", "3")
-ITEMS = 16  # = the job's credit window: every task is sent at once, 8 on the nodes, 8 pending
+PER_NODE = 2 * PREFETCH_PER_PROCESS  # the tasks a node of 2 processes holds
+ITEMS = 4 * PER_NODE  # = the job's credit window: every task is sent at once, half on the nodes, half pending
 SQUARES = [x * x for x in range(50)]
 
 
@@ -57,13 +59,13 @@ def nodes_by_pid(cluster: LocalCluster) -> dict[int, dict[str, Any]]:
 
 
 def wait_for_both_nodes_full(cluster: LocalCluster) -> None:
-    """Wait until each node holds its 4 tasks (2 processes × prefetch 2) of the running job."""
+    """Wait until each node holds its PER_NODE tasks (2 processes × the prefetch) of the running job."""
 
     def full() -> bool:
         nodes = nodes_by_pid(cluster)
-        return len(nodes) == 2 and all(node["busy"] == 4 for node in nodes.values())
+        return len(nodes) == 2 and all(node["busy"] == PER_NODE for node in nodes.values())
 
-    wait_until(full, what="both nodes to hold 4 tasks each")
+    wait_until(full, what=f"both nodes to hold {PER_NODE} tasks each")
 
 
 def submit_gated_job(
@@ -84,7 +86,7 @@ def test_stopped_node_is_dropped_and_its_tasks_rerun(tmp_path: Path) -> None:
         old_id = nodes_by_pid(cluster)[frozen.pid]["node_id"]
         cluster.kill_node(0, signal.SIGSTOP)
         try:
-            gate.touch()  # its 4 tasks are frozen unfinished: only a re-run can finish them
+            gate.touch()  # its PER_NODE tasks are frozen unfinished: only a re-run can finish them
             assert job.result(timeout=60) == list(range(ITEMS))
             status = status_of(cluster)
             assert [node["pid"] for node in status["nodes"]] == [other.pid]

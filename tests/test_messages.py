@@ -14,14 +14,17 @@ EXAMPLES: list[msg.Message] = [
     msg.Pong(),
     msg.Register(slots=4, processes=2, name="host-1", pid=77),
     msg.Registered(node="n3"),
+    msg.Slots(slots=16),
     msg.Job(job=3, timeout=1.5, maxtasks=2, body=b"setup"),
     msg.Job(job=3),
     msg.Func(job=3, fn=1, body=b"\r\nfunc\r\n"),
     msg.Func(job=0, fn=0, ref=12, body=b"f"),
-    msg.Task(job=3, task=9, fn=1, attempt=2, body=b"items"),
-    msg.Task(job=0, task=0, fn=0, ref=5, body=b"items"),
-    msg.Result(job=3, task=9, ok=True, attempt=2, body=b"values"),
-    msg.Result(job=3, task=9, ok=False, body=b"outcomes"),
+    msg.Tasks(job=3, entries=[(9, 2, 1, b"items")]),
+    msg.Tasks(job=0, entries=[(0, 0, 0, b"items")], ref=5),
+    msg.Tasks(job=3, entries=[(9, 1, 0, b"a"), (10, 1, 1, b"\r\nb"), (11, 2, 0, b"")]),
+    msg.Results(job=3, entries=[(9, 2, 1, b"values")]),
+    msg.Results(job=3, entries=[(9, 0, 0, b"outcomes")]),
+    msg.Results(job=3, entries=[(9, 2, 1, b"v"), (4, 1, 0, b"outcomes")]),
     msg.Lost(job=3, task=9, attempt=2, reason="exit code -9"),
     msg.Running(job=3, task=9, attempt=2),
     msg.Running(job=3, task=9),
@@ -59,7 +62,7 @@ def test_every_message_round_trips_through_the_wire(message: msg.Message) -> Non
 def test_a_body_is_encoded_as_its_own_part() -> None:
     """A message with a body encodes to a header and the body object itself (no copy)."""
     body = b"x" * 1000
-    header, part = msg.Task(job=1, task=0, fn=0, body=body).encode()
+    header, part = msg.Tasks(job=1, entries=[(0, 0, 0, body)]).encode()
     assert part is body and header.endswith(b"len=1000\r\n")
 
 

@@ -984,3 +984,86 @@ def test_bytes_of_finished_tasks_and_ended_jobs_are_released() -> None:
     assert s.held_bytes() == 30
     s.input_ended(1, 1)
     assert s.held_bytes() == 0
+
+
+# -- batches: one frame of tasks in, one frame of results in ------------------------------
+
+
+def batch_of(task_ids: Iterable[int]) -> list[tuple[int, bytes, int | None]]:
+    """Tasks as one controller frame carries them."""
+    return [(task_id, task_blob(task_id), None) for task_id in task_ids]
+
+
+def test_a_frame_of_tasks_gives_each_of_thousands_of_nodes_one_batch() -> None:
+    """8,000 tasks in one frame over 1,000 nodes of 8 slots: one contiguous run of 8 per node."""
+    s = Scheduler()
+    for n in range(1000):
+        s.node_joined(f"n{n}", 8)
+    s.submit_job("c", FUNC)
+    placed = assigns(s.tasks_received(1, batch_of(range(8000))))
+    runs = [
+        placed[i].node_id for i in range(len(placed)) if i == 0 or placed[i].node_id != placed[i - 1].node_id
+    ]
+    assert len(placed) == 8000 and len(runs) == 1000 == len(set(runs))
+    assert [a.task_id for a in placed] == list(range(8000))  # oldest first
+    assert s.slot_totals() == (8000, 0)
+
+
+def test_a_small_frame_of_tasks_still_spreads_over_thousands_of_nodes() -> None:
+    """500 tasks in one frame over 2,000 equal nodes land on 500 different nodes, not a few full ones."""
+    s = Scheduler()
+    for n in range(2000):
+        s.node_joined(f"n{n}", 8)
+    s.submit_job("c", FUNC)
+    placed = assigns(s.tasks_received(1, batch_of(range(500))))
+    assert len({a.node_id for a in placed}) == 500
+
+
+def test_a_frame_of_results_is_checked_result_by_result_and_refilled_once() -> None:
+    """Current results complete their tasks, a stale one is dropped; the freed slots refill in one batch."""
+    s = Scheduler(min_window=8, window_per_slot=0)
+    s.node_joined("n1", 4)
+    s.submit_job("c", FUNC)
+    placed = assigns(s.tasks_received(1, batch_of(range(8))))
+    assert [a.task_id for a in placed] == [0, 1, 2, 3]
+    results = [(a.task_id, a.attempt, True, result_blob(a.task_id)) for a in placed[:3]]
+    results.append((3, 2, True, b"late"))  # not the current attempt of task 3
+    actions = s.results_received("n1", 1, results)
+    assert forwarded(actions) == [0, 1, 2]
+    assert [(a.node_id, a.task_id) for a in assigns(actions)] == [("n1", 4), ("n1", 5), ("n1", 6)]
+    assert [a for a in actions if isinstance(a, GrantCredit)] == [GrantCredit("c", 1, 3)]
+    assert status(s)["stale_results"] == 1
+
+
+def test_a_failure_in_a_frame_ends_a_stopping_job_and_the_rest_are_stale() -> None:
+    """With stop_on_failure, results after the failing one in the same frame are not forwarded."""
+    s = Scheduler()
+    s.node_joined("n1", 4)
+    s.submit_job("c", FUNC, stop_on_failure=True)
+    placed = assigns(s.tasks_received(1, batch_of(range(3))))
+    results = [(a.task_id, a.attempt, a.task_id != 1, result_blob(a.task_id)) for a in placed]
+    actions = s.results_received("n1", 1, results)
+    assert [(a.task_id, a.ok) for a in actions if isinstance(a, ForwardResult)] == [(0, True), (1, False)]
+    ended = [a for a in actions if isinstance(a, JobEnded)]
+    assert [(e.outcome, e.task_id) for e in ended] == [(JobOutcome.FAILED, 1)]
+    assert status(s)["stale_results"] == 1
+
+
+def test_a_node_that_offers_more_slots_gets_more_work_and_credit() -> None:
+    """Growing a node fills its new slots and widens the window; shrinking it below what it holds waits."""
+    s = Scheduler(min_window=1, window_per_slot=2)
+    s.node_joined("n1", 2)
+    s.submit_job("c", FUNC)
+    assert len(assigns(s.tasks_received(1, batch_of(range(4))))) == 2
+    grown = s.node_resized("n1", 8)
+    assert [a.task_id for a in assigns(grown)] == [2, 3]
+    assert [a for a in grown if isinstance(a, GrantCredit)] == [GrantCredit("c", 1, 12)]
+    held = assigns(s.tasks_received(1, batch_of(range(4, 8))))
+    assert s.slot_totals() == (8, 0) and len(held) == 4
+    assert s.node_resized("n1", 2) == []
+    assert assigns(s.tasks_received(1, batch_of([8, 9]))) == []  # 8 held on 2 slots: they wait
+    assert assigns(succeed(s, at("n1", 0))) == []  # still 7 held
+    assert s.slot_totals() == (2, 0)
+    for task_id in range(1, 7):
+        placed = assigns(succeed(s, at("n1", task_id)))
+    assert [a.task_id for a in placed] == [8]  # 1 held: one slot free again

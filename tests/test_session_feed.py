@@ -7,12 +7,14 @@ from typing import Any
 
 from achilles_like.client.driver import Batch, JobDriver
 from achilles_like.client.session import _worth_feeding
+from achilles_like.config import Settings
 
 
 class _Connection:
     """Takes what the driver sends and forgets it."""
 
     closed = False
+    settings = Settings()
 
     def send(self, *parts: bytes) -> None:
         pass

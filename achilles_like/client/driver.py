@@ -5,7 +5,7 @@
     driving thread (a caller of map/imap, or a Pool's session thread)       reactor thread
     ───────────────────────────────────────────────────────────────         ──────────────
     submit()  ─────────────────────────────── SUBMIT ref ──send──────────▶  server
-    feed(sources): batch ─ pickle items ─ FUNC (once per function) + TASK ─▶
+    feed(sources): batch ─ pickle items ─ FUNC (once per function) + TASK ─▶ (one frame, many tasks)
     handle(frames) ◀── inbox ◀── routed by ref/job ◀──────────────────────  QUEUED/STARTED/
       └─ RESULT: decode ─ outcomes ─▶ batch.sink                            CREDIT/RESULT/ENDED
     end() ── END; cancel() ── CANCEL (whenever a caller abandons its work)
@@ -15,7 +15,8 @@ the *sink* that gets their outcomes); the driver sends them while it has
 credit, and delivers each task's results to its batch's sink. The driver has
 no thread of its own and never blocks: the module functions drive it from the
 caller's thread, a Pool or an executor from its session thread. Everything it
-sends leaves in one write per call.
+sends leaves in one write per call, and the tasks a call sends travel as one
+``TASK`` frame (``protocol/batch.py``), as the results do in a ``RESULT``.
 
 A function is sent once per job under a small id (``FUNC``), and a task names
 the id, so a task carries only its items. A task's result is the plain list
@@ -41,6 +42,7 @@ from achilles_like.client.connection import Connection, Lost
 from achilles_like.errors import ClusterConnectionError, JobFailedError
 from achilles_like.protocol import Frame
 from achilles_like.protocol import messages as msg
+from achilles_like.protocol.batch import Entry
 from achilles_like.serialization import RemoteFailure, dumps, loads
 
 log = logging.getLogger("achilles_like.client")
@@ -147,6 +149,7 @@ class JobDriver:
         report_running: bool = False,
     ) -> None:
         self.connection = connection
+        self.max_body = connection.settings.max_body  # the server's too: a batch frame stays within it
         self.inbox = inbox
         self.ref = next(_refs)
         self._submit = msg.Submit(
@@ -187,7 +190,8 @@ class JobDriver:
         """Send batches while there is credit; return whether anything was sent."""
         if self.end_sent or self.ended is not None:
             return False
-        parts: list[bytes] = []
+        functions: list[bytes] = []  # FUNC frames first: they precede the tasks that call them
+        entries: list[Entry] = []
         try:
             for source in sources:
                 if self.credit <= 0:
@@ -196,34 +200,35 @@ class JobDriver:
                     batch = source.next_batch()
                     if batch is None:
                         break
-                    parts += self._task(batch)
+                    self._task(batch, functions, entries)
         finally:
-            if parts:  # one write, and one wake-up of the reactor, for every task of this feed
-                self.connection.send(*parts)
-        return bool(parts)
+            if entries:  # one TASK frame (protocol/batch.py) and one write for every task of this feed
+                job, ref = self._address()
+                tasks = msg.Tasks(job=job, ref=ref, entries=entries, limit=self.max_body)
+                self.connection.send(*functions, *tasks.encode())
+        return bool(entries)
 
     def _address(self) -> tuple[int, int | None]:
         """``(job, ref)``: the job's id once known; before that, job 0 and this driver's ref."""
         return (self.job_id, None) if self.job_id is not None else (0, self.ref)
 
-    def _task(self, batch: Batch) -> list[bytes]:
+    def _task(self, batch: Batch, functions: list[bytes], entries: list[Entry]) -> None:
+        """Pickle one batch's items as a task entry (and its function's FUNC, the first time)."""
         try:
             body = dumps(batch.items)
         except Exception as error:  # noqa: BLE001 - an argument that cannot travel fails its call
             _deliver(batch, Outcomes.failed(_unpicklable(error, batch), len(batch.items)))
-            return []
-        parts: list[bytes] = []
-        job, ref = self._address()
+            return
         fn = self.functions.get(batch.func_blob)
         if fn is None:
             fn = self.functions[batch.func_blob] = len(self.functions)
-            parts += msg.Func(job=job, ref=ref, fn=fn, body=batch.func_blob).encode()
-        parts += msg.Task(job=job, ref=ref, task=self.next_task, fn=fn, body=body).encode()
+            job, ref = self._address()
+            functions += msg.Func(job=job, ref=ref, fn=fn, body=batch.func_blob).encode()
+        entries.append((self.next_task, 0, fn, body))
         self.inflight[self.next_task] = batch
         batch.task = self.next_task
         self.next_task += 1
         self.credit -= 1
-        return parts
 
     def withdraw(self, batch: Batch) -> None:
         """Ask the cluster to drop a sent task that no worker has started (its caller cancelled it).
@@ -279,8 +284,9 @@ class JobDriver:
 
     def _handle(self, frame: Frame) -> None:
         match msg.decode(frame):
-            case msg.Result(task=task, ok=ok, body=body):
-                self._result(task, ok, body)
+            case msg.Results(entries=entries):
+                for task, _, ok, body in entries:
+                    self._result(task, bool(ok), body)
             case msg.Output(body=body):
                 task_output.replay(body, sys.stdout, sys.stderr)
             case msg.Running(task=task):

@@ -4,6 +4,7 @@
 
     server ──JOB/FUNC/TASK/CANCEL──▶ NodeProtocol ──▶ NodeAgent ──submit──▶ WorkerPool ──▶ worker processes
            ◀──RESULT/LOST/PONG─────── NodeProtocol ◀── NodeAgent._finished ◀── deliver ◀─┘
+              (one RESULT frame per job and reactor turn: NodeAgent.flush_results)
                                       (all on the reactor thread: no thread hand-off on the node)
 
 The reactor thread only moves bytes: the worker processes' sockets are served
@@ -15,10 +16,13 @@ reported to the server as LOST so it is retried (within the job's attempt
 budget), and a task over its job's time limit has only its own worker
 killed and is reported as a timeout error for its items.
 
-The server may send up to ``2 × processes`` tasks (a small prefetch, so a
-worker never idles for a round trip). A CANCEL drops the job's queued tasks
-and kills the workers still running one, so the next job starts at once on
-fresh workers.
+The server may send up to ``PREFETCH_PER_PROCESS × processes`` tasks,
+several in one TASK frame, so a worker never idles for a round trip; while
+the node's tasks are short it offers ``DEEP_PREFETCH_PER_PROCESS`` per
+process instead (``SLOTS``), so that finished results can wait to share a
+RESULT frame (``_finished``) while the workers stay busy. A CANCEL drops
+the job's queued tasks (and its results not yet sent) and kills the workers
+still running one, so the next job starts at once on fresh workers.
 
 Every connection to the server has a generation number, part of each task's
 job key. A result that comes back after the connection it belongs to was
@@ -58,6 +62,7 @@ from achilles_like.node.worker_pool import Outcome, WorkerPool, WorkItem
 from achilles_like.plain_or_tls import PREAMBLE, explain_early_close
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder
 from achilles_like.protocol import messages as msg
+from achilles_like.protocol.batch import Entry
 from achilles_like.protocol.handshake import NONCE_BYTES, HandshakeState
 from achilles_like.secret_strength import check_peer_secret
 from achilles_like.serialization import RemoteFailure, dumps
@@ -65,10 +70,22 @@ from achilles_like.tls import client_creator
 
 log = logging.getLogger("achilles_like.node")
 
+# Tasks a node holds per process (running and queued): two, so a worker never idles for a
+# round trip; eight while its tasks are short (under SHORT_TASK on average, measured over
+# DEPTH_WINDOW), so results share frames (up to half the slots' worth) while the workers
+# stay busy. Deep is cheap per task but leaves a longer tail of queued tasks at a job's
+# end, which only matters when tasks are long: then the node offers two again (SLOTS).
 PREFETCH_PER_PROCESS = 2
+DEEP_PREFETCH_PER_PROCESS = 8
+SHORT_TASK = 0.005
+DEPTH_WINDOW = 0.5
+DEPTH_SAMPLES = 32  # per process: a measurement also ends after this many finished tasks
+IDLE_RESET = 0.1  # seconds with no task before a deep node offers the shallow slots again
 SERVER_TIMEOUT = SERVER_SILENCE_TIMEOUT  # seconds without a byte from the server before reconnecting
 HELLO_TIMEOUT = 5.0  # seconds to wait for the server's first message (HELLO) on a new connection
 _REMEMBERED_JOBS = 8
+# Longest a finished task's result waits to share a frame with others (see NodeAgent._finished).
+RESULT_DELAY = 0.002
 
 
 def job_key(generation: int, job_id: int) -> int:
@@ -88,19 +105,31 @@ class NodeAgent:
         self.functions: dict[tuple[int, int], bytes] = {}  # (job id, fn) -> function blob
         self.cancelled: deque[int] = deque(maxlen=_REMEMBERED_JOBS)
         self.protocol: NodeProtocol | None = None
+        # Results gathered, by job; sent as one frame each by flush_results (see _finished).
+        self._results: dict[int, list[Entry]] = {}
+        self._gathered = 0
+        self._flush_call: IDelayedCall | None = None
+        self._flush_soon = False  # the flush call is for the end of this reactor turn
+        self.holding: dict[int, int] = {}  # job id -> its tasks on this node (queued or running)
+        self.depth = PREFETCH_PER_PROCESS  # tasks offered per process now (see SLOTS)
+        self._idle_call: IDelayedCall | None = None
+        self._window_start = 0.0  # when the current measurement of task length began
+        self._done_in_window = 0
         self.generation = 0
         self.closed = False
 
     @property
     def slots(self) -> int:
         """How many tasks the server may send ahead."""
-        return self.processes * PREFETCH_PER_PROCESS
+        return self.processes * self.depth
 
     def attach(self, protocol: NodeProtocol) -> None:
         """A new authenticated connection: everything from the old one is stale."""
         self._drop_connection_state()
         self.generation += 1
         self.protocol = protocol
+        self.depth = PREFETCH_PER_PROCESS  # what REGISTER offers; deepened once tasks prove short
+        self._window_start, self._done_in_window = self.reactor.seconds(), 0
 
     def detach(self, protocol: NodeProtocol) -> None:
         """The connection is gone: drop its work (the server re-queues it)."""
@@ -109,6 +138,9 @@ class NodeAgent:
             self._drop_connection_state()
 
     def _drop_connection_state(self) -> None:
+        self._results.clear()  # the old connection's results: the server has re-queued those tasks
+        self._gathered = 0
+        self.holding.clear()
         self.jobs.clear()
         self.functions.clear()
         self.cancelled.clear()
@@ -141,6 +173,7 @@ class NodeAgent:
         )
         item.capture = options.output
         item.report_start = options.running
+        self.holding[job_id] = self.holding.get(job_id, 0) + 1
         self.workers.submit(item)
 
     def withdraw(self, job_id: int, task_id: int, attempt: int) -> None:
@@ -149,12 +182,29 @@ class NodeAgent:
         dropped = self.workers.withdraw(
             lambda item: item.job_key == key and item.task_id == task_id and item.attempt == attempt
         )
-        if dropped and self.protocol is not None:
-            self.protocol.send(msg.Withdrawn(job=job_id, task=task_id, attempt=attempt).to_bytes())
+        if not dropped or self.protocol is None:
+            return
+        left = self._let_go(job_id)
+        self.protocol.send(msg.Withdrawn(job=job_id, task=task_id, attempt=attempt).to_bytes())
+        if left == 0 and job_id in self._results and not self._flush_soon:
+            self._schedule_flush(0.0)  # results waiting for the job's last task need not wait
+
+    def _let_go(self, job_id: int) -> int:
+        """One task of the job left this node (finished, lost or withdrawn); how many it still holds."""
+        left = self.holding.get(job_id, 1) - 1
+        if left > 0:
+            self.holding[job_id] = left
+            return left
+        self.holding.pop(job_id, None)
+        if not self.holding and self._idle_call is None and self.depth != PREFETCH_PER_PROCESS:
+            self._idle_call = self.reactor.callLater(IDLE_RESET, self._idle_check)
+        return 0
 
     def cancel(self, job_id: int) -> None:
         """Drop a job's queued tasks and stop its running ones."""
         self.cancelled.append(job_id)
+        self._gathered -= len(self._results.pop(job_id, ()))
+        self.holding.pop(job_id, None)
         self._forget(job_id)
         key = job_key(self.generation, job_id)
         self.workers.cancel(lambda item: item.job_key == key)
@@ -169,7 +219,10 @@ class NodeAgent:
         return item.job_key >> 32 != self.generation or item.job_id in self.cancelled
 
     def _output(self, item: WorkItem, body: bytes) -> None:
-        """Send what a task printed to the server (for its job's controller), unless it is stale."""
+        """Send what a task printed to the server (for its job's controller), unless it is stale.
+
+        It leaves at once; the task's RESULT waits for the end of the turn, so it comes after.
+        """
         if not self._stale(item) and self.protocol is not None:
             output = msg.Output(job=item.job_id, task=item.task_id, attempt=item.attempt, body=body)
             self.protocol.send_message(output)
@@ -181,17 +234,89 @@ class NodeAgent:
             self.protocol.send(running.to_bytes())
 
     def _finished(self, item: WorkItem, outcome: Outcome, blob: bytes, detail: str) -> None:
-        """A task left the worker pool (called by it, on the reactor thread): tell the server."""
+        """A task left the worker pool (called by it, on the reactor thread): tell the server.
+
+        Results are gathered and leave as one RESULT frame per job (``protocol/batch.py``):
+        at the end of this reactor turn once the node holds no other task of the job
+        or has gathered results for half its slots, else within RESULT_DELAY seconds. So tiny
+        tasks travel in batches both ways (the server refills what a frame frees), and
+        a lone call (``Pool.apply``) or the last tasks of a job are not held back.
+        """
         if self._stale(item) or self.protocol is None:
             return
         job, task, attempt = item.job_id, item.task_id, item.attempt
+        self._measure()
+        left = self._let_go(job)
         if outcome is Outcome.LOST:
+            self.flush_results()  # in order: what finished before the loss leaves first
             self.protocol.send(msg.Lost(job=job, task=task, attempt=attempt, reason=detail).to_bytes())
             return
         if outcome is Outcome.TIMEOUT:
             blob = dumps(_timeout_failure(item, detail))  # a failure of the whole task
-        ok = outcome is Outcome.OK
-        self.protocol.send_message(msg.Result(job=job, task=task, ok=ok, attempt=attempt, body=blob))
+        entry = (task, attempt, int(outcome is Outcome.OK), blob)
+        if job in self._results:
+            self._results[job].append(entry)
+        else:
+            self._results[job] = [entry]
+        self._gathered += 1
+        if left <= 0 or self._gathered >= self.slots // 2:
+            if not self._flush_soon:
+                self._schedule_flush(0.0)
+        elif self._flush_call is None:
+            self._schedule_flush(RESULT_DELAY)
+
+    def _measure(self) -> None:
+        """Count a finished task; after a measurement, offer deep slots if tasks were short, else shallow.
+
+        A measurement lasts DEPTH_WINDOW seconds or DEPTH_SAMPLES tasks per process,
+        whichever ends first, so a burst of tiny tasks deepens the node within a few
+        milliseconds.
+
+        The average task length is ``processes × elapsed / finished``: idle time makes
+        tasks look long. A node left with no task for IDLE_RESET seconds goes back
+        to the shallow default (``_idle_check``), so a job of long tasks after one
+        of short ones does not find it deep; a pipeline that drains for a moment
+        between two batches does not.
+        """
+        self._done_in_window += 1
+        now = self.reactor.seconds()
+        elapsed = now - self._window_start
+        if elapsed < DEPTH_WINDOW and self._done_in_window < DEPTH_SAMPLES * self.processes:
+            return
+        short = self.processes * elapsed < SHORT_TASK * self._done_in_window
+        self._offer(DEEP_PREFETCH_PER_PROCESS if short else PREFETCH_PER_PROCESS)
+
+    def _idle_check(self) -> None:
+        """Still no task IDLE_RESET seconds after the last one finished: offer the shallow slots again."""
+        self._idle_call = None
+        if not self.holding:
+            self._offer(PREFETCH_PER_PROCESS)  # the next job's tasks may be long
+
+    def _offer(self, depth: int) -> None:
+        """Offer ``depth`` tasks per process from now on (a SLOTS frame if that changes anything)."""
+        self._window_start, self._done_in_window = self.reactor.seconds(), 0
+        if depth != self.depth and self.protocol is not None:
+            self.depth = depth
+            self.protocol.send(msg.Slots(slots=self.slots).to_bytes())
+
+    def _schedule_flush(self, delay: float) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_soon = delay == 0.0
+        self._flush_call = self.reactor.callLater(delay, self.flush_results)
+
+    def flush_results(self) -> None:
+        """Send the gathered results now: one RESULT frame per job."""
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        self._flush_soon = False
+        results, self._results, self._gathered = self._results, {}, 0
+        if self.protocol is not None:
+            for job, entries in results.items():
+                limit = self.settings.max_body
+                self.protocol.send_message(msg.Results(job=job, entries=entries, limit=limit))
 
     def close(self) -> None:
         """Stop the workers (node shutdown)."""
@@ -294,10 +419,9 @@ class NodeProtocol(Protocol):
                 self._register()
             return
         match msg.decode(frame):
-            case msg.Task(job=job, task=task, fn=fn, attempt=attempt, body=body):
-                if fn is None or attempt is None:
-                    raise ProtocolViolationError("a TASK to a node must name its function and attempt")
-                self.agent.add_task(job, task, attempt, fn, body)
+            case msg.Tasks(job=job, entries=entries):
+                for task, attempt, fn, body in entries:
+                    self.agent.add_task(job, task, attempt, fn, body)
             case msg.Func(job=job, fn=fn, body=body):
                 self.agent.add_function(job, fn, body)
             case msg.Job() as job:

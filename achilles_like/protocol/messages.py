@@ -4,13 +4,14 @@ A message is a frozen dataclass whose fields are the header fields (``int``,
 ``str``, ``bool``, ``float``, or one of those or ``None`` when optional) and,
 for verbs that carry one, a ``body``. :func:`decode` turns a :class:`Frame`
 into its message, checking every field, so the glue matches on classes
-(``case Task(job=job, task=task)``) instead of verb strings::
+(``case Tasks(job=job, entries=entries)``) instead of verb strings::
 
     match decode(frame):
-        case Result(job=job, task=task, ok=ok, body=body): ...
+        case Results(job=job, entries=entries): ...
 
 :meth:`Message.encode` returns the header line and the body as separate parts,
 so a large body is written without being copied into one buffer. The
+``TASK`` and ``RESULT`` carry one task or a batch of them (``batch.py``). The
 handshake's own verbs (``HELLO``, ``AUTH``, ``WELCOME``) live in
 ``handshake.py``. ``docs/protocol.md`` says who sends what.
 """
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from achilles_like.errors import ProtocolViolationError
+from achilles_like.protocol import batch
 from achilles_like.protocol.frames import Frame, encode_header
 
 M = TypeVar("M", bound="Message")
@@ -70,6 +72,8 @@ def decode(frame: Frame) -> Message:
     cls = _REGISTRY.get(frame.verb)
     if cls is None:
         raise ProtocolViolationError(f"unknown verb {frame.verb}")
+    if cls is Tasks or cls is Results:  # their own layout (batch.py): not one field per header key
+        return cls.from_frame(frame)
     fields = frame.fields
     values: list[Any] = []
     for spec in _specs(cls):
@@ -174,6 +178,14 @@ class Register(Message):
     pid: int | None = None
 
 
+@message("SLOTS")
+@dataclass(frozen=True)
+class Slots(Message):
+    """A registered node now offers ``slots`` (deeper while its tasks are short, ``node/agent.py``)."""
+
+    slots: int
+
+
 @message("REGISTERED")
 @dataclass(frozen=True)
 class Registered(Message):
@@ -208,27 +220,93 @@ class Func(Message):
 
 @message("TASK")
 @dataclass(frozen=True)
-class Task(Message):
-    """One task: the pickled list of its items; ``attempt`` only from the server to a node."""
+class Tasks(Message):
+    """Tasks of one job: ``entries`` of ``(task, attempt, fn, items blob)``; see ``protocol/batch.py``.
+
+    ``attempt`` is 0 from a controller and the server's attempt number (1, 2, ...) to a node.
+    One entry travels in the single form (``task=``, ``fn=``, ``attempt=`` in the header, the
+    blob as the body), several in the batch form (``n=``, a table, then the blobs).
+    """
 
     job: int
-    task: int
-    fn: int | None = None
-    attempt: int | None = None
+    entries: list[batch.Entry] = field(default_factory=list, repr=False)
     ref: int | None = None  # from a controller that does not know the job id yet (job=0)
-    body: bytes = field(default=b"", repr=False)
+    # Not on the wire: the receiver's body limit, which a batch frame must stay within.
+    limit: int = field(default=batch.ALONE_BYTES, compare=False, repr=False)
+
+    def encode(self) -> list[bytes]:
+        """The frames (several when large blobs travel alone), each header then body parts."""
+        parts: list[bytes] = []
+        ref = {} if self.ref is None else {"ref": self.ref}
+        for run in batch.runs(self.entries, self.limit):
+            if len(run) == 1:
+                task, attempt, fn, blob = run[0]
+                fields = {"task": task, "fn": fn, **({"attempt": attempt} if attempt else {}), **ref}
+                parts.append(encode_header(self.VERB, len(blob), job=self.job, **fields))
+                if blob:
+                    parts.append(blob)
+            else:
+                body = batch.pack(run)
+                parts.append(encode_header(self.VERB, sum(map(len, body)), job=self.job, n=len(run), **ref))
+                parts += body
+        return parts
+
+    @classmethod
+    def from_frame(cls, frame: Frame) -> Tasks:
+        """Read either form; a single task must name its function."""
+        ref = frame.integer("ref") if "ref" in frame.fields else None
+        return cls(frame.integer("job"), _entries(frame, "fn"), ref)
 
 
 @message("RESULT")
 @dataclass(frozen=True)
-class Result(Message):
-    """One task's outcome: the values (``ok``), or a failure record or list of outcomes."""
+class Results(Message):
+    """Results of one job's tasks: ``entries`` of ``(task, attempt, ok, blob)``; see ``protocol/batch.py``.
+
+    A blob is the values (``ok`` 1), or a failure record or list of outcomes (``ok`` 0).
+    ``attempt`` is the attempt that ran the task (0 when unknown, to a controller).
+    """
 
     job: int
-    task: int
-    ok: bool
-    attempt: int | None = None
-    body: bytes = field(default=b"", repr=False)
+    entries: list[batch.Entry] = field(default_factory=list, repr=False)
+    # Not on the wire: the receiver's body limit, which a batch frame must stay within.
+    limit: int = field(default=batch.ALONE_BYTES, compare=False, repr=False)
+
+    def encode(self) -> list[bytes]:
+        """The frames (several when large blobs travel alone), each header then body parts."""
+        parts: list[bytes] = []
+        for run in batch.runs(self.entries, self.limit):
+            if len(run) == 1:
+                task, attempt, ok, blob = run[0]
+                fields = {"task": task, "ok": bool(ok), **({"attempt": attempt} if attempt else {})}
+                parts.append(encode_header(self.VERB, len(blob), job=self.job, **fields))
+                if blob:
+                    parts.append(blob)
+            else:
+                body = batch.pack(run)
+                parts.append(encode_header(self.VERB, sum(map(len, body)), job=self.job, n=len(run)))
+                parts += body
+        return parts
+
+    @classmethod
+    def from_frame(cls, frame: Frame) -> Results:
+        """Read either form; ``ok`` is 0 or 1."""
+        entries = _entries(frame, "ok")
+        for entry in entries:
+            if entry[2] > 1:
+                raise ProtocolViolationError(f"RESULT of task {entry[0]} has ok={entry[2]}; 0 or 1 only")
+        return cls(frame.integer("job"), entries)
+
+
+def _entries(frame: Frame, small: str) -> list[batch.Entry]:
+    """A TASK or RESULT frame's entries, from its batch table or from its single-form header."""
+    fields = frame.fields
+    if "n" in fields:
+        if "task" in fields:
+            raise ProtocolViolationError(f"{frame.verb} frame has both n= (a batch) and task= (one)")
+        return batch.unpack(frame.body, frame.integer("n"), frame.verb)
+    value = (1 if frame.text("ok") == "1" else 0) if small == "ok" else frame.integer(small)
+    return [(frame.integer("task"), frame.integer("attempt", 0), value, frame.body)]
 
 
 @message("LOST")

@@ -7,8 +7,8 @@ are kept in buckets by their free count, with a heap of the counts that have
 a bucket (``L`` distinct counts, at most the largest node's slots and in
 practice a handful). Within a bucket nodes wait in the order they reached
 that count, so equal nodes take turns instead of the first-joined node
-getting every tie. Full nodes are in no bucket. The cluster's total slots and
-total free slots are running sums.
+getting every tie. Full nodes are in no bucket. The cluster's total slots,
+total free slots and the number of nodes with a free slot are running sums.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class FreeSlots:
         self._in_heap: set[int] = set()  # the counts in _levels; their buckets may have emptied since
         self.total_slots = 0
         self.total_free = 0
+        self.free_nodes = 0  # nodes with at least one free slot
 
     def __contains__(self, node_id: object) -> bool:
         return node_id in self._slots
@@ -48,17 +49,28 @@ class FreeSlots:
         self.total_slots -= self._slots.pop(node_id)
 
     def free(self, node_id: str) -> int:
-        """A node's free slots now."""
-        return self._free[node_id]
+        """A node's free slots now (none while it holds more than a resize left it)."""
+        return max(0, self._free[node_id])
 
     def change(self, node_id: str, delta: int) -> None:
         """A node's free slots go up (tasks finished) or down (tasks assigned) by ``delta``."""
         free = self._free[node_id] + delta
-        if not 0 <= free <= self._slots[node_id]:
+        if free > self._slots[node_id] or (delta < 0 and free < 0):
             raise RuntimeError(
                 f"internal error: node {node_id!r} would have {free} free of {self._slots[node_id]} slots"
             )
         self._set_free(node_id, free)
+
+    def resize(self, node_id: str, slots: int) -> None:
+        """A node now offers ``slots``; below what it holds, it gets nothing until enough finish.
+
+        Internally its free count may then be negative (slots minus tasks held); it
+        counts as 0 everywhere outside.
+        """
+        held = self._slots[node_id] - self._free[node_id]
+        self.total_slots += slots - self._slots[node_id]
+        self._slots[node_id] = slots
+        self._set_free(node_id, slots - held)
 
     def freest(self) -> str | None:
         """The node with the most free slots (the longest waiting among equals), or None when all are full."""
@@ -69,9 +81,10 @@ class FreeSlots:
             self._in_heap.discard(-heapq.heappop(self._levels))  # emptied since it was pushed
         return None
 
-    def recount(self) -> tuple[int, int]:
-        """Total slots and free slots summed afresh (for tests of the running sums)."""
-        return sum(self._slots.values()), sum(self._free.values())
+    def recount(self) -> tuple[int, int, int]:
+        """Total slots, free slots and nodes with a free slot, counted afresh (for tests)."""
+        free = [max(0, count) for count in self._free.values()]
+        return sum(self._slots.values()), sum(free), sum(1 for count in free if count)
 
     def _set_free(self, node_id: str, free: int) -> None:
         old = self._free[node_id]
@@ -79,6 +92,8 @@ class FreeSlots:
             return
         if old > 0:
             del self._buckets[old][node_id]
+        self.free_nodes += (free > 0) - (old > 0)
+        self.total_free += max(0, free) - max(0, old)
         if free > 0:
             bucket = self._buckets.get(free)
             if bucket is None:
@@ -88,4 +103,3 @@ class FreeSlots:
                 heapq.heappush(self._levels, -free)
             bucket[node_id] = None
         self._free[node_id] = free
-        self.total_free += free - old

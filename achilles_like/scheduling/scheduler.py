@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -276,6 +277,21 @@ class Scheduler:
         self._free.add(node_id, slots)
         return self._dispatch() + self._top_up()
 
+    def node_resized(self, node_id: str, slots: int) -> list[Action]:
+        """A node now offers ``slots`` (deeper while its tasks are short); more credit if the window grew.
+
+        Shrinking below what the node holds takes nothing back: it gets no task
+        until enough of them finish. An unknown node is ignored (it was just lost).
+        """
+        node = self._nodes.get(node_id)
+        if node is None:
+            return []
+        if slots < 1:
+            raise ProtocolViolationError(f"node {node_id!r} offered {slots} slots; at least 1 is needed")
+        node.slots = slots
+        self._free.resize(node_id, slots)
+        return self._dispatch() + self._top_up()
+
     def node_lost(self, node_id: str) -> list[Action]:
         """A node is gone: its tasks go back to the front of their queues as a new attempt.
 
@@ -374,16 +390,29 @@ class Scheduler:
 
     def task_received(self, job_id: int, task_id: int, blob: bytes, fn: int | None = None) -> list[Action]:
         """The controller sent one task of a started job, against credit."""
-        job = self._started_or_ended(job_id, f"task {task_id}")
+        return self.tasks_received(job_id, [(task_id, blob, fn)])
+
+    def tasks_received(self, job_id: int, tasks: Sequence[tuple[int, bytes, int | None]]) -> list[Action]:
+        """The controller sent tasks ``(task id, blob, fn)`` of a started job in one frame, against credit.
+
+        They are queued one by one and dispatched in one pass, so a node gets its share
+        of the frame as one batch.
+        """
+        if not tasks:
+            return []
+        job = self._started_or_ended(job_id, f"task {tasks[0][0]}")
         if job is None:
             return []
-        self._check_new_task(job, task_id, fn)
-        job.credit -= 1
+        held, pending = job.held, job.pending
+        for task_id, blob, fn in tasks:
+            self._check_new_task(job, task_id, fn)
+            job.credit -= 1
+            held[task_id] = _Task(task_id, blob, fn)
+            pending.append(task_id)
+            if task_id > job.max_task_id:
+                job.max_task_id = task_id
         job.fresh = False
-        job.held[task_id] = _Task(task_id, blob, fn)
-        job.pending.append(task_id)
         self._mark_ready(job)
-        job.max_task_id = max(job.max_task_id, task_id)
         return self._dispatch()
 
     def input_ended(self, job_id: int, total_tasks: int) -> list[Action]:
@@ -402,19 +431,48 @@ class Scheduler:
         self, node_id: str, job_id: int, task_id: int, attempt: int, ok: bool, blob: bytes
     ) -> list[Action]:
         """A node returned a task's result (``ok``) or its failures; stale results are dropped."""
-        job = self._started_or_ended(job_id, f"result of task {task_id} from node {node_id!r}")
-        task = None if job is None else job.held.get(task_id)
-        if job is None or task is None or not _is_current(task, node_id, attempt):
-            self._stale_results += 1
+        return self.results_received(node_id, job_id, [(task_id, attempt, ok, blob)])
+
+    def results_received(
+        self, node_id: str, job_id: int, results: Sequence[tuple[int, int, bool | int, bytes]]
+    ) -> list[Action]:
+        """A node returned results ``(task id, attempt, ok, blob)`` of one job in one frame.
+
+        Each is checked on its own (only the current attempt completes a task; the rest
+        are stale and dropped), then the freed slots are refilled and the job's credit
+        topped up once for the whole frame.
+        """
+        if not results:
             return []
-        forward: list[Action] = [ForwardResult(job.controller_id, job_id, task_id, ok, blob)]
-        if ok or not job.stop_on_failure:
-            job.failed_tasks += 0 if ok else 1
-            return forward + self._complete(job, task)
-        task.move_to(TaskState.FAILED)
-        self._release(self._nodes[node_id], job_id, task_id)
-        reason = f"task {task_id} raised an exception on node {node_id}"
-        return forward + self._end_job(job, JobOutcome.FAILED, reason, task_id)
+        job = self._started_or_ended(job_id, f"result of task {results[0][0]} from node {node_id!r}")
+        node = self._nodes.get(node_id)
+        if job is None or node is None:
+            self._stale_results += len(results)
+            return []
+        actions: list[Action] = []
+        started, held = self._started, job.held
+        for task_id, attempt, ok, blob in results:
+            task = held.get(task_id)
+            if task is None or job_id not in started or not _is_current(task, node_id, attempt):
+                self._stale_results += 1
+                continue
+            actions.append(ForwardResult(job.controller_id, job_id, task_id, bool(ok), blob))
+            if ok or not job.stop_on_failure:
+                if not ok:
+                    job.failed_tasks += 1
+                self._finish(job, task, node)
+                if len(job.done) == job.total_tasks:
+                    actions += self._end_job(job, JobOutcome.DONE)
+                continue
+            task.move_to(TaskState.FAILED)
+            self._release(node, job_id, task_id)
+            reason = f"task {task_id} raised an exception on node {node_id}"
+            actions += self._end_job(job, JobOutcome.FAILED, reason, task_id)
+        if job_id in started:
+            actions += self._dispatch() + self._top_up([job])
+            if job.idle:
+                actions += self._start_waiting()
+        return actions
 
     def cancel_job(self, job_id: int, reason: str = "cancelled by its controller") -> list[Action]:
         """End a queued or started job; an unknown or ended job id is ignored."""
@@ -621,28 +679,31 @@ class Scheduler:
     def _dispatch(self) -> list[Action]:
         """Hand pending tasks, oldest job first, to the nodes with the most free slots.
 
-        Costs O(log) per task whatever the number of nodes and jobs: jobs with
-        pending tasks wait in a heap by id (ended or drained ones are dropped
-        when met), nodes in :class:`FreeSlots`. A node gets one task per
-        decision so that ties spread, except when the job's pending tasks
-        would fill every free slot anyway: then the freest node is filled in
-        one decision.
+        Costs O(log) per node batch plus O(1) per task, whatever the number of
+        nodes and jobs: jobs with pending tasks wait in a heap by id (ended or
+        drained ones are dropped when met), nodes in :class:`FreeSlots`. One
+        decision gives the freest node a batch (one frame on the wire): all its
+        free slots when the job's pending tasks would fill every free slot
+        anyway, else its even share of the pending tasks among the nodes with
+        a free slot, so that a few tasks still spread over many nodes.
         """
         actions: list[Action] = []
-        while self._ready and self._free.total_free:
+        free = self._free
+        while self._ready and free.total_free:
             job = self._started.get(self._ready[0])
             if job is None or not job.pending:
                 heapq.heappop(self._ready)
                 if job is not None:
                     job.ready = False
                 continue
-            node_id = self._free.freest()
+            node_id = free.freest()
             assert node_id is not None  # total_free > 0
             node = self._nodes[node_id]
-            count = self._free.free(node_id) if len(job.pending) >= self._free.total_free else 1
+            room, waiting = free.free(node_id), len(job.pending)
+            count = room if waiting >= free.total_free else min(room, -(-waiting // free.free_nodes))
             for _ in range(count):
                 actions += self._assign(job, job.held[job.pending.popleft()], node)
-            self._free.change(node_id, -count)
+            free.change(node_id, -count)
         return actions
 
     def _release(self, node: _Node, job_id: int, task_id: int) -> None:
@@ -668,18 +729,13 @@ class Scheduler:
         actions.append(AssignTask(node.node_id, job.job_id, task.task_id, task.attempt, task.blob, task.fn))
         return actions
 
-    def _complete(self, job: _Job, task: _Task) -> list[Action]:
+    def _finish(self, job: _Job, task: _Task, node: _Node) -> None:
+        """A task's current attempt completed on ``node``: DONE, its blob dropped, its slot free."""
         task.move_to(TaskState.DONE)
         del job.held[task.task_id]  # drops the task blob: results never need it again
         job.done.add(task.task_id)
-        assert task.node_id is not None  # an ASSIGNED task is on a connected node
-        node = self._nodes[task.node_id]
         self._release(node, job.job_id, task.task_id)
         node.tasks_done += 1
-        if len(job.done) == job.total_tasks:
-            return self._end_job(job, JobOutcome.DONE)
-        actions = self._dispatch() + self._top_up([job])
-        return actions + self._start_waiting() if job.idle else actions
 
     def _end_job(
         self, job: _Job, outcome: JobOutcome, reason: str = "", task_id: int | None = None

@@ -18,6 +18,12 @@ all: it routes blobs by their header fields. After the handshake every frame
 is decoded into its typed message (``protocol/messages.py``) and the peer's
 role (node, controller, admin) decides which messages it may send.
 
+Tasks and results travel in batches (``protocol/batch.py``): a controller's
+TASK frame is queued in one scheduler call, and :meth:`ClusterServer.execute`
+turns the actions of one event into one TASK frame per node, one RESULT
+frame and one CREDIT per controller and job. A node's RESULT frame is checked
+result by result: only each task's current attempt completes it.
+
 ``ClusterServer`` owns the scheduler and the registry of live connections.
 It turns the scheduler's actions into frames on the right connection; an
 action for a connection that has gone away is dropped, because the
@@ -69,6 +75,7 @@ from achilles_like.frame_writer import FrameWriter
 from achilles_like.liveness import IDLE_PING_INTERVAL, SERVER_SILENCE_TIMEOUT, enable_keepalive
 from achilles_like.protocol import Frame, FrameDecoder, ServerHandshake
 from achilles_like.protocol import messages as msg
+from achilles_like.protocol.batch import Entry
 from achilles_like.protocol.frames import body_limits
 from achilles_like.protocol.handshake import NONCE_BYTES
 from achilles_like.scheduling import actions as act
@@ -284,7 +291,7 @@ class ClusterServer(ServerFactory):
         self.job_refs: dict[int, int] = {}
         # A controller may send its job's first task (and END) before the job starts:
         # held here until it does, so a one-item call costs one round trip, not two.
-        self.early: dict[int, list[msg.Task | msg.End | msg.Withdraw]] = {}
+        self.early: dict[int, list[msg.Tasks | msg.End | msg.Withdraw]] = {}
         self._counter = 0
         self.authenticated: dict[str, int] = {"node": 0, "controller": 0, "admin": 0}  # connections, by role
         self.on_stop_requested: Any = None  # set by start_server: stops the process
@@ -366,10 +373,9 @@ class ClusterServer(ServerFactory):
         """Handle a message from an authenticated node."""
         registered = peer.peer_id in self.node_info
         match message:
-            case msg.Result(job=job, task=task, ok=ok, attempt=attempt, body=body) if registered:
-                if attempt is None:
-                    raise ProtocolViolationError("a node's RESULT must name its attempt")
-                self.execute(self.scheduler.result_received(peer.peer_id, job, task, attempt, ok, body))
+            case msg.Results(job=job, entries=entries) if registered:
+                # Each result is checked on its own: one without the current attempt is stale.
+                self.execute(self.scheduler.results_received(peer.peer_id, job, entries))
             case msg.Output(job=job, task=task, body=body) if registered:
                 # Only to the controller of the job, and only from the node that holds the task.
                 controller = self.scheduler.task_owner(peer.peer_id, job, task)
@@ -386,6 +392,10 @@ class ClusterServer(ServerFactory):
             case msg.Lost(job=job, task=task, attempt=attempt, reason=reason) if registered:
                 self.events.task_lost(peer.peer_id, job, task, reason[:300])  # metrics hook
                 self.execute(self.scheduler.task_lost(peer.peer_id, job, task, attempt, reason[:300]))
+            case msg.Slots(slots=slots) if registered:
+                if not 1 <= slots <= 100_000:
+                    raise ProtocolViolationError(f"SLOTS slots={slots} is out of range")
+                self.execute(self.scheduler.node_resized(peer.peer_id, slots))
             case msg.Register(slots=slots, processes=processes, name=name, pid=pid) if not registered:
                 if not 1 <= slots <= 100_000:
                     raise ProtocolViolationError(f"REGISTER slots={slots} is out of range")
@@ -440,7 +450,7 @@ class ClusterServer(ServerFactory):
                 )
             self.execute(actions)
             return
-        if not isinstance(message, msg.Func | msg.Task | msg.End | msg.Cancel | msg.Withdraw):
+        if not isinstance(message, msg.Func | msg.Tasks | msg.End | msg.Cancel | msg.Withdraw):
             raise ProtocolViolationError(f"a controller may not send {message.VERB}")
         if message.job == 0:  # addressed by the controller's own reference
             ref = -1 if message.ref is None else message.ref
@@ -456,7 +466,7 @@ class ClusterServer(ServerFactory):
         if owner is not None and owner != peer.peer_id:
             raise ProtocolViolationError(f"job {message.job} belongs to another controller")
         if (
-            isinstance(message, msg.Task | msg.End | msg.Withdraw)
+            isinstance(message, msg.Tasks | msg.End | msg.Withdraw)
             and owner is not None
             and not self.scheduler.is_started(message.job)
         ):
@@ -465,10 +475,9 @@ class ClusterServer(ServerFactory):
         match message:
             case msg.Func(job=job, fn=fn, body=body):
                 self.execute(self.scheduler.function_received(job, fn, body))
-            case msg.Task(job=job, task=task, fn=fn, body=body):
-                if fn is None:
-                    raise ProtocolViolationError(f"task {task} must name the job function it calls (fn=)")
-                self.execute(self.scheduler.task_received(job, task, body, fn))
+            case msg.Tasks(job=job, entries=entries):
+                tasks = [(task, blob, fn) for task, _, fn, blob in entries]
+                self.execute(self.scheduler.tasks_received(job, tasks))
             case msg.End(job=job, tasks=tasks):
                 self.execute(self.scheduler.input_ended(job, tasks))
             case msg.Cancel(job=job):
@@ -476,13 +485,15 @@ class ClusterServer(ServerFactory):
             case msg.Withdraw(job=job, task=task):
                 self.execute(self.scheduler.withdraw(job, task))
 
-    def _hold_early(self, message: msg.Task | msg.End | msg.Withdraw) -> None:
+    def _hold_early(self, message: msg.Tasks | msg.End | msg.Withdraw) -> None:
         """Keep a queued job's first task (and its END) until the job starts."""
         early = self.early.setdefault(message.job, [])
-        if isinstance(message, msg.Task) and any(isinstance(held, msg.Task) for held in early):
+        if isinstance(message, msg.Tasks) and (
+            len(message.entries) > 1 or any(isinstance(held, msg.Tasks) for held in early)
+        ):
             raise ProtocolViolationError(
-                f"task {message.task} of job {message.job} arrived before STARTED; only a job's first"
-                " task may be sent before it starts"
+                f"task {message.entries[-1][0]} of job {message.job} arrived before STARTED; only a job's"
+                " first task may be sent before it starts"
             )
         early.append(message)
 
@@ -539,23 +550,66 @@ class ClusterServer(ServerFactory):
     # -- actions -------------------------------------------------------------
 
     def execute(self, actions: list[act.Action]) -> None:
-        """Carry out the scheduler's actions, in order, as frames."""
+        """Carry out the scheduler's actions as frames, in order per peer.
+
+        The tasks for one node, the results for one controller and the credit
+        of one job that follow each other become one frame each (``protocol/batch.py``):
+        they are gathered here and written when another kind of action comes
+        (which must not overtake them) or at the end.
+        """
         self.events.observe(actions)  # metrics, dashboard and job log lines
+        tasks: dict[tuple[str, int], list[Entry]] = {}
+        results: dict[tuple[str, int], list[Entry]] = {}
+        credit: dict[tuple[str, int], int] = {}
         for action in actions:
-            self._execute_one(action)
+            if isinstance(action, act.AssignTask):
+                key = (action.node_id, action.job_id)
+                entry = (action.task_id, action.attempt, action.fn or 0, action.blob)
+                if key in tasks:
+                    tasks[key].append(entry)
+                else:
+                    tasks[key] = [entry]
+            elif isinstance(action, act.ForwardResult):
+                key = (action.controller_id, action.job_id)
+                entry = (action.task_id, 0, int(action.ok), action.blob)
+                if key in results:
+                    results[key].append(entry)
+                else:
+                    results[key] = [entry]
+            elif isinstance(action, act.GrantCredit):
+                key = (action.controller_id, action.job_id)
+                credit[key] = credit.get(key, 0) + action.count
+            else:
+                if tasks or results or credit:
+                    self._send_batches(tasks, results, credit)
+                self._execute_one(action)
+        if tasks or results or credit:
+            self._send_batches(tasks, results, credit)
         for action in actions:
             if isinstance(action, act.JobStarted) and action.job_id in self.early:
                 self._replay_early(action.controller_id, action.job_id)
 
+    def _send_batches(
+        self,
+        tasks: dict[tuple[str, int], list[Entry]],
+        results: dict[tuple[str, int], list[Entry]],
+        credit: dict[tuple[str, int], int],
+    ) -> None:
+        """Write the gathered batches (one frame per node and job, or controller and job); forget them."""
+        limit = self.settings.max_body  # every machine has the same (docs/protocol.md)
+        for (node_id, job_id), entries in tasks.items():
+            self._send(node_id, msg.Tasks(job=job_id, entries=entries, limit=limit))
+            self._work_assigned(node_id)
+        for (controller_id, job_id), entries in results.items():
+            self._send(controller_id, msg.Results(job=job_id, entries=entries, limit=limit))
+        for (controller_id, job_id), count in credit.items():
+            self._send(controller_id, msg.Credit(job=job_id, n=count))
+        tasks.clear()
+        results.clear()
+        credit.clear()
+
     def _execute_one(self, action: act.Action) -> None:
         match action:
-            case act.AssignTask(node_id, job_id, task_id, attempt, blob, fn):
-                self._send(node_id, msg.Task(job=job_id, task=task_id, fn=fn, attempt=attempt, body=blob))
-                self._work_assigned(node_id)
-            case act.ForwardResult(controller_id, job_id, task_id, ok, blob):
-                self._send(controller_id, msg.Result(job=job_id, task=task_id, ok=ok, body=blob))
-            case act.GrantCredit(controller_id, job_id, count):
-                self._send(controller_id, msg.Credit(job=job_id, n=count))
             case act.SendJob(node_id, job_id, blob):
                 options = self.job_options.get(job_id)
                 job = msg.Job(job=job_id) if options is None else options
