@@ -15,6 +15,11 @@ in the writer's queue behind it, so frames stay in order; with no large body
 in progress a write goes straight to the transport, as it would without the
 writer. Hence the one rule: once a connection has a writer, every byte it
 sends goes through it (PONGs and handshake replies included).
+
+A heartbeat (a lone PING or PONG) is sent with one ``send`` at once
+(:meth:`FrameWriter.write_now`) when nothing waits ahead of it: through
+Twisted's buffer it would cost two ``epoll_ctl`` calls (watch the socket for
+writing, stop watching) and a reactor turn, most of what an idle peer costs.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IPullProducer
 from zope.interface import implementer
 
@@ -62,6 +68,19 @@ class FrameWriter:
             self.write_sequence((data,))
         elif data:
             self._transport.write(data)  # the common case (a PING, a CREDIT): one call, as before
+
+    def write_now(self, data: bytes) -> None:
+        """Send a small lone frame at once with one ``send`` if nothing waits ahead of it; else ``write``."""
+        transport = self._transport
+        if self._producing or not isinstance(transport, tcp.Connection) or not _idle(transport):
+            self.write(data)
+            return
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0  # full, or broken: Twisted's own write deals with it
+        if sent < len(data):
+            self._transport.write(data[sent:])
 
     def write_sequence(self, parts: Sequence[bytes]) -> None:
         """Write ``parts`` in order after everything written before them; large ones are not joined."""
@@ -111,3 +130,10 @@ class FrameWriter:
         if self._producing:
             self._producing = False
             self._transport.unregisterProducer()
+
+
+def _idle(transport: tcp.Connection) -> bool:
+    """Connected, not closing, and nothing in Twisted's write buffer (its attributes, read only)."""
+    if not transport.connected or transport.disconnecting:
+        return False
+    return len(transport.dataBuffer) == transport.offset and not transport._tempDataBuffer

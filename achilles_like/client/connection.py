@@ -116,7 +116,7 @@ class ClientProtocol(Protocol):
             if frame.verb == msg.Ping.VERB:
                 # Answered here, in the reactor thread, so a busy caller still looks alive.
                 if self.transport is not None:
-                    self.out.write(_PONG)
+                    self.out.write_now(_PONG)
                 continue
             inbox = self._inbox(frame)
             if inbox is not None:

@@ -69,6 +69,7 @@ from achilles_like.serialization import RemoteFailure, dumps
 from achilles_like.tls import client_creator
 
 log = logging.getLogger("achilles_like.node")
+_PONG = msg.Pong().to_bytes()
 
 # Tasks a node holds per process (running and queued): two, so a worker never idles for a
 # round trip; eight while its tasks are short (under SHORT_TASK on average, measured over
@@ -428,7 +429,7 @@ class NodeProtocol(Protocol):
                 options = JobOptions(job.timeout, job.maxtasks, job.output, job.running)
                 self.agent.add_job(job.job, job.body, options)
             case msg.Ping():
-                self.send(msg.Pong().to_bytes())
+                self.out.write_now(_PONG)
             case msg.Pong():
                 pass
             case msg.Cancel(job=job):

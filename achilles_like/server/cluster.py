@@ -209,7 +209,7 @@ class ServerProtocol(Protocol):
             return
         message = msg.decode(frame)
         if isinstance(message, msg.Ping):
-            self.send(_PONG)
+            self.send_now(_PONG)
         elif isinstance(message, msg.Pong):
             pass
         elif self.role == "node":
@@ -218,6 +218,13 @@ class ServerProtocol(Protocol):
             self.cluster.controller_message(self, message)
         else:
             self.cluster.admin_message(self, message)
+
+    def send_now(self, data: bytes) -> None:
+        """Send a lone heartbeat frame at once (``FrameWriter.write_now``) unless closing."""
+        if not self.closed and self.transport is not None:
+            self.cluster.events.bytes_sent(len(data))  # metrics hook
+            self.last_sent = self.cluster.clock.seconds()
+            self.out.write_now(data)
 
     def send(self, data: bytes) -> None:
         """Write bytes unless the connection is closing."""
@@ -419,7 +426,7 @@ class ClusterServer(ServerFactory):
         for peer in drop:
             peer.abort(f"silent for {now - peer.last_seen:.1f}s (heartbeat timeout)")
         for peer in ping:
-            peer.send(_PING)
+            peer.send_now(_PING)
         self.execute(self.scheduler.tick(now, self.options.no_node_timeout))
 
     # -- controllers ---------------------------------------------------------
