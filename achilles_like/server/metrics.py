@@ -113,17 +113,21 @@ class ServerStats:
     # -- hooks called by the server glue ---------------------------------------
 
     def observe(self, actions: list[act.Action]) -> None:
-        """Count what the scheduler's actions say happened (called before they are carried out)."""
+        """Count what the scheduler's actions say happened (called before they are carried out).
+
+        Called for every frame the server handles, with an action or two per task: the
+        clock is read once per call, and no pattern matching per action.
+        """
+        now = self._now()
         for action in actions:
-            match action:
-                case act.AssignTask(_, job_id, task_id, attempt, _):
-                    self._assigned(job_id, task_id, attempt)
-                case act.ForwardResult(_, job_id, task_id, ok, _):
-                    self._finished(job_id, task_id, ok)
-                case act.JobStarted(_, job_id):
-                    self._started(job_id)
-                case act.JobEnded(_, job_id, outcome, reason, task_id):
-                    self._ended(job_id, outcome, reason, task_id)
+            if isinstance(action, act.AssignTask):
+                self._assigned(action.job_id, action.task_id, action.attempt, now)
+            elif isinstance(action, act.ForwardResult):
+                self._finished(action.job_id, action.task_id, action.ok, now)
+            elif isinstance(action, act.JobStarted):
+                self._started(action.job_id)
+            elif isinstance(action, act.JobEnded):
+                self._ended(action.job_id, action.outcome, action.reason, action.task_id)
 
     def bytes_received(self, count: int) -> None:
         """A peer sent ``count`` bytes."""
@@ -177,20 +181,20 @@ class ServerStats:
 
     # -- internals -------------------------------------------------------------
 
-    def _assigned(self, job_id: int, task_id: int, attempt: int) -> None:
+    def _assigned(self, job_id: int, task_id: int, attempt: int, now: float) -> None:
         record = self._jobs.get(job_id)
         if record is not None:
-            record.assigned_at[task_id] = self._now()
+            record.assigned_at[task_id] = now
         if attempt > 1:
             self.retried.inc()
             if record is not None:
                 record.retries += 1
 
-    def _finished(self, job_id: int, task_id: int, ok: bool) -> None:
+    def _finished(self, job_id: int, task_id: int, ok: bool, now: float) -> None:
         record = self._jobs.get(job_id)
         started = None if record is None else record.assigned_at.pop(task_id, None)
         if started is not None:
-            self.task_seconds.observe(max(0.0, self._now() - started))
+            self.task_seconds.observe(max(0.0, now - started))
         if ok:
             self.tasks_completed += 1
             if record is not None:
