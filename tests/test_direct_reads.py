@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from twisted.internet import main, tcp
 from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactor
 
 from achilles_like import direct_reads
 from achilles_like.protocol.frames import Frame, FrameDecoder, encode_frame
@@ -38,7 +39,7 @@ def pair() -> Iterator[Pair]:
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     collector = Collector()
-    connection = tcp.Connection(ours, collector)
+    connection = tcp.Connection(ours, collector, MemoryReactor())  # not the library's running reactor
     collector.makeConnection(connection)
     counted: list[int] = []
     direct_reads.install(connection, collector.decoder, counted.append)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 
 from achilles_like.frame_writer import FrameWriter
 
@@ -21,7 +21,7 @@ def connected() -> Iterator[tuple[tcp.Connection, FrameWriter, socket.socket]]:
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     theirs.settimeout(5)
-    connection = tcp.Connection(ours, Protocol())
+    connection = tcp.Connection(ours, Protocol(), MemoryReactor())  # not the library's running reactor
     connection.connected = True
     writer = FrameWriter()
     writer.attach(connection)
