@@ -451,6 +451,7 @@ class Scheduler:
             return []
         actions: list[Action] = []
         started, held = self._started, job.held
+        freed = 0  # slots this frame frees on the node, given back at once below
         for task_id, attempt, ok, blob in results:
             task = held.get(task_id)
             if task is None or job_id not in started or not _is_current(task, node_id, attempt):
@@ -461,13 +462,20 @@ class Scheduler:
                 if not ok:
                     job.failed_tasks += 1
                 self._finish(job, task, node)
-                if len(job.done) == job.total_tasks:
+                freed += 1
+                if job.total_tasks is not None and len(job.done) == job.total_tasks:
+                    self._free.change(node_id, freed)  # _end_job counts the slots it frees itself
+                    freed = 0
                     actions += self._end_job(job, JobOutcome.DONE)
                 continue
             task.move_to(TaskState.FAILED)
-            self._release(node, job_id, task_id)
+            node.inflight.remove((job_id, task_id))
+            self._free.change(node_id, freed + 1)
+            freed = 0
             reason = f"task {task_id} raised an exception on node {node_id}"
             actions += self._end_job(job, JobOutcome.FAILED, reason, task_id)
+        if freed:
+            self._free.change(node_id, freed)
         if job_id in started:
             actions += self._dispatch() + self._top_up([job])
             if job.idle:
@@ -702,7 +710,7 @@ class Scheduler:
             room, waiting = free.free(node_id), len(job.pending)
             count = room if waiting >= free.total_free else min(room, -(-waiting // free.free_nodes))
             for _ in range(count):
-                actions += self._assign(job, job.held[job.pending.popleft()], node)
+                self._assign(job, job.held[job.pending.popleft()], node, actions)
             free.change(node_id, -count)
         return actions
 
@@ -711,9 +719,8 @@ class Scheduler:
         node.inflight.remove((job_id, task_id))
         self._free.change(node.node_id, 1)
 
-    def _assign(self, job: _Job, task: _Task, node: _Node) -> list[Action]:
-        """Put ``task`` on ``node`` (the caller counts the slot in ``FreeSlots``)."""
-        actions: list[Action] = []
+    def _assign(self, job: _Job, task: _Task, node: _Node, actions: list[Action]) -> None:
+        """Put ``task`` on ``node``, adding to ``actions`` (the caller counts the slot in ``FreeSlots``)."""
         if node.node_id not in job.setup_sent_to:
             job.setup_sent_to.add(node.node_id)
             actions.append(SendJob(node.node_id, job.job_id, job.setup_blob))
@@ -722,19 +729,21 @@ class Scheduler:
             if task.fn not in sent:
                 sent.add(task.fn)
                 actions.append(SendFunction(node.node_id, job.job_id, task.fn, job.functions[task.fn]))
-        task.move_to(TaskState.ASSIGNED)
+        task.state = TaskState.ASSIGNED  # from PENDING: only pending tasks are dispatched
         task.attempt += 1
         task.node_id = node.node_id
         node.inflight.add((job.job_id, task.task_id))
         actions.append(AssignTask(node.node_id, job.job_id, task.task_id, task.attempt, task.blob, task.fn))
-        return actions
 
     def _finish(self, job: _Job, task: _Task, node: _Node) -> None:
-        """A task's current attempt completed on ``node``: DONE, its blob dropped, its slot free."""
-        task.move_to(TaskState.DONE)
+        """A task's current attempt completed on ``node``: DONE, its blob dropped.
+
+        The caller gives its slot back (``FreeSlots.change``), once per frame of results.
+        """
+        task.state = TaskState.DONE  # ASSIGNED -> DONE, a legal move (_is_current checked ASSIGNED)
         del job.held[task.task_id]  # drops the task blob: results never need it again
         job.done.add(task.task_id)
-        self._release(node, job.job_id, task.task_id)
+        node.inflight.remove((job.job_id, task.task_id))
         node.tasks_done += 1
 
     def _end_job(
