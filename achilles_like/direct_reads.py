@@ -7,8 +7,10 @@ larger than a small read is arriving on a plain TCP connection,
 :func:`install` makes the transport ``recv_into`` the decoder's own buffer
 (:meth:`FrameDecoder.body_view`) instead, then calls ``dataReceived(b"")``
 so the protocol sees the frame once it is whole, exactly as if it had come
-through ``dataReceived``. Between bodies, and on TLS connections (whose
-bytes must be decrypted first), Twisted's own read runs unchanged.
+through ``dataReceived``. Between bodies Twisted's own read runs unchanged.
+On TLS connections, whose bytes must be decrypted first, Twisted's read of
+the socket under TLS runs, sized by :func:`achilles_like.tcp.size_reads`:
+large while a large body is arriving, 64 KiB otherwise.
 
 A peer can make a connection read straight only as much as it announced
 within the frame limits, and only after it has authenticated: before that,
@@ -24,7 +26,7 @@ from typing import Any
 from twisted.internet import main, tcp
 
 from achilles_like.protocol.frames import FrameDecoder
-from achilles_like.tcp import SMALL_READ
+from achilles_like.tcp import SMALL_READ, size_reads
 
 _RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
@@ -33,9 +35,11 @@ def install(transport: Any, decoder: FrameDecoder, on_read: Callable[[int], obje
     """Make ``transport`` read large bodies straight into ``decoder``'s buffer (plain TCP only).
 
     ``on_read(count)`` hears of the bytes read so (``dataReceived`` is called with none).
+    Over TLS the socket is read by Twisted, in pieces sized to the body arriving.
     """
     if not isinstance(transport, tcp.Connection):
-        return  # TLS, or a test's transport: Twisted's read
+        _install_sized(getattr(transport, "transport", None), decoder)
+        return
     twisted_read = transport.doRead
     sock = transport.socket
 
@@ -58,3 +62,16 @@ def install(transport: Any, decoder: FrameDecoder, on_read: Callable[[int], obje
         return None
 
     transport.doRead = do_read  # type: ignore[method-assign]  # the reactor calls the instance's doRead
+
+
+def _install_sized(inner: Any, decoder: FrameDecoder) -> None:
+    """Under TLS: size each read of the socket to the body arriving (a test's transport: nothing)."""
+    if not isinstance(inner, tcp.Connection):
+        return
+    twisted_read = inner.doRead
+
+    def do_read() -> Any:
+        size_reads(inner, decoder.body_missing)
+        return twisted_read()
+
+    inner.doRead = do_read  # type: ignore[method-assign]  # the reactor calls the instance's doRead

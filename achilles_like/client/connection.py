@@ -26,7 +26,7 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapCl
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from achilles_like import direct_reads, tcp
+from achilles_like import connection_setup
 from achilles_like.client import reactor_thread
 from achilles_like.config import Settings
 from achilles_like.errors import (
@@ -36,7 +36,7 @@ from achilles_like.errors import (
     ProtocolViolationError,
 )
 from achilles_like.frame_writer import FrameWriter
-from achilles_like.liveness import SERVER_SILENCE_TIMEOUT, enable_keepalive
+from achilles_like.liveness import SERVER_SILENCE_TIMEOUT
 from achilles_like.plain_or_tls import PREAMBLE, explain_early_close, server_is_plain
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder
 from achilles_like.protocol import messages as msg
@@ -85,10 +85,7 @@ class ClientProtocol(Protocol):
         self.out = FrameWriter()  # every write: large bodies are fed in slices, in order
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
-        self.out.attach(self.transport)
-        tcp.tune(self.transport)
-        enable_keepalive(self.transport)
-        direct_reads.install(self.transport, self.decoder)
+        connection_setup.prepare(self.transport, self.out, self.decoder)
         self.out.write(PREAMBLE)  # a TLS server refuses it at once
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
@@ -107,7 +104,6 @@ class ClientProtocol(Protocol):
             if self.transport is not None:
                 self.transport.loseConnection()
             return
-        tcp.size_reads(self.transport, self.decoder.body_missing)
         self._route(frames)
 
     def _route(self, frames: list[Frame]) -> None:

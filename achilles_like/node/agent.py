@@ -53,11 +53,11 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, ReconnectingClientFactory, connectionDone
 from twisted.python.failure import Failure
 
-from achilles_like import direct_reads, tcp
+from achilles_like import connection_setup
 from achilles_like.config import Settings, load_settings, usable_cpus
 from achilles_like.errors import AuthenticationError, ProtocolError, ProtocolViolationError, TaskTimeoutError
 from achilles_like.frame_writer import FrameWriter
-from achilles_like.liveness import SERVER_SILENCE_TIMEOUT, SilenceWatch, enable_keepalive
+from achilles_like.liveness import SERVER_SILENCE_TIMEOUT, SilenceWatch
 from achilles_like.node.worker_pool import Outcome, WorkerPool, WorkItem
 from achilles_like.plain_or_tls import PREAMBLE, explain_early_close
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder
@@ -361,10 +361,7 @@ class NodeProtocol(Protocol):
         self.out = FrameWriter()  # every write: large bodies are fed in slices, in order
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
-        self.out.attach(self.transport)
-        tcp.tune(self.transport)
-        enable_keepalive(self.transport)
-        direct_reads.install(self.transport, self.decoder)
+        connection_setup.prepare(self.transport, self.out, self.decoder)
         self.watch.start()
         clock = self.factory.clock or _reactor()
         self._hello_wait = clock.callLater(self.factory.hello_timeout, self._hello_overdue)
@@ -399,8 +396,6 @@ class NodeProtocol(Protocol):
                 self._handle(frame)
             if self.decoder.error is not None:
                 raise self.decoder.error
-            if self.transport is not None:
-                tcp.size_reads(self.transport, self.decoder.body_missing)
         except AuthenticationError as error:
             # Whoever sent this has not proved the secret: retry, never stop.
             self.factory.handshake_failed(str(error))

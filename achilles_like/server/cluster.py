@@ -63,7 +63,7 @@ from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTCP, I
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.python.failure import Failure
 
-from achilles_like import direct_reads, tcp
+from achilles_like import connection_setup
 from achilles_like.config import LOOPBACK_HOSTS, Settings, generate_secret
 from achilles_like.errors import (
     AuthenticationError,
@@ -72,7 +72,7 @@ from achilles_like.errors import (
     ProtocolViolationError,
 )
 from achilles_like.frame_writer import FrameWriter
-from achilles_like.liveness import IDLE_PING_INTERVAL, SERVER_SILENCE_TIMEOUT, enable_keepalive
+from achilles_like.liveness import IDLE_PING_INTERVAL, SERVER_SILENCE_TIMEOUT
 from achilles_like.protocol import Frame, FrameDecoder, ServerHandshake
 from achilles_like.protocol import messages as msg
 from achilles_like.protocol.batch import Entry
@@ -148,10 +148,7 @@ class ServerProtocol(Protocol):
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
         assert self.transport is not None
-        self.out.attach(self.transport)
-        tcp.tune(self.transport)
-        enable_keepalive(self.transport)
-        direct_reads.install(self.transport, self.decoder, self.cluster.events.bytes_received)
+        connection_setup.prepare(self.transport, self.out, self.decoder, self.cluster.events.bytes_received)
         self.address = _describe(self.transport.getPeer())
         self.last_seen = self.cluster.clock.seconds()
         self.cluster.admit_pending(self)  # flood guard: may close older unauthenticated connections
@@ -183,7 +180,6 @@ class ServerProtocol(Protocol):
                     return
             if self.decoder.error is not None:
                 raise self.decoder.error
-            tcp.size_reads(self.transport, self.decoder.body_missing)
         except AuthenticationError as error:
             self.cluster.warn(self.host, "refused %s: %r", self.address, str(error))
             self.cluster.throttle.failed(self.host, self.cluster.clock.seconds())
