@@ -131,8 +131,10 @@ class IMapIterator:
     Chunks arrive whole; ordered results go through one :class:`ReorderBuffer`
     and are handed out from a queue of ready chunks, so placing a chunk costs
     one step, not one per item. ``stop_at_failure`` (the module functions)
-    raises a failure as soon as it arrives instead of after the items before
-    it: the job has ended, and those items will not come.
+    ends the iteration at the first failure to arrive: the results already
+    in order before it are handed out (the failing chunk's own items before
+    the failure included), then the failure is raised. The job has ended, so
+    results still missing before it will not come.
     """
 
     def __init__(
@@ -227,7 +229,7 @@ class IMapIterator:
 
     def _add_chunk(self, index: int, outcomes: Outcomes) -> None:
         if self.stop_at_failure and not outcomes.ok:
-            self._fail(outcomes.first_failure() or RuntimeError("a task failed"))
+            self._stop_at(index, outcomes)
             return
         with self._cond:
             if self._failed:
@@ -254,15 +256,31 @@ class IMapIterator:
             self._finished()  # closes the progress bar if everything is in already
             self._cond.notify_all()
 
+    def _stop_at(self, index: int, outcomes: Outcomes) -> None:
+        """Hand out what is in order before chunk ``index``'s first failure, then that failure."""
+        good: list[Any] = []
+        error: BaseException = RuntimeError("a task failed")
+        for ok, value in outcomes.items:
+            if not ok:
+                error = value
+                break
+            good.append(value)
+        with self._cond:
+            if self._failed:
+                return
+            # In order, the failing chunk's good items come out only if every chunk before it
+            # has; chunks after it never do.
+            if not self._ordered or self._reorder.next_index == index:
+                self._append(Outcomes(True, good))
+        self._fail(error)
+
     def _fail(self, error: BaseException) -> None:
+        """End the iteration with ``error``, after the results already in order (later ones are dropped)."""
         with self._cond:
             if self._failed:
                 return
             self._failed = True
             self._reorder = ReorderBuffer()
-            if self.stop_at_failure:
-                self._chunks.clear()
-                self._offset = 0
             self._chunks.append(Outcomes(False, [(False, error)]))
             self._total_chunks = self._chunks_in
             if self._progress is not None:
