@@ -10,19 +10,23 @@ from twisted.internet.task import Clock
 from achilles_like.config import Settings
 from achilles_like.node import agent as agent_module
 from achilles_like.node.agent import (
-    DEEP_PREFETCH_PER_PROCESS,
     DEPTH_SAMPLES,
     DEPTH_WINDOW,
     IDLE_RESET,
+    MAX_PREFETCH_PER_PROCESS,
     PREFETCH_PER_PROCESS,
+    QUEUED_BYTES,
+    QUEUED_WORK,
     RESULT_DELAY,
-    SHORT_TASK,
     JobOptions,
     NodeAgent,
+    depth_for,
 )
 from achilles_like.node.worker_pool import Outcome, WorkItem
 from achilles_like.protocol import FrameDecoder
 from achilles_like.protocol import messages as msg
+
+SHORT_TASK = QUEUED_WORK / 32  # a task length that makes a node deep (a few tasks per process)
 
 
 class FakePool:
@@ -128,14 +132,15 @@ def test_a_cancelled_job_sends_none_of_its_gathered_results(node: Any) -> None:
 
 
 def test_short_tasks_deepen_the_node_and_long_ones_make_it_shallow_again(node: Any) -> None:
-    """Tasks finishing far faster than SHORT_TASK make the node offer deep slots; slow ones bring it back."""
+    """Short tasks make the node offer about QUEUED_WORK of them per process; slow ones bring it back."""
     agent, pool, protocol, clock = node
     for task in range(3, 3 + DEPTH_SAMPLES * 2):
         agent.add_task(1, task, 1, 0, b"items")
     for item in pool.items[:-1]:  # the last stays held: the node is never idle here
         clock.advance(SHORT_TASK / 10)
         finish(agent, item)
-    deep = 2 * DEEP_PREFETCH_PER_PROCESS
+    deep = 2 * depth_for(2 * SHORT_TASK / 10, len(b"items"))
+    assert deep > 2 * PREFETCH_PER_PROCESS
     assert msg.Slots(slots=deep) in protocol.sent and agent.slots == deep
     protocol.sent.clear()
     agent.add_task(1, 1000, 1, 0, b"items")
@@ -152,12 +157,13 @@ def test_a_node_left_with_nothing_goes_back_to_shallow_slots(node: Any) -> None:
     for item in pool.items[:-1]:
         clock.advance(SHORT_TASK / 10)
         finish(agent, item)
-    assert agent.slots == 2 * DEEP_PREFETCH_PER_PROCESS
+    deep = 2 * depth_for(2 * SHORT_TASK / 10, len(b"items"))
+    assert agent.slots == deep > 2 * PREFETCH_PER_PROCESS
     finish(agent, pool.items[-1])
     clock.advance(IDLE_RESET / 2)
     agent.add_task(1, 1000, 1, 0, b"items")  # a drained pipeline, refilled in time: still deep
     clock.advance(IDLE_RESET)
-    assert agent.slots == 2 * DEEP_PREFETCH_PER_PROCESS
+    assert agent.slots == deep
     finish(agent, pool.items[-1])
     clock.advance(IDLE_RESET)
     assert agent.slots == 2 * PREFETCH_PER_PROCESS
@@ -180,3 +186,25 @@ def test_withdrawing_the_job_s_last_held_tasks_lets_its_gathered_results_leave(
     withdrawn = [m.task for m in protocol.sent if isinstance(m, msg.Withdrawn)]
     results = [entry[0] for m in protocol.sent if isinstance(m, msg.Results) for entry in m.entries]
     assert (withdrawn, results) == ([1, 2], [0])
+
+
+def test_the_depth_holds_about_queued_work_seconds_and_at_most_queued_bytes() -> None:
+    """Depth doubles while the queued work and bytes stay within bounds, from 2 up to the maximum."""
+    assert depth_for(0.0, 0) == MAX_PREFETCH_PER_PROCESS
+    assert depth_for(QUEUED_WORK, 0) == PREFETCH_PER_PROCESS
+    assert depth_for(QUEUED_WORK / 16, 0) == 16
+    assert depth_for(QUEUED_WORK / 20, 0) == 16  # a power of two, within the bound
+    assert depth_for(0.0, QUEUED_BYTES / 8) == 8
+    assert depth_for(0.0, QUEUED_BYTES) == PREFETCH_PER_PROCESS  # large arguments: never deep
+    assert depth_for(QUEUED_WORK / 4, QUEUED_BYTES / 64) == 4  # the tighter bound wins
+
+
+def test_large_task_bodies_keep_the_node_shallow(node: Any) -> None:
+    """Instant tasks with bodies of QUEUED_BYTES / 4 make the node hold four per process, not the maximum."""
+    agent, pool, _, _ = node
+    body = bytes(QUEUED_BYTES // 4)
+    for task in range(3, 3 + DEPTH_SAMPLES * 2):
+        agent.add_task(1, task, 1, 0, body)
+    for item in pool.items[:-1]:
+        finish(agent, item)
+    assert agent.slots == 2 * 4

@@ -18,9 +18,11 @@ killed and is reported as a timeout error for its items.
 
 The server may send up to ``PREFETCH_PER_PROCESS × processes`` tasks,
 several in one TASK frame, so a worker never idles for a round trip; while
-the node's tasks are short it offers ``DEEP_PREFETCH_PER_PROCESS`` per
-process instead (``SLOTS``), so that finished results can wait to share a
-RESULT frame (``_finished``) while the workers stay busy. A CANCEL drops
+the node's tasks are short it offers more per process (``SLOTS``, see
+``depth_for``: about ``QUEUED_WORK`` seconds and at most ``QUEUED_BYTES`` of
+tasks per process, up to ``MAX_PREFETCH_PER_PROCESS``), so that tasks
+arrive and results leave in large frames (``_finished``) while the workers
+stay busy. A CANCEL drops
 the job's queued tasks (and its results not yet sent) and kills the workers
 still running one, so the next job starts at once on fresh workers.
 
@@ -72,13 +74,15 @@ log = logging.getLogger("achilles_like.node")
 _PONG = msg.Pong().to_bytes()
 
 # Tasks a node holds per process (running and queued): two, so a worker never idles for a
-# round trip; eight while its tasks are short (under SHORT_TASK on average, measured over
-# DEPTH_WINDOW), so results share frames (up to half the slots' worth) while the workers
-# stay busy. Deep is cheap per task but leaves a longer tail of queued tasks at a job's
-# end, which only matters when tasks are long: then the node offers two again (SLOTS).
+# round trip; more while its tasks are short (measured over DEPTH_WINDOW), so tasks come and
+# results leave in large frames: every frame costs a send, a wake-up and a reactor turn on
+# each hop, whatever it carries. Deep leaves a tail of queued tasks at a job's end, so a node
+# holds about QUEUED_WORK seconds of work per process, and no more than QUEUED_BYTES of
+# task bodies (large arguments are memory on the node and a long transfer to wait behind).
 PREFETCH_PER_PROCESS = 2
-DEEP_PREFETCH_PER_PROCESS = 8
-SHORT_TASK = 0.005
+MAX_PREFETCH_PER_PROCESS = 64
+QUEUED_WORK = 0.02
+QUEUED_BYTES = 32 * 2**20
 DEPTH_WINDOW = 0.5
 DEPTH_SAMPLES = 32  # per process: a measurement also ends after this many finished tasks
 IDLE_RESET = 0.1  # seconds with no task before a deep node offers the shallow slots again
@@ -87,6 +91,18 @@ HELLO_TIMEOUT = 5.0  # seconds to wait for the server's first message (HELLO) on
 _REMEMBERED_JOBS = 8
 # Longest a finished task's result waits to share a frame with others (see NodeAgent._finished).
 RESULT_DELAY = 0.002
+
+
+def depth_for(task_seconds: float, task_bytes: float) -> int:
+    """Tasks to hold per process for tasks of this average length and body size (a power of two)."""
+    depth = PREFETCH_PER_PROCESS
+    while (
+        depth < MAX_PREFETCH_PER_PROCESS
+        and 2 * depth * task_seconds <= QUEUED_WORK
+        and 2 * depth * task_bytes <= QUEUED_BYTES
+    ):
+        depth *= 2
+    return depth
 
 
 def job_key(generation: int, job_id: int) -> int:
@@ -116,6 +132,8 @@ class NodeAgent:
         self._idle_call: IDelayedCall | None = None
         self._window_start = 0.0  # when the current measurement of task length began
         self._done_in_window = 0
+        self._bytes_in_window = 0  # task bodies received in the measurement, and how many
+        self._added_in_window = 0
         self.generation = 0
         self.closed = False
 
@@ -130,7 +148,7 @@ class NodeAgent:
         self.generation += 1
         self.protocol = protocol
         self.depth = PREFETCH_PER_PROCESS  # what REGISTER offers; deepened once tasks prove short
-        self._window_start, self._done_in_window = self.reactor.seconds(), 0
+        self._start_window()
 
     def detach(self, protocol: NodeProtocol) -> None:
         """The connection is gone: drop its work (the server re-queues it)."""
@@ -175,6 +193,8 @@ class NodeAgent:
         item.capture = options.output
         item.report_start = options.running
         self.holding[job_id] = self.holding.get(job_id, 0) + 1
+        self._bytes_in_window += len(blob)
+        self._added_in_window += 1
         self.workers.submit(item)
 
     def withdraw(self, job_id: int, task_id: int, attempt: int) -> None:
@@ -267,7 +287,7 @@ class NodeAgent:
             self._schedule_flush(RESULT_DELAY)
 
     def _measure(self) -> None:
-        """Count a finished task; after a measurement, offer deep slots if tasks were short, else shallow.
+        """Count a finished task; after a measurement, offer the slots ``depth_for`` its tasks.
 
         A measurement lasts DEPTH_WINDOW seconds or DEPTH_SAMPLES tasks per process,
         whichever ends first, so a burst of tiny tasks deepens the node within a few
@@ -284,8 +304,9 @@ class NodeAgent:
         elapsed = now - self._window_start
         if elapsed < DEPTH_WINDOW and self._done_in_window < DEPTH_SAMPLES * self.processes:
             return
-        short = self.processes * elapsed < SHORT_TASK * self._done_in_window
-        self._offer(DEEP_PREFETCH_PER_PROCESS if short else PREFETCH_PER_PROCESS)
+        task_seconds = self.processes * elapsed / self._done_in_window
+        task_bytes = self._bytes_in_window / max(1, self._added_in_window)
+        self._offer(depth_for(task_seconds, task_bytes))
 
     def _idle_check(self) -> None:
         """Still no task IDLE_RESET seconds after the last one finished: offer the shallow slots again."""
@@ -295,10 +316,14 @@ class NodeAgent:
 
     def _offer(self, depth: int) -> None:
         """Offer ``depth`` tasks per process from now on (a SLOTS frame if that changes anything)."""
-        self._window_start, self._done_in_window = self.reactor.seconds(), 0
+        self._start_window()
         if depth != self.depth and self.protocol is not None:
             self.depth = depth
             self.protocol.send(msg.Slots(slots=self.slots).to_bytes())
+
+    def _start_window(self) -> None:
+        self._window_start, self._done_in_window = self.reactor.seconds(), 0
+        self._bytes_in_window = self._added_in_window = 0
 
     def _schedule_flush(self, delay: float) -> None:
         if self._flush_call is not None and self._flush_call.active():
