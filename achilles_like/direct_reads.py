@@ -8,6 +8,8 @@ larger than a small read is arriving on a plain TCP connection,
 (:meth:`FrameDecoder.body_view`) instead, then calls ``dataReceived(b"")``
 so the protocol sees the frame once it is whole, exactly as if it had come
 through ``dataReceived``. Between bodies Twisted's own read runs unchanged.
+A body the decoder streams to a sink (``FrameDecoder.stream_body``) has no
+buffer to read into: Twisted's read takes it, :data:`STREAM_READ` at a time.
 On TLS connections, whose bytes must be decrypted first, Twisted's read of
 the socket under TLS runs, sized by :func:`achilles_like.tcp.size_reads`:
 large while a large body is arriving, 64 KiB otherwise.
@@ -29,6 +31,9 @@ from achilles_like.protocol.frames import FrameDecoder
 from achilles_like.tcp import SMALL_READ, size_reads
 
 _RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
+# A streamed body's reads: each is a new bytes object that lives until its sink has used it,
+# so this bounds what a read adds to the sink's window; 1 MiB keeps a read's cost per byte low.
+STREAM_READ = 1 << 20
 
 
 def install(transport: Any, decoder: FrameDecoder, on_read: Callable[[int], object] | None = None) -> None:
@@ -46,6 +51,12 @@ def install(transport: Any, decoder: FrameDecoder, on_read: Callable[[int], obje
     def do_read() -> Any:
         if decoder.body_missing <= SMALL_READ or decoder.error is not None:
             return twisted_read()
+        if decoder.streaming:
+            transport.bufferSize = min(decoder.body_missing, STREAM_READ)
+            try:
+                return twisted_read()
+            finally:
+                transport.bufferSize = SMALL_READ
         view = decoder.body_view()
         try:
             count = sock.recv_into(view)

@@ -30,7 +30,9 @@ Cases (``--only`` takes these names, comma-separated):
   (Linux ``/proc``), with the per-process split for achilles_like;
 - ``memory``: peak RSS growth of each process (controller, server, node,
   worker) for one 64 MiB argument, one 64 MiB result, and both in one task,
-  as a multiple of the body, on a fresh cluster each (Linux ``/proc``).
+  as a multiple of the body, on a fresh cluster each (Linux ``/proc``). A hop
+  that must hold two bodies at once (the server keeps a task's argument for a
+  retry until its result is in) also shows its growth per body held.
 """
 
 from __future__ import annotations
@@ -375,12 +377,17 @@ def memory_rows(bench: Bench) -> list[Row]:
     return [
         ("peak RSS growth per hop, 64 MiB in", "", _hop_growth(size_of, body), ""),
         ("peak RSS growth per hop, 64 MiB out", "", _hop_growth(make_hop_body, 0), ""),
-        ("peak RSS growth per hop, 64 MiB in + 64 MiB out", "", _hop_growth(echo, body), ""),
+        # The server keeps the argument (for a retry) until the result is in: two bodies by contract.
+        ("peak RSS growth per hop, 64 MiB in + 64 MiB out", "", _hop_growth(echo, body, {"server": 2}), ""),
     ]
 
 
-def _hop_growth(function: Callable[[Any], Any], argument: Any) -> str:
-    """Each process's peak RSS growth over one ``map(function, [argument])``, as a multiple of 64 MiB."""
+def _hop_growth(function: Callable[[Any], Any], argument: Any, holds: dict[str, int] | None = None) -> str:
+    """Each process's peak RSS growth over one ``map(function, [argument])``, as a multiple of 64 MiB.
+
+    ``holds`` names the processes that must hold more than one body at once, and how many:
+    their growth is also given per body held.
+    """
     # A fresh cluster: earlier cases' large bodies must not have warmed its allocators.
     with LocalCluster(nodes=1, processes=1) as cluster:
         assert cluster.server is not None
@@ -401,7 +408,15 @@ def _hop_growth(function: Callable[[Any], Any], argument: Any) -> str:
         peak = {name: _measure.status_kib(pid, "VmHWM") for name, pid in pids.items()}
         growth = {name: (peak[name] - start[name]) * 1024 for name in pids}
         del result
-    return ", ".join(f"{name} {grown / HOP_BODY_BYTES:.2f}×" for name, grown in growth.items())
+    held = holds or {}
+
+    def cell(name: str, grown: float) -> str:
+        text = f"{name} {grown / HOP_BODY_BYTES:.2f}×"
+        if held.get(name, 1) > 1:
+            text += f" (holds {held[name]} bodies: {grown / HOP_BODY_BYTES / held[name]:.2f}× per body)"
+        return text
+
+    return ", ".join(cell(name, grown) for name, grown in growth.items())
 
 
 CASES: dict[str, Callable[[Bench], list[Row]]] = {

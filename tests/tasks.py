@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -149,3 +150,43 @@ def shout(x: int) -> int:
     print(f"out {x}")
     print(f"err {x}", file=sys.stderr)
     return x
+
+
+def where_unpickled(payload: Any) -> tuple[str, Any]:
+    """What a :class:`ThreadTag` unpickles to: the name of the thread that unpickled it, and its payload."""
+    return threading.current_thread().name, payload
+
+
+class ThreadTag:
+    """A value that says, once unpickled, which thread of the caller's process unpickled it."""
+
+    def __init__(self, payload: Any) -> None:
+        self.payload = payload
+
+    def __reduce__(self) -> tuple[Any, tuple[Any]]:
+        return where_unpickled, (self.payload,)
+
+
+def tagged(size: int) -> ThreadTag:
+    """A ``size``-byte payload (and a bytearray and a str beside it) in a :class:`ThreadTag`."""
+    return ThreadTag([bytes(range(256)) * (size // 256), bytearray(b"\x05" * 300_000), "é" * 200_000])
+
+
+def refuse_to_load(size: int) -> None:
+    """Raise: what unpickling a :class:`LoadFails` calls."""
+    raise ValueError(f"a {size}-byte result refuses to be unpickled")
+
+
+class LoadFails:
+    """A value that pickles on a node and raises when the caller unpickles it."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __reduce__(self) -> tuple[Any, tuple[int]]:
+        return refuse_to_load, (self.size,)
+
+
+def fails_to_load(size: int) -> list[Any]:
+    """A ``size``-byte result whose last part cannot be unpickled by the caller."""
+    return [b"\x01" * size, LoadFails(size)]

@@ -10,7 +10,10 @@ so a burst of results wakes its reader once. The reader writes through
 :meth:`Connection.send`, which hops to the reactor thread with
 ``callFromThread``. Nothing a peer sends is unpickled here: the reading
 thread unpickles result bodies, and only after the server has proved it
-knows the secret.
+knows the secret. A large result is the exception to "whole frames": once
+the server has authenticated, its body is streamed to a thread that
+unpickles it as it arrives (``client/streamed_results.py``), and its frame
+is routed as soon as its header is read.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from achilles_like import connection_setup
-from achilles_like.client import reactor_thread
+from achilles_like.client import reactor_thread, streamed_results
 from achilles_like.config import Settings
 from achilles_like.errors import (
     AuthenticationError,
@@ -83,6 +86,7 @@ class ClientProtocol(Protocol):
         self.lost = False
         self.received_any = False  # nothing at all before a close: a TLS server, most likely
         self.out = FrameWriter()  # every write: large bodies are fed in slices, in order
+        self.streamed: streamed_results.StreamedResult | None = None  # the latest large result
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
         connection_setup.prepare(self.transport, self.out, self.decoder)
@@ -115,10 +119,24 @@ class ClientProtocol(Protocol):
                     self.out.write_now(_PONG)
                 continue
             inbox = self._inbox(frame)
+            if isinstance(frame.stream, streamed_results.StreamedResult):
+                if inbox is not None:
+                    frame.stream.start()  # unpickled as it arrives; the driver waits for its value
+                else:
+                    frame.stream.skip()  # nobody wants it: its body goes by, never unpickled
             if inbox is not None:
                 batches.setdefault(id(inbox), (inbox, []))[1].append(frame)
         for inbox, batch in batches.values():
             inbox.put(batch)
+
+    def _stream_body(
+        self, verb: str, fields: dict[str, str], length: int
+    ) -> streamed_results.StreamedResult | None:
+        """The decoder's hook: a large result's body goes to a streamed unpickle, not a buffer."""
+        if not streamed_results.wanted(verb, fields, length):
+            return None
+        self.streamed = streamed_results.StreamedResult(length, self)
+        return self.streamed
 
     def _inbox(self, frame: Frame) -> queue.SimpleQueue[Any] | None:
         """Where a frame goes: its job's inbox, the default one if it names no job, else nowhere.
@@ -149,6 +167,8 @@ class ClientProtocol(Protocol):
                 self.out.write(reply)
             if self.handshake.authenticated:
                 self.decoder.max_body = self.settings.max_body
+                if streamed_results.possible(self.transport):
+                    self.decoder.stream_body = self._stream_body
                 self.ready.callback(self)
         return frames
 
@@ -170,6 +190,8 @@ class ClientProtocol(Protocol):
         elif not self.failure and not self.received_any:
             message = f"{message}: {explain_early_close(reason, self.settings.client_tls)}"
         self._fail_ready(ClusterConnectionError(message))
+        if self.streamed is not None:
+            self.streamed.lose(message)  # before Lost: its reader raises what Lost would
         lost = Lost(message)
         # Copies: caller threads may add routes while this runs on the reactor thread.
         routes = [self.events, *self.by_ref.copy().values(), *self.by_job.copy().values()]

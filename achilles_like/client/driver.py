@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 from achilles_like import task_output
 from achilles_like.client.connection import Connection, Lost
+from achilles_like.client.streamed_results import StreamedResult
 from achilles_like.errors import ClusterConnectionError, JobFailedError
 from achilles_like.protocol import Frame
 from achilles_like.protocol import messages as msg
@@ -107,11 +108,13 @@ class Source(Protocol):
         """Nothing more can run: fail everything not yet delivered."""
 
 
-def decode_result(ok: bool, body: bytes, batch: Batch) -> tuple[Outcomes, RemoteFailure | None]:
-    """A RESULT body as one outcome per item, and the failure record if the whole task failed."""
+def decode_result(
+    ok: bool, body: bytes | StreamedResult, batch: Batch
+) -> tuple[Outcomes, RemoteFailure | None]:
+    """A RESULT body (or a streamed one's value) as one outcome per item, and the whole-task failure."""
     count = len(batch.items)
     try:
-        payload = loads(body)
+        payload = body.value() if isinstance(body, StreamedResult) else loads(body)
     except Exception as error:  # noqa: BLE001 - a result this process cannot unpickle
         return Outcomes.failed(error, count), None
     if ok:
@@ -286,7 +289,7 @@ class JobDriver:
         match msg.decode(frame):
             case msg.Results(entries=entries):
                 for task, _, ok, body in entries:
-                    self._result(task, bool(ok), body)
+                    self._result(task, bool(ok), body if frame.stream is None else _streamed(frame))
             case msg.Output(body=body):
                 task_output.replay(body, sys.stdout, sys.stderr)
             case msg.Running(task=task):
@@ -316,7 +319,9 @@ class JobDriver:
             case _:
                 pass  # nothing else is addressed to a job
 
-    def _result(self, task: int, ok: bool, body: bytes) -> None:
+    def _result(self, task: int, ok: bool, body: bytes | StreamedResult) -> None:
+        if isinstance(body, StreamedResult):
+            body.wait()  # a connection lost mid-body raises here, the task still in flight, as Lost does
         batch = self.inflight.pop(task, None)
         if self.withdrawing:
             self.withdrawing.discard(task)
@@ -349,6 +354,12 @@ class JobDriver:
         inflight, self.inflight = self.inflight, {}
         for batch in inflight.values():
             _deliver(batch, Outcomes.failed(error, len(batch.items)))
+
+
+def _streamed(frame: Frame) -> StreamedResult:
+    """The large result a RESULT frame's body streams into (``client/streamed_results.py``)."""
+    assert isinstance(frame.stream, StreamedResult)
+    return frame.stream
 
 
 def _deliver(batch: Batch, outcomes: Outcomes) -> None:

@@ -18,6 +18,13 @@ once, so a peer cannot make us reserve memory by announcing a huge frame.
 A server's decoder also limits bodies per verb and role (:func:`body_limits`):
 only task, function and result frames may be large, every control and admin
 frame is held to :data:`CONTROL_BODY_LIMIT`.
+
+A receiver may take a body as it arrives instead of whole: its
+:attr:`FrameDecoder.stream_body` hook, asked at each header, returns a
+:class:`BodySink` for the bodies it wants streamed. Such a frame comes out of
+``feed`` as soon as its header is read, empty, with the sink as its
+``stream``, and the sink is then given the body's bytes in order, by
+reference, as they arrive; the decoder never holds that body.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import quote, unquote
 
 from achilles_like.errors import FrameTooLargeError, ProtocolError, ProtocolViolationError
@@ -66,13 +74,21 @@ _COMMON_KEYS = frozenset({"job", "task", "fn", "attempt", "ok", "len", "n", "ref
 _NUMBER = re.compile(r"[0-9]{1,19}")
 
 
+class BodySink(Protocol):
+    """Where a streamed body's bytes go, in order, as they arrive (see ``FrameDecoder.stream_body``)."""
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """Take the next piece of the body (it may be kept: the bytes are not reused)."""
+
+
 @dataclass(frozen=True)
 class Frame:
-    """One decoded message: a verb, its header fields and its raw body."""
+    """One decoded message: a verb, its header fields and its raw body (or, streamed, its body's sink)."""
 
     verb: str
     fields: dict[str, str] = field(default_factory=dict)
     body: bytes = field(default=b"", repr=False)
+    stream: BodySink | None = field(default=None, compare=False, repr=False)
 
     def text(self, key: str, default: str | None = None) -> str:
         """Return field ``key``, or ``default``; a missing field with no default is a violation."""
@@ -190,6 +206,10 @@ class FrameDecoder:
         self._pending: tuple[str, dict[str, str], int] | None = None
         self._body: BodyBuffer | None = None
         self._error: ProtocolError | None = None
+        # Asked at each header announcing a body: a sink to stream it to, or None to hold it whole.
+        self.stream_body: Callable[[str, dict[str, str], int], BodySink | None] | None = None
+        self._sink: BodySink | None = None  # the sink of the body now arriving, if it is streamed
+        self._sink_missing = 0
 
     def feed(self, data: bytes) -> list[Frame]:
         """Consume ``data`` and return the frames it completed, in order."""
@@ -207,7 +227,7 @@ class FrameDecoder:
         except ProtocolError as error:
             self._error = error
             self._line.clear()
-            self._pending = self._body = None
+            self._pending = self._body = self._sink = None
             if not frames:
                 raise
         return frames
@@ -223,9 +243,16 @@ class FrameDecoder:
 
         A reader may read this much at once: the peer has announced it, within the limits.
         """
+        if self._sink is not None:
+            return self._sink_missing
         if self._body is not None:
             return self._body.missing
         return 0 if self._pending is None else self._pending[2]
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the body now arriving goes to a sink (no :meth:`body_view` for it)."""
+        return self._sink is not None
 
     @property
     def between_frames(self) -> bool:
@@ -241,6 +268,8 @@ class FrameDecoder:
         """Consume what one step can from ``data[position:]``: a header line, or body bytes."""
         if self._pending is None:
             return self._header(data, position)
+        if self._sink is not None:
+            return self._stream(data, position), None
         verb, fields, length = self._pending
         if self._body is None:
             end = position + length
@@ -254,6 +283,16 @@ class FrameDecoder:
             return position, None
         return position, self._finish_body()
 
+    def _stream(self, data: bytes, position: int) -> int:
+        """Hand the streamed body's bytes in ``data[position:]`` to its sink; return where they end."""
+        assert self._sink is not None
+        take = min(len(data) - position, self._sink_missing)
+        self._sink.feed(data if take == len(data) else memoryview(data)[position : position + take])
+        self._sink_missing -= take
+        if not self._sink_missing:
+            self._sink = self._pending = None
+        return position + take
+
     def _finish_body(self) -> Frame:
         assert self._body is not None and self._pending is not None
         verb, fields, _ = self._pending
@@ -266,8 +305,8 @@ class FrameDecoder:
         Release it, then call :meth:`body_advance`; the next :meth:`feed` (even
         of ``b""``) returns the frame once its body is complete.
         """
-        if self._pending is None:
-            raise ValueError("no body is arriving")
+        if self._pending is None or self._sink is not None:
+            raise ValueError("no body is arriving into a buffer")
         if self._body is None:
             self._body = BodyBuffer(self._pending[2])
         return self._body.view()
@@ -313,4 +352,7 @@ class FrameDecoder:
         if length == 0:
             return end + 1, Frame(verb, fields)
         self._pending = (verb, fields, length)
+        if self.stream_body is not None and (sink := self.stream_body(verb, fields, length)) is not None:
+            self._sink, self._sink_missing = sink, length
+            return end + 1, Frame(verb, fields, stream=sink)
         return end + 1, None
