@@ -58,7 +58,7 @@ from achilles_like.config import Settings, load_settings, usable_cpus
 from achilles_like.errors import AuthenticationError, ProtocolError, ProtocolViolationError, TaskTimeoutError
 from achilles_like.frame_writer import FrameWriter
 from achilles_like.liveness import SERVER_SILENCE_TIMEOUT, SilenceWatch
-from achilles_like.node.worker_pool import Outcome, WorkerPool, WorkItem
+from achilles_like.node.worker_pool import BATCH_WHEN_SHORT, Outcome, WorkerPool, WorkItem
 from achilles_like.plain_or_tls import PREAMBLE, explain_early_close
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder
 from achilles_like.protocol import messages as msg
@@ -130,6 +130,7 @@ class NodeAgent:
         self.generation += 1
         self.protocol = protocol
         self.depth = PREFETCH_PER_PROCESS  # what REGISTER offers; deepened once tasks prove short
+        self.workers.batch = 1
         self._window_start, self._done_in_window = self.reactor.seconds(), 0
 
     def detach(self, protocol: NodeProtocol) -> None:
@@ -296,6 +297,8 @@ class NodeAgent:
     def _offer(self, depth: int) -> None:
         """Offer ``depth`` tasks per process from now on (a SLOTS frame if that changes anything)."""
         self._window_start, self._done_in_window = self.reactor.seconds(), 0
+        # Short tasks also travel to a worker several at a time (one pipe write and read per batch).
+        self.workers.batch = BATCH_WHEN_SHORT if depth == DEEP_PREFETCH_PER_PROCESS else 1
         if depth != self.depth and self.protocol is not None:
             self.depth = depth
             self.protocol.send(msg.Slots(slots=self.slots).to_bytes())
