@@ -165,18 +165,33 @@ class NodeAgent:
 
     def add_task(self, job_id: int, task_id: int, attempt: int, fn: int, blob: bytes) -> None:
         """Hand a task to the workers."""
-        if job_id not in self.jobs or (job_id, fn) not in self.functions:
-            raise ProtocolViolationError(f"TASK for job {job_id} arrived before its JOB or FUNC {fn}")
-        setup_blob, options = self.jobs[job_id]
+        self.add_tasks(job_id, [(task_id, attempt, fn, blob)])
+
+    def add_tasks(self, job_id: int, entries: list[tuple[int, int, int, bytes]]) -> None:
+        """Hand a TASK frame's tasks ``(task, attempt, fn, items blob)`` to the workers in one step.
+
+        One step, so the tasks a worker gets from the frame leave in one write.
+        """
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise ProtocolViolationError(f"TASK for job {job_id} arrived before its JOB")
+        setup_blob, options = job
         key = job_key(self.generation, job_id)
-        func_blob = self.functions[(job_id, fn)]
-        item = WorkItem(
-            key, job_id, task_id, attempt, setup_blob, fn, func_blob, blob, options.timeout, options.max_tasks
-        )
-        item.capture = options.output
-        item.report_start = options.running
-        self.holding[job_id] = self.holding.get(job_id, 0) + 1
-        self.workers.submit(item)
+        timeout, max_tasks = options.timeout, options.max_tasks
+        functions = self.functions
+        items = []
+        for task_id, attempt, fn, blob in entries:
+            func_blob = functions.get((job_id, fn))
+            if func_blob is None:
+                raise ProtocolViolationError(f"TASK for job {job_id} arrived before its FUNC {fn}")
+            item = WorkItem(
+                key, job_id, task_id, attempt, setup_blob, fn, func_blob, blob, timeout, max_tasks
+            )
+            item.capture = options.output
+            item.report_start = options.running
+            items.append(item)
+        self.holding[job_id] = self.holding.get(job_id, 0) + len(items)
+        self.workers.submit_many(items)
 
     def withdraw(self, job_id: int, task_id: int, attempt: int) -> None:
         """Drop a task no worker has started, and say so; a started one finishes as usual."""
@@ -419,8 +434,7 @@ class NodeProtocol(Protocol):
             return
         match msg.decode(frame):
             case msg.Tasks(job=job, entries=entries):
-                for task, attempt, fn, body in entries:
-                    self.agent.add_task(job, task, attempt, fn, body)
+                self.agent.add_tasks(job, entries)
             case msg.Func(job=job, fn=fn, body=body):
                 self.agent.add_function(job, fn, body)
             case msg.Job() as job:

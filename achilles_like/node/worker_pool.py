@@ -103,7 +103,7 @@ class WorkItem:
         return self.timeout is not None or self.report_start or self.max_tasks is not None
 
 
-BATCH_WHEN_SHORT = 4  # tasks a worker may hold while the node's tasks are short (``WorkerPool.batch``)
+BATCH_WHEN_SHORT = 8  # tasks a worker may hold while the node's tasks are short (``WorkerPool.batch``)
 STEAL_AFTER = 0.005  # seconds a worker idles before it takes the unstarted tasks queued on another
 READ_BUDGET = 4 << 20  # bytes of a result read per reactor turn, at most (about, plus one read)
 READ_SIZE = 256 << 10  # bytes asked of a worker's socket per read: every result it has written
@@ -141,6 +141,12 @@ class WorkerPool:
         """Queue a task; it starts as soon as a worker is idle."""
         if not self._closed:
             self._pending.append(item)
+            self._assign()
+
+    def submit_many(self, items: list[WorkItem]) -> None:
+        """Queue tasks in order; each worker's share of them leaves in one write."""
+        if not self._closed:
+            self._pending.extend(items)
             self._assign()
 
     def withdraw(self, should_drop: Callable[[WorkItem], bool]) -> list[WorkItem]:
