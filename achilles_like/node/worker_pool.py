@@ -96,11 +96,22 @@ class WorkItem:
     capture: bool = False  # the worker sends what the task prints (see ``achilles_like/task_output.py``)
     report_start: bool = False  # call ``on_start`` when a worker takes it (an executor's ``running()``)
     seq: int = 0  # its number on the worker it was last written to (``claims.py``)
+    alone: bool = False  # written as an exclusive task: its items blob is dropped
 
     @property
     def exclusive(self) -> bool:
-        """Written only to an idle worker, nothing behind it: timed, counted or reported started."""
-        return self.timeout is not None or self.report_start or self.max_tasks is not None
+        """Written only to an idle worker, nothing behind it: timed, counted, reported started, or large.
+
+        It counts as started once written, so it is never taken back or written again, and its
+        items blob is dropped then (a large body is not held on the node while it runs).
+        """
+        return (
+            self.alone
+            or self.timeout is not None
+            or self.report_start
+            or self.max_tasks is not None
+            or len(self.items_blob) > READ_SIZE
+        )
 
 
 BATCH_WHEN_SHORT = 8  # tasks a worker may hold while the node's tasks are short (``WorkerPool.batch``)
@@ -282,6 +293,9 @@ class WorkerPool:
         worker.next_seq += 1
         item.seq = worker.next_seq
         worker.queue.append(item)
+        if item.exclusive:
+            item.alone = True
+            item.items_blob = b""  # the socket (or the link's buffer) holds it; the server retries it, not us
         if item.timeout is not None:
             worker.timer = self._reactor.callLater(item.timeout, self._expire, worker)
         if item.report_start and self._on_start is not None:
