@@ -29,8 +29,14 @@ not the worker's. Nothing here touches the network: the node forwards the
 returned blob untouched. The worker writes it behind a ``pipe_format`` result
 header (``os.writev``: header and blob are not joined).
 
-Per task the loop costs one ``read`` (it takes every byte the node has
-written: the header and the blobs) and one ``writev``. The
+The loop reads every byte the node has written in one ``read`` (several
+tasks' headers and blobs), claims each task before running it (the node may
+have taken it back: ``claims.py``), and keeps the results in an ``Outbox``
+while the tasks already received run back to back: they leave in one
+``writev`` before the next read that may block, once the oldest of them
+waited for over :data:`HOLD` seconds of work, or past :data:`READ_SIZE`
+bytes. So a batch of tiny tasks costs one read and one write, and a long
+task's result is never held behind the next task. The
 pickler, the output capture's writers and the caller's authkey are set up
 once, not per task. A large argument or result is held once: items over
 :data:`STREAM_OVER` bytes are unpickled from the socket (``pickle`` reads a

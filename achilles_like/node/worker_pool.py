@@ -14,9 +14,9 @@
 ``multiprocess.Pool.map`` hangs forever when a worker dies: the task it held
 never completes and, if the worker died holding the shared queue's lock,
 neither does any other. Here every worker has its own socket pair, so the
-pool knows which task each one holds. A worker that dies (SIGKILL, segfault,
+pool knows which tasks each one holds. A worker that dies (SIGKILL, segfault,
 ``os._exit``, out of memory), even in the middle of writing a large result,
-costs exactly its one task, reported as LOST so the server can retry it; a
+costs exactly the tasks it had begun and not answered, reported as LOST so the server can retry it; a
 task over its time limit has only its own worker killed and is reported as
 TIMEOUT. Either way a fresh worker replaces it.
 
@@ -32,12 +32,23 @@ header and the blobs as they came off the wire, nothing pickled around them.
 
 Per task the node spends as few system calls and wake-ups as it can:
 
-- A worker holds one task at a time, so a task never waits behind another
-  while a worker is free (tasks that wait for each other, as a local pool
-  allows, never deadlock). Results come back in order, one per task.
-- A task is written with one ``writev`` (header and blobs, not joined).
+- While the node's tasks are short (the agent sets :attr:`WorkerPool.batch`
+  to :data:`BATCH_WHEN_SHORT`), a worker holds up to that many tasks of one
+  job, and the tasks it gets in one reactor turn (a TASK frame, the room a
+  read of results made) leave in one ``writev``; otherwise it holds one, as
+  does any *exclusive* task (a time limit, ``max_tasks``, a RUNNING report, or
+  items over :data:`READ_SIZE`), which goes only to an idle worker with nothing
+  behind it and counts as started once written. Results come back in order.
+- The worker claims each task before it runs it (``claims.py``: a lock and a
+  few integers in shared memory), so the node can take back the ones it has
+  not started, race-free: to give them to a worker that has idled
+  :data:`STEAL_AFTER` seconds (a task never waits for long behind another while
+  a worker is free, so tasks that wait for each other, as a local pool allows,
+  do not deadlock), for ``withdraw``, and after the worker's death (its unstarted
+  tasks go to another worker; the ones it began are LOST).
 - One ``read`` takes every result a worker has written (up to
-  :data:`READ_SIZE`); a larger blob is read into one buffer of its announced
+  :data:`READ_SIZE`), and the tasks they made room for are assigned once per read;
+  a larger blob is read into one buffer of its announced
   length (``BodyBuffer``) and forwarded as those very bytes.
 
 A killed worker is reaped when its sentinel fires, never waited for on the
