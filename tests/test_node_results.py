@@ -40,6 +40,9 @@ class FakePool:
     def submit(self, item: WorkItem) -> None:
         self.items.append(item)
 
+    def submit_many(self, items: list[WorkItem]) -> None:
+        self.items += items
+
     def withdraw(self, should_drop: Any) -> list[WorkItem]:
         dropped = [item for item in self.items if should_drop(item)]
         self.items = [item for item in self.items if not should_drop(item)]

@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,24 +33,58 @@ def pid_of(_: object) -> int:
     return os.getpid()
 
 
+def after_a_while(value: int) -> int:
+    """Return ``value`` after 20 ms: longer than a worker holds a finished result (``in_worker.HOLD``)."""
+    time.sleep(0.02)
+    return value
+
+
+def wait_for_file(path: str) -> str:
+    """Block until ``path`` exists (the test's signal), then return it."""
+    while not os.path.exists(path):
+        time.sleep(0.005)
+    return path
+
+
+def make_file(path: str) -> str:
+    """Create ``path`` (a signal to another task)."""
+    with open(path, "w"):
+        pass
+    return path
+
+
 Delivered = list[tuple[int, Outcome, bytes, str]]
 
 
 class Harness:
     """A WorkerPool on a private reactor, and what it delivered (task id, outcome, blob, detail)."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, batch: int = 1) -> None:
         self.reactor = EPollReactor()
         self.delivered: Delivered = []
         self.pool = WorkerPool(processes, self._deliver, self.reactor)
+        self.pool.batch = batch
+        self.functions: dict[Callable[[Any], Any], int] = {}
 
     def _deliver(self, item: WorkItem, outcome: Outcome, blob: bytes, detail: str) -> None:
         self.delivered.append((item.task_id, outcome, blob, detail))
 
     def submit(self, task: int, func: Callable[[Any], Any], items: list[Any], **options: Any) -> None:
+        self.pool.submit(self.item(task, func, items, **options))
+
+    def submit_many(self, tasks: list[tuple[int, Callable[[Any], Any], list[Any]]]) -> None:
+        """Submit several tasks in one step, as a node does with a TASK frame."""
+        self.pool.submit_many([self.item(task, func, items) for task, func, items in tasks])
+
+    def item(self, task: int, func: Callable[[Any], Any], items: list[Any], **options: Any) -> WorkItem:
         func_blob = options.pop("func_blob", None) or dumps((func, "map", None))
         setup_blob = options.pop("setup_blob", b"")
-        self.pool.submit(WorkItem(7, 7, task, 1, setup_blob, 0, func_blob, dumps(items), **options))
+        fn = self.functions.setdefault(func, len(self.functions))  # a worker caches each id's function
+        return WorkItem(7, 7, task, 1, setup_blob, fn, func_blob, dumps(items), **options)
+
+    def tasks_done(self, *tasks: int) -> bool:
+        """Whether every one of ``tasks`` has been delivered."""
+        return set(tasks) <= {d[0] for d in self.delivered}
 
     def run_until(self, predicate: Callable[[], bool], what: str) -> None:
         """Turn the reactor until ``predicate`` holds (fail after 30 s)."""
@@ -115,5 +150,82 @@ def test_max_tasks_replaces_the_worker_and_time_limit_kills_only_its_task() -> N
         harness.submit(4, pid_of, [0])
         assert harness.outcome(3)[0] is Outcome.TIMEOUT
         assert harness.outcome(4)[0] is Outcome.OK
+    finally:
+        harness.pool.close()
+
+
+def test_a_result_leaves_while_the_next_task_of_its_batch_runs(tmp_path: Path) -> None:
+    """A worker holding two tasks sends the first one's result without waiting for the second to end."""
+    harness = Harness(1, batch=4)
+    gate = str(tmp_path / "gate")
+    try:
+        harness.submit_many([(1, after_a_while, [1]), (2, wait_for_file, [gate])])
+        assert len(harness.pool._workers[0].queue) == 2  # both written to the one worker
+        assert loads(harness.outcome(1)[1]) == [1]  # while task 2 still waits for the gate
+        make_file(gate)
+        assert loads(harness.outcome(2)[1]) == [gate]
+    finally:
+        harness.pool.close()
+
+
+def test_a_worker_killed_mid_batch_costs_only_its_unfinished_tasks(tmp_path: Path) -> None:
+    """Killed running its second task: the first's sent result stands, the second is LOST, the rest run."""
+    harness = Harness(1, batch=4)
+    gate = str(tmp_path / "gate")
+    try:
+        harness.submit_many(
+            [(1, after_a_while, [1]), (2, wait_for_file, [gate]), (3, pid_of, [0]), (4, pid_of, [0])]
+        )
+        assert harness.outcome(1)[0] is Outcome.OK
+        (worker,) = harness.pool._workers
+        harness.run_until(lambda: worker.board.started == 2, "the worker to start task 2")
+        os.kill(worker.process.pid, signal.SIGKILL)
+        harness.run_until(lambda: harness.tasks_done(2, 3, 4), "every task")
+        assert [d[:2] for d in harness.delivered if d[0] != 2] == [
+            (1, Outcome.OK),
+            (3, Outcome.OK),
+            (4, Outcome.OK),
+        ]
+        assert harness.outcome(2)[0] is Outcome.LOST
+        assert loads(harness.outcome(3)[1]) != [worker.process.pid]  # run by the replacement, once
+    finally:
+        harness.pool.close()
+
+
+def test_a_task_queued_on_a_busy_worker_can_be_withdrawn(tmp_path: Path) -> None:
+    """A task written to a worker that is still running an earlier one is withdrawn; the worker skips it."""
+    harness = Harness(1, batch=4)
+    gate = str(tmp_path / "gate")
+    try:
+        harness.submit_many([(1, wait_for_file, [gate]), (2, pid_of, [0]), (3, pid_of, [0])])
+        (worker,) = harness.pool._workers
+        harness.run_until(lambda: worker.board.started == 1, "the worker to start task 1")
+        dropped = harness.pool.withdraw(lambda item: item.task_id == 2)
+        assert [item.task_id for item in dropped] == [2]
+        assert harness.pool.withdraw(lambda item: item.task_id == 1) == []  # started: it finishes
+        make_file(gate)
+        harness.run_until(lambda: harness.tasks_done(1, 3), "tasks 1 and 3")
+        assert [d[0] for d in harness.delivered] == [1, 3]
+    finally:
+        harness.pool.close()
+
+
+def test_a_task_queued_behind_one_that_waits_for_it_is_taken_by_an_idle_worker(tmp_path: Path) -> None:
+    """Task 3 queued behind task 1, which waits for it: once worker B idles it takes task 3, no deadlock."""
+    harness = Harness(2, batch=4)
+    gate_1, gate_2 = str(tmp_path / "gate1"), str(tmp_path / "gate2")
+    try:
+        harness.submit_many(
+            [
+                (1, wait_for_file, [gate_1]),
+                (2, wait_for_file, [gate_2]),
+                (3, make_file, [gate_1]),
+                (4, pid_of, [0]),
+            ]
+        )
+        assert sorted(len(worker.queue) for worker in harness.pool._workers) == [2, 2]
+        make_file(gate_2)  # worker B finishes tasks 2 and 4 and idles; task 3 waits behind task 1
+        harness.run_until(lambda: harness.tasks_done(1, 2, 3, 4), "every task")
+        assert {d[1] for d in harness.delivered} == {Outcome.OK}
     finally:
         harness.pool.close()

@@ -60,7 +60,7 @@ from achilles_like.config import Settings, load_settings, usable_cpus
 from achilles_like.errors import AuthenticationError, ProtocolError, ProtocolViolationError, TaskTimeoutError
 from achilles_like.frame_writer import FrameWriter
 from achilles_like.liveness import SERVER_SILENCE_TIMEOUT, SilenceWatch
-from achilles_like.node.worker_pool import Outcome, WorkerPool, WorkItem
+from achilles_like.node.worker_pool import BATCH_WHEN_SHORT, Outcome, WorkerPool, WorkItem
 from achilles_like.plain_or_tls import PREAMBLE, explain_early_close
 from achilles_like.protocol import ClientHandshake, Frame, FrameDecoder
 from achilles_like.protocol import messages as msg
@@ -148,6 +148,7 @@ class NodeAgent:
         self.generation += 1
         self.protocol = protocol
         self.depth = PREFETCH_PER_PROCESS  # what REGISTER offers; deepened once tasks prove short
+        self.workers.batch = 1
         self._start_window()
 
     def detach(self, protocol: NodeProtocol) -> None:
@@ -182,20 +183,35 @@ class NodeAgent:
 
     def add_task(self, job_id: int, task_id: int, attempt: int, fn: int, blob: bytes) -> None:
         """Hand a task to the workers."""
-        if job_id not in self.jobs or (job_id, fn) not in self.functions:
-            raise ProtocolViolationError(f"TASK for job {job_id} arrived before its JOB or FUNC {fn}")
-        setup_blob, options = self.jobs[job_id]
+        self.add_tasks(job_id, [(task_id, attempt, fn, blob)])
+
+    def add_tasks(self, job_id: int, entries: list[tuple[int, int, int, bytes]]) -> None:
+        """Hand a TASK frame's tasks ``(task, attempt, fn, items blob)`` to the workers in one step.
+
+        One step, so the tasks a worker gets from the frame leave in one write.
+        """
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise ProtocolViolationError(f"TASK for job {job_id} arrived before its JOB")
+        setup_blob, options = job
         key = job_key(self.generation, job_id)
-        func_blob = self.functions[(job_id, fn)]
-        item = WorkItem(
-            key, job_id, task_id, attempt, setup_blob, fn, func_blob, blob, options.timeout, options.max_tasks
-        )
-        item.capture = options.output
-        item.report_start = options.running
-        self.holding[job_id] = self.holding.get(job_id, 0) + 1
-        self._bytes_in_window += len(blob)
-        self._added_in_window += 1
-        self.workers.submit(item)
+        timeout, max_tasks = options.timeout, options.max_tasks
+        functions = self.functions
+        items = []
+        for task_id, attempt, fn, blob in entries:
+            func_blob = functions.get((job_id, fn))
+            if func_blob is None:
+                raise ProtocolViolationError(f"TASK for job {job_id} arrived before its FUNC {fn}")
+            item = WorkItem(
+                key, job_id, task_id, attempt, setup_blob, fn, func_blob, blob, timeout, max_tasks
+            )
+            item.capture = options.output
+            item.report_start = options.running
+            items.append(item)
+            self._bytes_in_window += len(blob)
+        self.holding[job_id] = self.holding.get(job_id, 0) + len(items)
+        self._added_in_window += len(items)
+        self.workers.submit_many(items)
 
     def withdraw(self, job_id: int, task_id: int, attempt: int) -> None:
         """Drop a task no worker has started, and say so; a started one finishes as usual."""
@@ -317,6 +333,9 @@ class NodeAgent:
     def _offer(self, depth: int) -> None:
         """Offer ``depth`` tasks per process from now on (a SLOTS frame if that changes anything)."""
         self._start_window()
+        # Short tasks also travel to a worker several at a time (one pipe write and read per
+        # batch): up to half the node's depth, so a batch never holds all of a process's share.
+        self.workers.batch = min(BATCH_WHEN_SHORT, depth // 2) if depth > PREFETCH_PER_PROCESS else 1
         if depth != self.depth and self.protocol is not None:
             self.depth = depth
             self.protocol.send(msg.Slots(slots=self.slots).to_bytes())
@@ -441,8 +460,7 @@ class NodeProtocol(Protocol):
             return
         match msg.decode(frame):
             case msg.Tasks(job=job, entries=entries):
-                for task, attempt, fn, body in entries:
-                    self.agent.add_task(job, task, attempt, fn, body)
+                self.agent.add_tasks(job, entries)
             case msg.Func(job=job, fn=fn, body=body):
                 self.agent.add_function(job, fn, body)
             case msg.Job() as job:

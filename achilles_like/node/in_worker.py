@@ -29,8 +29,14 @@ not the worker's. Nothing here touches the network: the node forwards the
 returned blob untouched. The worker writes it behind a ``pipe_format`` result
 header (``os.writev``: header and blob are not joined).
 
-Per task the loop costs one ``read`` (it takes every byte the node has
-written: the header and the blobs) and one ``writev``. The
+The loop reads every byte the node has written in one ``read`` (several
+tasks' headers and blobs), claims each task before running it (the node may
+have taken it back: ``claims.py``), and keeps the results in an ``Outbox``
+while the tasks already received run back to back: they leave in one
+``writev`` before the next read that may block, once the oldest of them
+waited for over :data:`HOLD` seconds of work, or past :data:`READ_SIZE`
+bytes. So a batch of tiny tasks costs one read and one write, and a long
+task's result is never held behind the next task. The
 pickler, the output capture's writers and the caller's authkey are set up
 once, not per task. A large argument or result is held once: items over
 :data:`STREAM_OVER` bytes are unpickled from the socket (``pickle`` reads a
@@ -48,6 +54,7 @@ import os
 import pickle
 import signal
 import sys
+import time
 import types
 from collections import OrderedDict
 from collections.abc import Callable
@@ -58,11 +65,13 @@ import multiprocess
 
 from achilles_like import task_output
 from achilles_like.node import pipe_format
+from achilles_like.node.claims import ClaimBoard
 from achilles_like.protocol.body_buffer import BodyBuffer
 from achilles_like.serialization import PieceDumper, RemoteFailure, dumps, loads
 
 _CACHE_SIZE = 4
 READ_SIZE = 256 << 10  # bytes asked of the socket per read: every small task the node has queued
+HOLD = 0.001  # seconds a finished result may wait for the tasks after it to share its write
 STREAM_OVER = 1 << 20  # items blobs larger than this are unpickled from the socket, not from a copy
 _IOV_MAX = 1024  # Linux's limit on buffers per writev
 _UNKNOWN = object()
@@ -259,22 +268,34 @@ def _encodable(outcome: tuple[bool, Any], index: int) -> tuple[bool, Any]:
         return False, failure
 
 
-def worker_main(fd: int) -> None:
-    """A worker process's loop: read a task from its socket, run it, write the outcome."""
+def worker_main(fd: int, board: ClaimBoard | None = None) -> None:
+    """A worker process's loop: read the tasks the node wrote, claim and run each, write the outcomes.
+
+    Results wait in an :class:`Outbox` while tasks already received run back
+    to back, and leave together in one ``writev``: before any read that may
+    block, and before a task starts once the oldest waiting result's task
+    began over :data:`HOLD` seconds ago (so a long task's result is never
+    held behind the next task). A task the node took back (``board``) is
+    skipped: its setup and function are still loaded, since the node counts
+    them as sent.
+    """
     init_worker()
     os.set_blocking(fd, True)
-    reader = TaskReader(fd)
+    outbox = Outbox(fd)
+    reader = TaskReader(fd, outbox.flush)
     dump = PieceDumper()
     capturing = task_output.Capturing()
     jobs: OrderedDict[int, JobCode] = OrderedDict()
     authkey: object = None  # the key this process has now (as far as the tasks' jobs go)
+    seq = 0  # the number of the task being read: the node numbers the tasks it writes the same way
     while True:
         try:
             header = reader.header()
             setup_blob = None if header.setup_length is None else reader.take(header.setup_length)
             func_blob = None if header.function_length is None else reader.take(header.function_length)
-        except EOFError:
+        except (EOFError, OSError):
             return  # the node closed the socket: it is shutting down
+        seq += 1
         if setup_blob is not None:
             jobs[header.key] = load_job(setup_blob)
             authkey = _UNKNOWN  # loading the job set its key
@@ -285,24 +306,57 @@ def worker_main(fd: int) -> None:
             code = JobCode(_missing(-1))
         if func_blob is not None:
             code.add_function(header.fn, func_blob)
-        if code.authkey is not authkey:  # the jobs of several callers share this worker
-            authkey = code.authkey
-            use_authkey(code.authkey)
-        if header.capture:
-            capturing.start()
         try:
-            ok, pieces = _run(reader, code, header, dump)
-        except EOFError:
-            return  # the node closed the socket in the middle of the task's items
-        finally:
-            output = capturing.stop() if header.capture else b""
-        parts = [pipe_format.encode_output(len(output)), output] if output else []
-        parts.append(pipe_format.encode_result(ok, sum(map(len, pieces))))
-        try:
-            write_all(fd, parts + pieces)
-        except OSError:
-            return  # the node is gone
-        del pieces
+            if board is not None and not board.claim(seq):
+                reader.skip(header.items_length)  # the node took it back
+                continue
+            outbox.before_task()
+            if code.authkey is not authkey:  # the jobs of several callers share this worker
+                authkey = code.authkey
+                use_authkey(code.authkey)
+            if header.capture:
+                capturing.start()
+            try:
+                ok, pieces = _run(reader, code, header, dump)
+            finally:
+                output = capturing.stop() if header.capture else b""
+            if output:
+                outbox.add([pipe_format.encode_output(len(output)), output])
+            outbox.add([pipe_format.encode_result(ok, sum(map(len, pieces))), *pieces])
+            del pieces
+        except (EOFError, OSError):
+            return  # the node closed the socket (in the middle of the task's items), or is gone
+
+
+class Outbox:
+    """A worker's results not written yet: they leave together, but never wait for long."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.since = 0.0  # when the task of the oldest waiting result started (time.monotonic)
+
+    def before_task(self) -> None:
+        """A task is about to start: write what waits if its oldest task began over HOLD seconds ago."""
+        now = time.monotonic()
+        if self.parts and now - self.since > HOLD:
+            self.flush()
+        if not self.parts:
+            self.since = now
+
+    def add(self, parts: list[bytes]) -> None:
+        """Queue one message; a large one (over READ_SIZE waiting) leaves at once."""
+        self.parts += parts
+        self.size += sum(map(len, parts))
+        if self.size > READ_SIZE:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every waiting message, in order, in as few ``writev`` calls as the kernel allows."""
+        if self.parts:
+            parts, self.parts, self.size = self.parts, [], 0
+            write_all(self.fd, parts)
 
 
 def _run(
@@ -334,8 +388,9 @@ class TaskReader:
     not once as a blob and again as the unpickled value.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, before_block: Callable[[], None] | None = None) -> None:
         self.fd = fd
+        self.before_block = before_block or _nothing  # called before any read that may wait (flush results)
         self._data = b""  # bytes received and not consumed yet, from ``_pos`` on
         self._pos = 0
 
@@ -347,6 +402,7 @@ class TaskReader:
     def _fill(self, need: int) -> None:
         """Receive until at least ``need`` bytes are buffered (EOFError if the socket closes first)."""
         while self.buffered < need:
+            self.before_block()
             try:
                 chunk = os.read(self.fd, max(READ_SIZE, need - self.buffered))
             except OSError as error:
@@ -374,6 +430,7 @@ class TaskReader:
         buffer.write(memoryview(self._data)[self._pos :])
         self._data, self._pos = b"", 0
         while buffer.missing:
+            self.before_block()
             view = buffer.view()
             try:
                 count = os.readv(self.fd, [view])
@@ -426,6 +483,7 @@ class _BlobStream:
             view[:done] = memoryview(reader._data)[reader._pos : reader._pos + done]
             reader._pos += done
             while done < size:
+                reader.before_block()
                 try:
                     count = os.readv(reader.fd, [view[done:size]])
                 except OSError as error:
@@ -446,6 +504,10 @@ class _BlobStream:
         """Consume what unpickling left unread (after an error, or trailing bytes)."""
         self._reader.skip(self.left)
         self.left = 0
+
+
+def _nothing() -> None:
+    pass
 
 
 def write_all(fd: int, parts: list[bytes]) -> None:

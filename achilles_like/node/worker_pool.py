@@ -14,9 +14,9 @@
 ``multiprocess.Pool.map`` hangs forever when a worker dies: the task it held
 never completes and, if the worker died holding the shared queue's lock,
 neither does any other. Here every worker has its own socket pair, so the
-pool knows which task each one holds. A worker that dies (SIGKILL, segfault,
+pool knows which tasks each one holds. A worker that dies (SIGKILL, segfault,
 ``os._exit``, out of memory), even in the middle of writing a large result,
-costs exactly its one task, reported as LOST so the server can retry it; a
+costs exactly the tasks it had begun and not answered, reported as LOST so the server can retry it; a
 task over its time limit has only its own worker killed and is reported as
 TIMEOUT. Either way a fresh worker replaces it.
 
@@ -32,12 +32,23 @@ header and the blobs as they came off the wire, nothing pickled around them.
 
 Per task the node spends as few system calls and wake-ups as it can:
 
-- A worker holds one task at a time, so a task never waits behind another
-  while a worker is free (tasks that wait for each other, as a local pool
-  allows, never deadlock). Results come back in order, one per task.
-- A task is written with one ``writev`` (header and blobs, not joined).
+- While the node's tasks are short (the agent sets :attr:`WorkerPool.batch`
+  to half its depth, at most :data:`BATCH_WHEN_SHORT`), a worker holds up to that many tasks of one
+  job, and the tasks it gets in one reactor turn (a TASK frame, the room a
+  read of results made) leave in one ``writev``; otherwise it holds one, as
+  does any *exclusive* task (a time limit, ``max_tasks``, a RUNNING report, or
+  items over :data:`READ_SIZE`), which goes only to an idle worker with nothing
+  behind it and counts as started once written. Results come back in order.
+- The worker claims each task before it runs it (``claims.py``: a lock and a
+  few integers in shared memory), so the node can take back the ones it has
+  not started, race-free: to give them to a worker that has idled
+  :data:`STEAL_AFTER` seconds (a task never waits for long behind another while
+  a worker is free, so tasks that wait for each other, as a local pool allows,
+  do not deadlock), for ``withdraw``, and after the worker's death (its unstarted
+  tasks go to another worker; the ones it began are LOST).
 - One ``read`` takes every result a worker has written (up to
-  :data:`READ_SIZE`); a larger blob is read into one buffer of its announced
+  :data:`READ_SIZE`), and the tasks they made room for are assigned once per read;
+  a larger blob is read into one buffer of its announced
   length (``BodyBuffer``) and forwarded as those very bytes.
 
 A killed worker is reaped when its sentinel fires, never waited for on the
@@ -61,6 +72,7 @@ import multiprocess
 from twisted.python.failure import Failure
 
 from achilles_like.node import pipe_format
+from achilles_like.node.claims import ClaimBoard
 from achilles_like.node.exit_reason import describe_exit
 from achilles_like.node.in_worker import JOB_CACHE_SIZE, worker_main
 from achilles_like.protocol.body_buffer import BodyBuffer
@@ -94,8 +106,27 @@ class WorkItem:
     max_tasks: int | None = None  # replace a worker once it has run this many tasks
     capture: bool = False  # the worker sends what the task prints (see ``achilles_like/task_output.py``)
     report_start: bool = False  # call ``on_start`` when a worker takes it (an executor's ``running()``)
+    seq: int = 0  # its number on the worker it was last written to (``claims.py``)
+    alone: bool = False  # written as an exclusive task: its items blob is dropped
+
+    @property
+    def exclusive(self) -> bool:
+        """Written only to an idle worker, nothing behind it: timed, counted, reported started, or large.
+
+        It counts as started once written, so it is never taken back or written again, and its
+        items blob is dropped then (a large body is not held on the node while it runs).
+        """
+        return (
+            self.alone
+            or self.timeout is not None
+            or self.report_start
+            or self.max_tasks is not None
+            or len(self.items_blob) > READ_SIZE
+        )
 
 
+BATCH_WHEN_SHORT = 8  # tasks a worker may hold while the node's tasks are short (``WorkerPool.batch``)
+STEAL_AFTER = 0.005  # seconds a worker idles before it takes the unstarted tasks queued on another
 READ_BUDGET = 4 << 20  # bytes of a result read per reactor turn, at most (about, plus one read)
 READ_SIZE = 256 << 10  # bytes asked of a worker's socket per read: every result it has written
 _IOV_MAX = 1024  # Linux's limit on buffers per writev
@@ -122,6 +153,8 @@ class WorkerPool:
         self._on_start = on_start
         self._reactor = reactor
         self._pending: deque[WorkItem] = deque()
+        self.batch = 1  # tasks a worker may hold (running and queued); the node deepens it for short tasks
+        self._steal_call: Any = None  # the IDelayedCall of the next steal attempt
         self._closed = False
         self._retired: list[_Worker] = []  # killed, waiting for their sentinel to be reaped
         self._workers: list[_Worker] = [self._spawn() for _ in range(processes)]
@@ -132,20 +165,40 @@ class WorkerPool:
             self._pending.append(item)
             self._assign()
 
+    def submit_many(self, items: list[WorkItem]) -> None:
+        """Queue tasks in order; each worker's share of them leaves in one write."""
+        if not self._closed:
+            self._pending.extend(items)
+            self._assign()
+
     def withdraw(self, should_drop: Callable[[WorkItem], bool]) -> list[WorkItem]:
-        """Drop the queued tasks matching ``should_drop`` and return them; running ones are left alone."""
+        """Drop the tasks matching ``should_drop`` that no worker has started, and return them.
+
+        That includes tasks written to a worker but not claimed by it: the worker skips them
+        (``claims.py``). A task a worker has claimed, or might claim this very instant (its
+        claim lock is busy), is left alone: its result comes as usual.
+        """
+        taken = False
+        for worker in self._workers:
+            # An exclusive task counts as started once written (``on_start`` said so): never taken back.
+            if any(should_drop(item) and not item.exclusive for item in worker.queue):
+                taken = self._take_back(worker) or taken
         dropped = [item for item in self._pending if should_drop(item)]
         if dropped:
             self._pending = deque(item for item in self._pending if not should_drop(item))
+        if taken:
+            self._assign()  # what was taken back with them goes out again
         return dropped
 
     def cancel(self, should_drop: Callable[[WorkItem], bool]) -> None:
-        """Drop queued tasks matching ``should_drop`` and kill the workers running one."""
+        """Drop queued tasks matching ``should_drop`` and kill the workers holding one."""
         self._pending = deque(item for item in self._pending if not should_drop(item))
         for worker in list(self._workers):
-            if worker.item is not None and should_drop(worker.item):
-                # Nobody wants the result: free the process for the next job now.
-                worker.item = None
+            if any(should_drop(item) for item in worker.queue):
+                # Nobody wants the result: free the process for the next job now. A worker's
+                # queue holds one job's tasks, so nothing else is lost with them.
+                self._pending.extendleft(reversed([item for item in worker.queue if not should_drop(item)]))
+                worker.queue.clear()
                 self._replace(worker)
         self._assign()
 
@@ -160,6 +213,8 @@ class WorkerPool:
             return
         self._closed = True
         self._pending.clear()
+        if self._steal_call is not None and self._steal_call.active():
+            self._steal_call.cancel()
         for worker in self._workers + self._retired:
             self._detach(worker)
             worker.sentinel.close()
@@ -171,27 +226,54 @@ class WorkerPool:
     # -- tasks to workers ------------------------------------------------------------------
 
     def _assign(self) -> None:
+        """Give the queued tasks to workers; each worker's share leaves in one ``writev``."""
+        batches: dict[_Worker, list[bytes]] = {}
         while self._pending:
             item = self._pending[0]
             worker = self._pick(item)
             if worker is None:
-                return
+                break
             self._pending.popleft()
-            self._start(worker, item)
+            self._start(worker, item, batches)
+        for worker, parts in batches.items():
+            worker.link.send(parts)
+        if self.batch > 1 and not self._pending and self._steal_call is None and self._starved():
+            self._steal_call = self._reactor.callLater(STEAL_AFTER, self._steal)
+
+    def _starved(self) -> bool:
+        """A worker idles while another holds several tasks (some perhaps not started)."""
+        workers = self._workers
+        return any(w.alive and not w.queue for w in workers) and any(len(w.queue) > 1 for w in workers)
 
     def _pick(self, item: WorkItem) -> _Worker | None:
-        """An idle worker, preferring one that has not run this job yet."""
+        """An idle worker, preferring one that has not run this job yet; else the shortest queue of its job.
+
+        A worker's queue holds the tasks of one job, none of them exclusive, at most ``batch`` of them.
+        """
         idle = None
+        queued = None
         for worker in self._workers:
-            if worker.alive and worker.item is None:
+            if not worker.alive:
+                continue
+            queue = worker.queue
+            if not queue:
                 # A pool's first calls then run its initializer in as many processes as it has
                 # calls, as a local pool's would.
                 if item.job_key not in worker.jobs_seen:
                     return worker
                 idle = idle or worker
-        return idle
+            elif (
+                len(queue) < self.batch
+                and not item.exclusive
+                and queue[0].job_key == item.job_key
+                and not queue[0].exclusive
+                and not worker.stalled
+                and (queued is None or len(queue) < len(queued.queue))
+            ):
+                queued = worker
+        return idle or queued
 
-    def _start(self, worker: _Worker, item: WorkItem) -> None:
+    def _start(self, worker: _Worker, item: WorkItem, batches: dict[_Worker, list[bytes]]) -> None:
         first = item.job_key not in worker.jobs_seen
         if first:
             if len(worker.jobs_seen) == worker.jobs_seen.maxlen:
@@ -210,43 +292,79 @@ class WorkerPool:
             len(item.items_blob),
             item.capture,
         )
-        parts = [header]
+        parts = batches.get(worker)
+        if parts is None:
+            parts = batches[worker] = []
+        parts.append(header)
         if first:
             parts.append(item.setup_blob)
         if new_function:
             parts.append(item.func_blob)
         parts.append(item.items_blob)
-        worker.item = item
+        worker.next_seq += 1
+        item.seq = worker.next_seq
+        worker.queue.append(item)
+        if item.exclusive:
+            item.alone = True
+            item.items_blob = b""  # the socket (or the link's buffer) holds it; the server retries it, not us
         if item.timeout is not None:
             worker.timer = self._reactor.callLater(item.timeout, self._expire, worker)
-        worker.link.send(parts)
-        item.items_blob = b""  # the socket (or the link's buffer) holds it now; the server retries it, not us
         if item.report_start and self._on_start is not None:
             self._on_start(item)
+
+    # -- taking unstarted tasks back from a worker ---------------------------------------------
+
+    def _steal(self) -> None:
+        """A worker idles while another holds tasks it has not started: queue those again."""
+        self._steal_call = None
+        if self._closed or self._pending or not self._starved():
+            return
+        busy = [w for w in self._workers if w.alive and len(w.queue) > 1]
+        for worker in busy:
+            self._take_back(worker)
+        self._assign()
+
+    def _take_back(self, worker: _Worker) -> bool:
+        """Queue again (first in line) the tasks ``worker`` has not claimed; they are skipped there.
+
+        True if some were taken. Until its next result nothing more is queued behind it.
+        """
+        first = worker.board.take_back(worker.next_seq + 1)
+        if first is None:  # the worker is claiming a task this instant: try again soon
+            if self._steal_call is None and not self._closed:
+                self._steal_call = self._reactor.callLater(STEAL_AFTER, self._steal)
+            return False
+        taken = [item for item in worker.queue if item.seq >= first]
+        for _ in taken:
+            worker.queue.pop()
+        self._pending.extendleft(reversed(taken))
+        worker.stalled = bool(worker.queue)
+        return bool(taken)
 
     # -- outcomes ----------------------------------------------------------------------------
 
     def _output(self, worker: _Worker, blob: bytes) -> None:
         """What the worker's current task printed (it comes just before the task's result)."""
-        if worker.item is not None and self._on_output is not None:
-            self._on_output(worker.item, blob)
+        if worker.queue and self._on_output is not None:
+            self._on_output(worker.queue[0], blob)
 
     def _result(self, worker: _Worker, ok: bool, blob: bytes) -> None:
-        item, worker.item = worker.item, None
-        worker.cancel_timer()
-        if item is None:
+        """The result of the oldest task of the worker (the caller assigns the next tasks, once per read)."""
+        if not worker.queue:
             return  # cancelled or timed out meanwhile
+        item = worker.queue.popleft()
+        worker.cancel_timer()
+        worker.stalled = False
         worker.tasks_run += 1
         self._deliver(item, Outcome.OK if ok else Outcome.ERROR, blob, "")
         if item.max_tasks is not None and worker.tasks_run >= item.max_tasks and worker in self._workers:
             self._replace(worker)
-        self._assign()
 
     def _expire(self, worker: _Worker) -> None:
         worker.timer = None
-        item, worker.item = worker.item, None
-        if item is None or worker not in self._workers:
+        if not worker.queue or worker not in self._workers:
             return
+        item = worker.queue.popleft()  # an exclusive task: alone on its worker
         self._deliver(item, Outcome.TIMEOUT, b"", f"it ran over its {item.timeout:g}s time limit")
         self._replace(worker)
         self._assign()
@@ -262,10 +380,18 @@ class WorkerPool:
         if worker in self._retired:
             self._retired.remove(worker)
             return
-        item, worker.item = worker.item, None
-        if item is not None:
-            # Names memory when the kernel's OOM killer is the likely cause.
-            detail = describe_exit(worker.process.exitcode)
+        # Tasks it never claimed go to another worker; the ones it began (with their results
+        # unwritten) are lost, and the server retries them.
+        # An exclusive task counted as started once written, so it is lost in any case.
+        started = worker.board.started
+        unstarted = [item for item in worker.queue if item.seq > started and not item.exclusive]
+        lost = [item for item in worker.queue if item.seq <= started or item.exclusive]
+        self._pending.extendleft(reversed(unstarted))
+        worker.queue.clear()
+        worker.cancel_timer()
+        # Names memory when the kernel's OOM killer is the likely cause.
+        detail = describe_exit(worker.process.exitcode)
+        for item in lost:
             log.warning("task %d of job %d lost: %s", item.task_id, item.job_id, detail)
             self._deliver(item, Outcome.LOST, b"", detail)
         if worker in self._workers and not self._closed:
@@ -281,13 +407,14 @@ class WorkerPool:
 
     def _spawn(self) -> _Worker:
         node_end, worker_end = socket.socketpair()
+        board = ClaimBoard(_context)
         process = _context.Process(
-            target=worker_main, args=(worker_end.fileno(),), daemon=True, name="achilles-worker"
+            target=worker_main, args=(worker_end.fileno(), board), daemon=True, name="achilles-worker"
         )
         process.start()
         worker_end.close()
         node_end.setblocking(False)
-        worker = _Worker(process)
+        worker = _Worker(process, board)
         worker.link = _WorkerLink(self, worker, node_end)
         worker.sentinel = _Sentinel(self, worker)
         self._reactor.addReader(worker.link)
@@ -297,6 +424,7 @@ class WorkerPool:
     def _replace(self, worker: _Worker) -> None:
         """Kill a worker that is still running and put a fresh one in its place."""
         self._detach(worker)
+        worker.queue.clear()
         if worker.process.exitcode is None:
             worker.process.kill()
         self._retired.append(worker)  # reaped when its sentinel fires
@@ -310,15 +438,25 @@ class WorkerPool:
 @dataclass(eq=False)
 class _Worker:
     process: Any
+    board: ClaimBoard  # which of its queued tasks it has started (shared with the process)
     link: _WorkerLink = field(init=False)
     sentinel: _Sentinel = field(init=False)
-    item: WorkItem | None = None  # the task it runs
+    # The tasks written to it and not answered, oldest first: one job's, at most the pool's batch;
+    # the first is running (or done, its result on the way), the rest wait in its socket.
+    queue: deque[WorkItem] = field(default_factory=deque)
+    next_seq: int = 0  # the sequence number of the last task written to it
+    stalled: bool = False  # tasks were taken back from it: queue nothing behind it until its next result
     timer: Any = None  # the IDelayedCall of its running task's time limit
     # Jobs whose setup this worker has (the same last few the worker caches), with their functions.
     jobs_seen: deque[int] = field(default_factory=lambda: deque(maxlen=JOB_CACHE_SIZE))
     functions_seen: dict[int, set[int]] = field(default_factory=dict)
     tasks_run: int = 0  # since this process started, for max_tasks (maxtasksperchild)
     alive: bool = True  # False once its process has exited
+
+    @property
+    def item(self) -> WorkItem | None:
+        """The task it runs or runs next (None: idle)."""
+        return self.queue[0] if self.queue else None
 
     def cancel_timer(self) -> None:
         if self.timer is not None and self.timer.active():
@@ -407,6 +545,12 @@ class _WorkerLink:
     def doRead(self) -> None:  # noqa: N802 - Twisted's name
         """Read what the worker has written; hand on every complete output and result."""
         budget = READ_BUDGET  # a 64 MiB result arrives over several reactor turns, heartbeats between
+        try:
+            self._read(budget)
+        finally:
+            self._pool._assign()  # the tasks the results made room for, one write per worker
+
+    def _read(self, budget: int) -> None:
         try:
             while self.connected and budget > 0:
                 if self._body is not None:
