@@ -725,7 +725,9 @@ class Scheduler:
             job.setup_sent_to.add(node.node_id)
             actions.append(SendJob(node.node_id, job.job_id, job.setup_blob))
         if task.fn is not None:
-            sent = job.functions_sent.setdefault(node.node_id, set())
+            sent = job.functions_sent.get(node.node_id)
+            if sent is None:  # not setdefault: that would make an empty set for every task
+                sent = job.functions_sent[node.node_id] = set()
             if task.fn not in sent:
                 sent.add(task.fn)
                 actions.append(SendFunction(node.node_id, job.job_id, task.fn, job.functions[task.fn]))

@@ -576,21 +576,22 @@ class ClusterServer(ServerFactory):
         results: dict[tuple[str, int], list[Entry]] = {}
         credit: dict[tuple[str, int], int] = {}
         for action in actions:
-            if isinstance(action, act.AssignTask):
+            # Identity tests, not isinstance: nothing subclasses an action, and this runs per task.
+            if type(action) is act.AssignTask:
                 key = (action.node_id, action.job_id)
                 entry = (action.task_id, action.attempt, action.fn or 0, action.blob)
                 if key in tasks:
                     tasks[key].append(entry)
                 else:
                     tasks[key] = [entry]
-            elif isinstance(action, act.ForwardResult):
+            elif type(action) is act.ForwardResult:
                 key = (action.controller_id, action.job_id)
                 entry = (action.task_id, 0, int(action.ok), action.blob)
                 if key in results:
                     results[key].append(entry)
                 else:
                     results[key] = [entry]
-            elif isinstance(action, act.GrantCredit):
+            elif type(action) is act.GrantCredit:
                 key = (action.controller_id, action.job_id)
                 credit[key] = credit.get(key, 0) + action.count
             else:

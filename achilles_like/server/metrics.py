@@ -122,9 +122,10 @@ class ServerStats:
         """
         now = self._now()
         for action in actions:
-            if isinstance(action, act.AssignTask):
+            # Identity tests, not isinstance: nothing subclasses an action, and this runs per task.
+            if type(action) is act.AssignTask:
                 self._assigned(action.job_id, action.task_id, action.attempt, now)
-            elif isinstance(action, act.ForwardResult):
+            elif type(action) is act.ForwardResult:
                 self._finished(action.job_id, action.task_id, action.ok, now)
             elif isinstance(action, act.JobStarted):
                 self._started(action.job_id)
