@@ -6,12 +6,11 @@ disarms it (``epoll_ctl`` again): two system calls and a turn per write, most
 of what a tiny task cost the server. On a plain TCP connection whose Twisted
 buffer is empty, a :class:`FrameWriter` sends itself, with one ``send``:
 
-- a writer that shares a :class:`SendTurn` (every connection of the server
-  shares one) gathers what it is given during a reactor iteration, and
-  every frame that the iteration's reads and timers produce, to every
-  connection, leaves in one ``send`` per connection at its end;
-- a writer with no turn (a node's, a controller's: they gather their
-  frames themselves) sends each write at once.
+- while a :class:`SendTurn` it shares is open (the server holds one open
+  around each ``dataReceived``, so every frame that one read produces, to
+  every connection, waits for its end), each connection's frames are
+  gathered and leave in one ``send`` when the turn closes;
+- with no turn open, a write is sent at once.
 
 Whatever the socket does not take goes to Twisted's buffer, and from then on
 writes go there behind it until it has drained, so bytes never change order.
@@ -34,8 +33,8 @@ it is sent first.
 
 Hence the one rule: once a connection has a writer, every byte it sends goes
 through it (PONGs and handshake replies included), and a protocol that
-closes its connection calls :meth:`FrameWriter.flush` first (Twisted's
-``loseConnection`` only waits for its own buffer).
+closes its connection while a turn is open calls :meth:`FrameWriter.flush`
+first (Twisted's ``loseConnection`` only waits for its own buffer).
 """
 
 from __future__ import annotations
@@ -54,24 +53,25 @@ GATHER_LIMIT = 256 << 10  # a writer gathering more than this in one turn sends 
 
 
 class SendTurn:
-    """The writers that share one hold their frames until the reactor has served every ready socket.
+    """While open (``with turn:``), the frames of the writers that share it wait; they leave as it closes.
 
-    The first frame gathered in a reactor iteration schedules :meth:`flush`
-    with ``callLater(0)``: Twisted runs it as soon as the iteration's ready
-    sockets have been handled, before it waits again, so it costs no extra
-    system call, and it is one call per iteration, not per write.
+    Opened around a unit of reactor work (one ``dataReceived``, one timer);
+    nesting is allowed, and only the outermost close sends.
     """
 
-    __slots__ = ("waiting",)
+    __slots__ = ("depth", "waiting")
 
     def __init__(self) -> None:
+        self.depth = 0
         self.waiting: list[FrameWriter] = []  # writers holding gathered frames
 
-    def add(self, writer: FrameWriter, reactor: Any) -> None:
-        """``writer`` has gathered its first frame of this iteration; ``reactor`` runs the flush."""
-        if not self.waiting:
-            reactor.callLater(0, self.flush)
-        self.waiting.append(writer)
+    def __enter__(self) -> None:
+        self.depth += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.depth -= 1
+        if not self.depth and self.waiting:
+            self.flush()
 
     def flush(self) -> None:
         """Send what every writer has gathered."""
@@ -147,10 +147,10 @@ class FrameWriter:
         self._gathered.extend(parts)
         self._gathered_len += sum(map(len, parts))
         turn = self.turn
-        if turn is None or self._gathered_len >= GATHER_LIMIT:
+        if turn is None or not turn.depth or self._gathered_len >= GATHER_LIMIT:
             self.flush()
         elif first:
-            turn.add(self, self._direct.reactor)
+            turn.waiting.append(self)
 
     def flush(self) -> None:
         """Send what this writer has gathered: one ``send``, the rest (if any) to Twisted's buffer."""

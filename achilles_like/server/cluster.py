@@ -144,7 +144,7 @@ class ServerProtocol(Protocol):
         self.last_ping = 0.0
         self.closed = False
         self.close_reason = ""  # why we closed it, for the log and the dashboard
-        # Every write: gathered into one send per reactor iteration, large bodies fed in slices, in order.
+        # Every write: gathered per turn into one send, large bodies fed in slices, in order.
         self.out = FrameWriter(turn=cluster.turn)
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
@@ -174,6 +174,10 @@ class ServerProtocol(Protocol):
         self.cluster.events.bytes_received(len(data))  # metrics hook
         if data == _PONG and self.decoder.between_frames and self.handshake.authenticated:
             return  # most of an idle server's traffic: nothing to do but note the sign of life
+        with self.cluster.turn:  # every frame this read causes, to any peer, leaves as it ends
+            self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
         try:
             for frame in self.decoder.feed(data):
                 self._handle(frame)
@@ -269,7 +273,8 @@ class ServerProtocol(Protocol):
         self.close_reason = self.close_reason or reason.getErrorMessage()
         self.cluster.pending.settle(self)  # flood guard
         if self.peer_id:
-            self.cluster.unregister(self)
+            with self.cluster.turn:  # the lost peer's work, re-queued to others, leaves together
+                self.cluster.unregister(self)
 
 
 class ClusterServer(ServerFactory):
@@ -289,8 +294,7 @@ class ClusterServer(ServerFactory):
             max_queued_jobs=self.options.max_queued_jobs, max_held_bytes=self.options.max_held_bytes
         )
         self.peers: dict[str, ServerProtocol] = {}
-        # Every frame of a reactor iteration, to any peer, leaves at its end: one send per peer.
-        self.turn = SendTurn()
+        self.turn = SendTurn()  # open while one event is handled: its frames leave together (frame_writer.py)
         self.node_info: dict[str, dict[str, Any]] = {}
         # Per-job options the nodes need (time limit, tasks per worker), passed on in JOB,
         # and the controller's reference for each job, echoed in QUEUED and STARTED.
@@ -421,7 +425,10 @@ class ClusterServer(ServerFactory):
 
     def _heartbeat_tick(self) -> None:
         """Ping quiet peers, drop the silent ones, fail a job left with no node for too long."""
-        now = self.clock.seconds()
+        with self.turn:
+            self._heartbeat_due(self.clock.seconds())
+
+    def _heartbeat_due(self, now: float) -> None:
         ping, drop = self.heartbeat.due(now)
         for peer in drop:
             peer.abort(f"silent for {now - peer.last_seen:.1f}s (heartbeat timeout)")
