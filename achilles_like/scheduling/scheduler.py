@@ -98,9 +98,9 @@ _NEXT_STATES: dict[TaskState, frozenset[TaskState]] = {
 }
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Task:
-    """One received, not yet finished task of a started job."""
+    """One received, not yet finished task of a started job (one per task: slots, no default factory)."""
 
     task_id: int
     blob: bytes = field(repr=False)
@@ -108,7 +108,7 @@ class _Task:
     state: TaskState = TaskState.PENDING
     attempt: int = 0  # assignments so far; the next AssignTask carries attempt + 1
     node_id: str | None = None  # the node holding the current attempt
-    lost_on: list[str] = field(default_factory=list)
+    lost_on: tuple[str, ...] = ()  # the nodes it was lost with, in order
     withdrawing: bool = False  # its controller asked to drop it; the node holding it was asked too
 
     def move_to(self, state: TaskState) -> None:
@@ -339,7 +339,7 @@ class Scheduler:
                 return actions
         lost = [task for task in lost if not task.withdrawing]
         for task in lost:
-            task.lost_on.append(node_id)
+            task.lost_on += (node_id,)
         exhausted = [task for task in lost if task.attempt >= self._max_attempts]
         if exhausted:
             exhausted[0].move_to(TaskState.FAILED)
@@ -725,7 +725,9 @@ class Scheduler:
             job.setup_sent_to.add(node.node_id)
             actions.append(SendJob(node.node_id, job.job_id, job.setup_blob))
         if task.fn is not None:
-            sent = job.functions_sent.setdefault(node.node_id, set())
+            sent = job.functions_sent.get(node.node_id)
+            if sent is None:  # not setdefault: that would make an empty set for every task
+                sent = job.functions_sent[node.node_id] = set()
             if task.fn not in sent:
                 sent.add(task.fn)
                 actions.append(SendFunction(node.node_id, job.job_id, task.fn, job.functions[task.fn]))

@@ -71,7 +71,7 @@ from achilles_like.errors import (
     ProtocolError,
     ProtocolViolationError,
 )
-from achilles_like.frame_writer import FrameWriter
+from achilles_like.frame_writer import FrameWriter, SendTurn
 from achilles_like.liveness import IDLE_PING_INTERVAL, SERVER_SILENCE_TIMEOUT
 from achilles_like.protocol import Frame, FrameDecoder, ServerHandshake
 from achilles_like.protocol import messages as msg
@@ -144,7 +144,8 @@ class ServerProtocol(Protocol):
         self.last_ping = 0.0
         self.closed = False
         self.close_reason = ""  # why we closed it, for the log and the dashboard
-        self.out = FrameWriter()  # every write: large bodies are fed in slices, in order
+        # Every write: gathered per turn into one send, large bodies fed in slices, in order.
+        self.out = FrameWriter(turn=cluster.turn)
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
         assert self.transport is not None
@@ -173,6 +174,10 @@ class ServerProtocol(Protocol):
         self.cluster.events.bytes_received(len(data))  # metrics hook
         if data == _PONG and self.decoder.between_frames and self.handshake.authenticated:
             return  # most of an idle server's traffic: nothing to do but note the sign of life
+        with self.cluster.turn:  # every frame this read causes, to any peer, leaves as it ends
+            self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
         try:
             for frame in self.decoder.feed(data):
                 self._handle(frame)
@@ -239,6 +244,7 @@ class ServerProtocol(Protocol):
 
     def _close(self, last_words: bytes = b"") -> None:
         self.send(last_words)
+        self.out.flush()  # Twisted's loseConnection waits for its own buffer, not for a turn
         self.closed = True
         if self.transport is not None:
             self.transport.loseConnection()
@@ -267,7 +273,8 @@ class ServerProtocol(Protocol):
         self.close_reason = self.close_reason or reason.getErrorMessage()
         self.cluster.pending.settle(self)  # flood guard
         if self.peer_id:
-            self.cluster.unregister(self)
+            with self.cluster.turn:  # the lost peer's work, re-queued to others, leaves together
+                self.cluster.unregister(self)
 
 
 class ClusterServer(ServerFactory):
@@ -287,6 +294,7 @@ class ClusterServer(ServerFactory):
             max_queued_jobs=self.options.max_queued_jobs, max_held_bytes=self.options.max_held_bytes
         )
         self.peers: dict[str, ServerProtocol] = {}
+        self.turn = SendTurn()  # open while one event is handled: its frames leave together (frame_writer.py)
         self.node_info: dict[str, dict[str, Any]] = {}
         # Per-job options the nodes need (time limit, tasks per worker), passed on in JOB,
         # and the controller's reference for each job, echoed in QUEUED and STARTED.
@@ -417,7 +425,10 @@ class ClusterServer(ServerFactory):
 
     def _heartbeat_tick(self) -> None:
         """Ping quiet peers, drop the silent ones, fail a job left with no node for too long."""
-        now = self.clock.seconds()
+        with self.turn:
+            self._heartbeat_due(self.clock.seconds())
+
+    def _heartbeat_due(self, now: float) -> None:
         ping, drop = self.heartbeat.due(now)
         for peer in drop:
             peer.abort(f"silent for {now - peer.last_seen:.1f}s (heartbeat timeout)")
@@ -565,21 +576,22 @@ class ClusterServer(ServerFactory):
         results: dict[tuple[str, int], list[Entry]] = {}
         credit: dict[tuple[str, int], int] = {}
         for action in actions:
-            if isinstance(action, act.AssignTask):
+            # Identity tests, not isinstance: nothing subclasses an action, and this runs per task.
+            if type(action) is act.AssignTask:
                 key = (action.node_id, action.job_id)
                 entry = (action.task_id, action.attempt, action.fn or 0, action.blob)
                 if key in tasks:
                     tasks[key].append(entry)
                 else:
                     tasks[key] = [entry]
-            elif isinstance(action, act.ForwardResult):
+            elif type(action) is act.ForwardResult:
                 key = (action.controller_id, action.job_id)
                 entry = (action.task_id, 0, int(action.ok), action.blob)
                 if key in results:
                     results[key].append(entry)
                 else:
                     results[key] = [entry]
-            elif isinstance(action, act.GrantCredit):
+            elif type(action) is act.GrantCredit:
                 key = (action.controller_id, action.job_id)
                 credit[key] = credit.get(key, 0) + action.count
             else:

@@ -30,11 +30,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from achilles_like.scheduling import actions as act
+from achilles_like.server.plain_histogram import PlainHistogram
 
 log = logging.getLogger("achilles_like.server")
 
@@ -90,12 +91,13 @@ class ServerStats:
         self.auth_failures = Counter(
             "achilles_authentication_failures", "Connections refused by the handshake.", registry=registry
         )
-        self.task_seconds = Histogram(
+        # Observed once per task: plain numbers, like the hot counters (server/plain_histogram.py).
+        self.task_seconds = PlainHistogram(
             "achilles_task_duration_seconds",
             "Time from handing a task to a node to its result (queueing on the node included).",
-            buckets=TASK_SECONDS_BUCKETS,
-            registry=registry,
+            TASK_SECONDS_BUCKETS,
         )
+        registry.register(self.task_seconds)
         gauges: dict[str, tuple[str, Callable[[dict[str, Any]], float]]] = {
             "achilles_nodes": ("Connected, registered nodes.", lambda s: len(s["nodes"])),
             "achilles_worker_processes": ("Worker processes on all nodes.", _processes),
@@ -120,9 +122,10 @@ class ServerStats:
         """
         now = self._now()
         for action in actions:
-            if isinstance(action, act.AssignTask):
+            # Identity tests, not isinstance: nothing subclasses an action, and this runs per task.
+            if type(action) is act.AssignTask:
                 self._assigned(action.job_id, action.task_id, action.attempt, now)
-            elif isinstance(action, act.ForwardResult):
+            elif type(action) is act.ForwardResult:
                 self._finished(action.job_id, action.task_id, action.ok, now)
             elif isinstance(action, act.JobStarted):
                 self._started(action.job_id)
