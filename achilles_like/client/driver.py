@@ -33,7 +33,8 @@ import logging
 import os
 import queue
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -48,6 +49,7 @@ from achilles_like.serialization import RemoteFailure, dumps, loads
 log = logging.getLogger("achilles_like.client")
 
 _refs = itertools.count(1)
+_MAX_EVENTS_PER_WAKE = 64  # a bound, so a flood of frames still lets the driver feed now and then
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,24 @@ class Source(Protocol):
 
     def fail(self, error: BaseException) -> None:
         """Nothing more can run: fail everything not yet delivered."""
+
+
+# A busy job sends once this share of its window (credit + tasks in flight) is free.
+_FEED_BATCH = 4
+
+
+def worth_feeding(driver: JobDriver) -> bool:
+    """Whether to send now: at once when little is in flight, else once a quarter of the window is free.
+
+    Sending as each result returns credit costs a wake-up of the reactor, a
+    write and a read on the server per call. While three quarters of the
+    window are in flight, at least a quarter of it waits on the server for a
+    node (the server's window is at least twice the nodes' slots), so the
+    nodes lose nothing while the freed credit gathers into one write. A lone
+    call, or the first of a burst, still goes at once.
+    """
+    credit = driver.credit
+    return credit > 0 and credit * _FEED_BATCH >= credit + len(driver.inflight)
 
 
 def decode_result(ok: bool, body: bytes, batch: Batch) -> tuple[Outcomes, RemoteFailure | None]:
@@ -166,6 +186,7 @@ class JobDriver:
         # A job-level failure (the initializer raised): what every call gets instead.
         self.on_job_failure = on_job_failure
         self.job_id: int | None = None
+        self.submitted = False
         self.started = False
         # A job may send its first task before the server says STARTED (it holds it until
         # then), so a one-item call costs one round trip; the first CREDIT includes it.
@@ -178,13 +199,40 @@ class JobDriver:
         self.end_sent = False
         self.ended: msg.Ended | None = None
         self.job_failure: BaseException | None = None
+        self._held_sends: list[bytes] | None = None  # inside one_write(): sent at its end
 
     # -- sending ----------------------------------------------------------------
 
+    @contextmanager
+    def one_write(self) -> Iterator[None]:
+        """What the driver sends inside the block leaves in one write at its end.
+
+        A driving step may send a SUBMIT, a FUNC, a TASK frame and an END (a
+        one-item ``map``): each send is a wake-up of the reactor thread, and
+        each write a read and a frame-handling turn on the server.
+        """
+        if self._held_sends is not None:
+            yield  # nested: the outer block sends
+            return
+        self._held_sends = []
+        try:
+            yield
+        finally:
+            parts, self._held_sends = self._held_sends, None
+            if parts:
+                self.connection.send(*parts)
+
+    def _send(self, *parts: bytes) -> None:
+        if self._held_sends is not None:
+            self._held_sends += parts
+        else:
+            self.connection.send(*parts)
+
     def submit(self) -> None:
         """Open the job on the server."""
+        self.submitted = True
         self.connection.route(self.ref, self.inbox)
-        self.connection.send(*self._submit.encode())
+        self._send(*self._submit.encode())
 
     def feed(self, sources: Iterable[Source]) -> bool:
         """Send batches while there is credit; return whether anything was sent."""
@@ -205,7 +253,7 @@ class JobDriver:
             if entries:  # one TASK frame (protocol/batch.py) and one write for every task of this feed
                 job, ref = self._address()
                 tasks = msg.Tasks(job=job, ref=ref, entries=entries, limit=self.max_body)
-                self.connection.send(*functions, *tasks.encode())
+                self._send(*functions, *tasks.encode())
         return bool(entries)
 
     def _address(self) -> tuple[int, int | None]:
@@ -242,20 +290,20 @@ class JobDriver:
         if self.ended is None and not self.connection.closed:
             self.withdrawing.add(task)
             job, ref = self._address()
-            self.connection.send(msg.Withdraw(job=job, ref=ref, task=task).to_bytes())
+            self._send(msg.Withdraw(job=job, ref=ref, task=task).to_bytes())
 
     def end(self) -> None:
         """Say the job's input is complete (the server ends it once every task is done)."""
         if not self.end_sent and self.ended is None:
             self.end_sent = True
             job, ref = self._address()
-            self.connection.send(msg.End(job=job, ref=ref, tasks=self.next_task).to_bytes())
+            self._send(msg.End(job=job, ref=ref, tasks=self.next_task).to_bytes())
 
     def cancel(self) -> None:
         """Abandon the job: the cluster drops its tasks (sent whenever a caller gives up its work)."""
         if self.ended is None and not self.connection.closed:
             job, ref = self._address()
-            self.connection.send(msg.Cancel(job=job, ref=ref).to_bytes())
+            self._send(msg.Cancel(job=job, ref=ref).to_bytes())
         self.release()
 
     def release(self) -> None:
@@ -272,6 +320,18 @@ class JobDriver:
     def next_event(self) -> Any:
         """Wait for the next event of this job (frames, a wake-up, or the connection's loss)."""
         return self.connection.next_event(self.inbox)
+
+    def next_events(self) -> list[Any]:
+        """Wait for the next event, and take every one queued behind it (one wake-up for them all).
+
+        Handling them all before the next feed means one send for what they
+        freed, not one per event.
+        """
+        events = [self.connection.next_event(self.inbox)]
+        inbox = self.inbox
+        while not inbox.empty() and len(events) < _MAX_EVENTS_PER_WAKE:
+            events.append(inbox.get_nowait())
+        return events
 
     def handle(self, event: Any) -> None:
         """Apply one inbox event; a lost connection or a server's refusal raises ClusterConnectionError."""

@@ -187,6 +187,22 @@ class IMapIterator:
         with self._cond:
             return self._pop() if self._chunks else None
 
+    def take_ready(self) -> list[Outcomes]:
+        """Every chunk ready now, in order, taken in one step (never blocks); for the module functions.
+
+        Their caller drives the job in this very thread and feeds it again
+        only once it has gone through these, so the memory bound still holds.
+        """
+        with self._cond:
+            if not self._chunks:
+                return []
+            chunks, self._chunks = list(self._chunks), deque()
+            offset, self._offset = self._offset, 0
+            self.yielded += sum(len(chunk.items) for chunk in chunks) - offset
+        if offset:  # what pop_ready handed out of the first chunk already
+            chunks[0] = Outcomes(chunks[0].ok, chunks[0].items[offset:])
+        return chunks
+
     @property
     def finished(self) -> bool:
         """Every result has been handed out."""
