@@ -81,9 +81,6 @@ def _drive(driver: JobDriver, source: IterSource, results: IMapIterator) -> Iter
     that arrived together before it feeds again.
     """
     try:
-        with driver.one_write():
-            driver.submit()  # inside the try: an interrupt here must still cancel the job
-            _feed(driver, source)
         while True:
             for chunk in results.take_ready():
                 if chunk.ok:
@@ -97,10 +94,12 @@ def _drive(driver: JobDriver, source: IterSource, results: IMapIterator) -> Iter
                 return
             if driver.ended is not None:  # ended with nothing left to hand out: say why
                 raise JobFailedError(driver.ended_message())
+            with driver.one_write():
+                if not driver.submitted:
+                    driver.submit()  # inside the try: an interrupt here must still cancel the job
+                _feed(driver, source)
             for event in driver.next_events():
                 driver.handle(event)
-            with driver.one_write():
-                _feed(driver, source)
     finally:
         if driver.ended is None:
             driver.cancel()
