@@ -26,7 +26,7 @@ from achilles_like.client.calls import (
     check_chunksize,
     check_timeout,
     label_of,
-    pickle_function,
+    module_blobs,
     pickle_setup,
     prepare_input,
 )
@@ -55,7 +55,7 @@ def _run(
     check_timeout(timeout)
     total = input_length(args)
     items = prepare_input(args)
-    func_blob = pickle_function(func, callback)
+    func_blob = module_blobs.blob(func, callback)  # pickled again unless sent by name
     connection = shared_connection(resolve_settings(**target))
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
     driver = JobDriver(
