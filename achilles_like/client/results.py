@@ -144,7 +144,10 @@ class IMapIterator:
         self._ordered = ordered
         self._progress = progress  # progress=: counts items as chunks arrive, closed at the end
         self._on_consumed = on_consumed
-        self._cond = threading.Condition()
+        # A plain lock, taken directly on the hot path (one C call per item, as the stdlib's
+        # iterator does); the condition on it is for waiting only.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._reorder: ReorderBuffer[Outcomes] = ReorderBuffer()
         self._chunks: deque[Outcomes] = deque()  # ready, in the order they are handed out
         self._offset = 0  # into the first ready chunk
@@ -166,18 +169,34 @@ class IMapIterator:
 
     def next(self, timeout: float | None = None) -> Any:
         """The next result; ``StopIteration`` at the end; ``multiprocessing.TimeoutError`` on timeout."""
-        with self._cond:
-            if not self._chunks and not self._finished():
-                self._cond.wait_for(lambda: bool(self._chunks) or self._finished(), timeout)
-            if not self._chunks:
-                if self._finished():
-                    raise StopIteration
-                raise MpTimeoutError
-            ok, value = self._pop()
-        wake_when = self.wake_when
-        if wake_when is not None and wake_when():
-            self.wake_when = None
-            self._on_consumed()
+        with self._lock:
+            chunks = self._chunks  # one deque for the iterator's life: only ever cleared, never replaced
+            if not chunks:
+                if not self._finished():
+                    self._cond.wait_for(lambda: bool(chunks) or self._finished(), timeout)
+                if not chunks:
+                    if self._finished():
+                        raise StopIteration
+                    raise MpTimeoutError
+            # The next item of the first ready chunk (see _pop), inlined: this runs per item.
+            chunk = chunks[0]
+            items = chunk.items
+            offset = self._offset
+            item = items[offset]
+            offset += 1
+            if offset == len(items):
+                chunks.popleft()
+                offset = 0
+            self._offset = offset
+            self.yielded += 1
+        if self.wake_when is not None:
+            wake_when = self.wake_when
+            if wake_when is not None and wake_when():
+                self.wake_when = None
+                self._on_consumed()
+        if chunk.ok:
+            return item
+        ok, value = item
         if ok:
             return value
         raise value
@@ -196,7 +215,8 @@ class IMapIterator:
         with self._cond:
             if not self._chunks:
                 return []
-            chunks, self._chunks = list(self._chunks), deque()
+            chunks = list(self._chunks)
+            self._chunks.clear()
             offset, self._offset = self._offset, 0
             self.yielded += sum(len(chunk.items) for chunk in chunks) - offset
         if offset:  # what pop_ready handed out of the first chunk already
