@@ -157,15 +157,13 @@ class IMapIterator:
         self.stop_at_failure = False
         self.yielded = 0
         self.received = 0  # items of the chunks that arrived (ready or held for order)
-        # Set by a throttled source: called with nothing held, true when it wants a wake-up.
-        self.wake_when: Callable[[], bool] | None = None
+        # Set by a throttled source: wake it (on_consumed) once no more than this many
+        # results are unconsumed; -1: it wants no wake-up. A number, checked inline per item.
+        self.wake_below = -1
         self._owner: object = None  # the pool, kept alive while results are still coming
 
     def __iter__(self) -> Iterator[Any]:
         return self
-
-    def __next__(self) -> Any:
-        return self.next()
 
     def next(self, timeout: float | None = None) -> Any:
         """The next result; ``StopIteration`` at the end; ``multiprocessing.TimeoutError`` on timeout."""
@@ -189,17 +187,19 @@ class IMapIterator:
                 offset = 0
             self._offset = offset
             self.yielded += 1
-        if self.wake_when is not None:
-            wake_when = self.wake_when
-            if wake_when is not None and wake_when():
-                self.wake_when = None
-                self._on_consumed()
+            wake = self.wake_below >= 0 and self.received - self.yielded <= self.wake_below
+            if wake:
+                self.wake_below = -1
+        if wake:
+            self._on_consumed()
         if chunk.ok:
             return item
         ok, value = item
         if ok:
             return value
         raise value
+
+    __next__ = next  # noqa: A003 - no extra call per item
 
     def pop_ready(self) -> tuple[bool, Any] | None:
         """The next outcome if one is ready, else None (never blocks); for the module functions."""
@@ -238,6 +238,18 @@ class IMapIterator:
             self._offset = 0
         self.yielded += 1
         return (True, item) if chunk.ok else item
+
+    def hold_back(self, bound: int) -> bool:
+        """Whether ``bound`` results or more are unconsumed; if so, wake the source at half of it.
+
+        Checked and armed under the lock: a consumer that drains them meanwhile
+        cannot slip past the mark unseen.
+        """
+        with self._lock:
+            if self.received - self.yielded < bound:
+                return False
+            self.wake_below = bound // 2
+            return True
 
     @property
     def unconsumed(self) -> int:

@@ -123,11 +123,8 @@ class _Throttle:
 
     @property
     def throttled(self) -> bool:
-        if self.iterator.unconsumed < self.max_ahead:
-            return False
-        # Ask the consumer to wake the driver once it has drained half the bound.
-        self.iterator.wake_when = lambda: self.iterator.unconsumed <= self.max_ahead // 2
-        return True
+        # If so, the consumer wakes the driver once it has drained half the bound.
+        return self.iterator.hold_back(self.max_ahead)
 
 
 class _LazySource:
