@@ -33,8 +33,7 @@ import logging
 import os
 import queue
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -200,27 +199,18 @@ class JobDriver:
         self.ended: msg.Ended | None = None
         self.job_failure: BaseException | None = None
         self._held_sends: list[bytes] | None = None  # inside one_write(): sent at its end
+        self._one_write = _OneWrite(self)
 
     # -- sending ----------------------------------------------------------------
 
-    @contextmanager
-    def one_write(self) -> Iterator[None]:
-        """What the driver sends inside the block leaves in one write at its end.
+    def one_write(self) -> _OneWrite:
+        """A ``with`` block: what the driver sends inside it leaves in one write at its end.
 
         A driving step may send a SUBMIT, a FUNC, a TASK frame and an END (a
         one-item ``map``): each send is a wake-up of the reactor thread, and
         each write a read and a frame-handling turn on the server.
         """
-        if self._held_sends is not None:
-            yield  # nested: the outer block sends
-            return
-        self._held_sends = []
-        try:
-            yield
-        finally:
-            parts, self._held_sends = self._held_sends, None
-            if parts:
-                self.connection.send(*parts)
+        return self._one_write
 
     def _send(self, *parts: bytes) -> None:
         if self._held_sends is not None:
@@ -409,6 +399,27 @@ class JobDriver:
         inflight, self.inflight = self.inflight, {}
         for batch in inflight.values():
             _deliver(batch, Outcomes.failed(error, len(batch.items)))
+
+
+class _OneWrite:
+    """:meth:`JobDriver.one_write`'s block (a class, not a generator: it is entered per driving step)."""
+
+    def __init__(self, driver: JobDriver) -> None:
+        self._driver = driver
+        self._depth = 0  # nested blocks: the outermost one sends
+
+    def __enter__(self) -> None:
+        if self._depth == 0:
+            self._driver._held_sends = []
+        self._depth += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            driver = self._driver
+            parts, driver._held_sends = driver._held_sends, None
+            if parts:
+                driver.connection.send(*parts)
 
 
 def _deliver(batch: Batch, outcomes: Outcomes) -> None:

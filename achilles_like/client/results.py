@@ -160,6 +160,7 @@ class IMapIterator:
         # Set by a throttled source: wake it (on_consumed) once no more than this many
         # results are unconsumed; -1: it wants no wake-up. A number, checked inline per item.
         self.wake_below = -1
+        self._waiting = 0  # consumers waiting in next(): a chunk notifies only if there are any
         self._owner: object = None  # the pool, kept alive while results are still coming
 
     def __iter__(self) -> Iterator[Any]:
@@ -171,7 +172,11 @@ class IMapIterator:
             chunks = self._chunks  # one deque for the iterator's life: only ever cleared, never replaced
             if not chunks:
                 if not self._finished():
-                    self._cond.wait_for(lambda: bool(chunks) or self._finished(), timeout)
+                    self._waiting += 1
+                    try:
+                        self._cond.wait_for(lambda: bool(chunks) or self._finished(), timeout)
+                    finally:
+                        self._waiting -= 1
                 if not chunks:
                     if self._finished():
                         raise StopIteration
@@ -277,7 +282,7 @@ class IMapIterator:
         if self.stop_at_failure and not outcomes.ok:
             self._fail(outcomes.first_failure() or RuntimeError("a task failed"))
             return
-        with self._cond:
+        with self._lock:
             if self._failed:
                 return
             self._chunks_in += 1
@@ -290,7 +295,8 @@ class IMapIterator:
                 self._reorder.add(index, outcomes)
                 for ready in self._reorder.pop_ready():
                     self._append(ready)
-            self._cond.notify_all()
+            if self._waiting:  # the module functions' caller never waits here: no notify per chunk
+                self._cond.notify_all()
 
     def _append(self, outcomes: Outcomes) -> None:
         if outcomes.items:
