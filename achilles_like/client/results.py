@@ -11,6 +11,7 @@ caller's process, as the stdlib's result-handler thread does.
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -22,6 +23,17 @@ from achilles_like.client.progress import ProgressSink
 from achilles_like.scheduling.reorder import ReorderBuffer
 
 log = logging.getLogger("achilles_like.results")
+
+_NONE: Any = object()  # what next(iterator, _NONE) gives when the iterator is exhausted
+
+
+def _value_of(outcome: tuple[bool, Any]) -> Any:
+    """An ``(ok, value or error)`` outcome's value, or its error raised."""
+    ok, value = outcome
+    if ok:
+        return value
+    raise value
+
 
 Callback = Callable[[Any], object] | None
 
@@ -150,7 +162,9 @@ class IMapIterator:
         self._cond = threading.Condition(self._lock)
         self._reorder: ReorderBuffer[Outcomes] = ReorderBuffer()
         self._chunks: deque[Outcomes] = deque()  # ready, in the order they are handed out
-        self._offset = 0  # into the first ready chunk
+        self._offset = 0  # into the first ready chunk (pop_ready)
+        # The chunk being handed out by next(): an iterator over its items, and its form.
+        self._current: tuple[Iterator[Any], bool] | None = None
         self._total_chunks: int | None = None
         self._chunks_in = 0
         self._failed = False
@@ -168,7 +182,29 @@ class IMapIterator:
 
     def next(self, timeout: float | None = None) -> Any:
         """The next result; ``StopIteration`` at the end; ``multiprocessing.TimeoutError`` on timeout."""
+        current = self._current
+        if current is not None:
+            # The chunk being handed out, read without the lock: next() on a list iterator is
+            # one C call, so each item still goes to exactly one consumer thread.
+            item = next(current[0], _NONE)
+            if item is not _NONE:
+                return item if current[1] else _value_of(item)
+        return self._next_chunk(timeout)
+
+    __next__ = next  # noqa: A003 - no extra call per item
+
+    def _next_chunk(self, timeout: float | None) -> Any:
+        """Start handing out the next ready chunk (waiting for one), and return its first result.
+
+        Its items count as consumed from now on: the memory bound may be
+        exceeded by the one chunk being handed out.
+        """
         with self._lock:
+            current = self._current
+            if current is not None:  # another consumer started one meanwhile: it goes first
+                item = next(current[0], _NONE)
+                if item is not _NONE:
+                    return item if current[1] else _value_of(item)
             chunks = self._chunks  # one deque for the iterator's life: only ever cleared, never replaced
             if not chunks:
                 if not self._finished():
@@ -181,34 +217,29 @@ class IMapIterator:
                     if self._finished():
                         raise StopIteration
                     raise MpTimeoutError
-            # The next item of the first ready chunk (see _pop), inlined: this runs per item.
-            chunk = chunks[0]
+            chunk = chunks.popleft()
             items = chunk.items
-            offset = self._offset
-            item = items[offset]
-            offset += 1
-            if offset == len(items):
-                chunks.popleft()
-                offset = 0
-            self._offset = offset
-            self.yielded += 1
+            if self._offset:  # what pop_ready handed out of it already
+                items, self._offset = items[self._offset :], 0
+            self.yielded += len(items)
+            handing = iter(items)
+            item = next(handing)  # never empty: empty chunks are not queued
+            self._current = (handing, chunk.ok)
             wake = self.wake_below >= 0 and self.received - self.yielded <= self.wake_below
             if wake:
                 self.wake_below = -1
         if wake:
             self._on_consumed()
-        if chunk.ok:
-            return item
-        ok, value = item
-        if ok:
-            return value
-        raise value
-
-    __next__ = next  # noqa: A003 - no extra call per item
+        return item if chunk.ok else _value_of(item)
 
     def pop_ready(self) -> tuple[bool, Any] | None:
-        """The next outcome if one is ready, else None (never blocks); for the module functions."""
-        with self._cond:
+        """The next outcome if one is ready, else None (never blocks)."""
+        with self._lock:
+            current = self._current
+            if current is not None:
+                item = next(current[0], _NONE)
+                if item is not _NONE:
+                    return (True, item) if current[1] else item
             return self._pop() if self._chunks else None
 
     def take_ready(self) -> list[Outcomes]:
@@ -217,7 +248,13 @@ class IMapIterator:
         Their caller drives the job in this very thread and feeds it again
         only once it has gone through these, so the memory bound still holds.
         """
-        with self._cond:
+        with self._lock:
+            current, self._current = self._current, None
+            if current is not None:
+                rest = list(current[0])
+                if rest:  # counted as consumed already
+                    self._chunks.appendleft(Outcomes(current[1], rest))
+                    self.yielded -= len(rest)
             if not self._chunks:
                 return []
             chunks = list(self._chunks)
@@ -231,7 +268,10 @@ class IMapIterator:
     @property
     def finished(self) -> bool:
         """Every result has been handed out."""
-        with self._cond:
+        with self._lock:
+            current = self._current
+            if current is not None and operator.length_hint(current[0]):
+                return False
             return not self._chunks and self._finished()
 
     def _pop(self) -> tuple[bool, Any]:
@@ -317,6 +357,7 @@ class IMapIterator:
             if self.stop_at_failure:
                 self._chunks.clear()
                 self._offset = 0
+                self._current = None
             self._chunks.append(Outcomes(False, [(False, error)]))
             self._total_chunks = self._chunks_in
             if self._progress is not None:
