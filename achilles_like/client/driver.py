@@ -14,9 +14,12 @@ A *source* hands out *batches* (one task: the function blob, its items, and
 the *sink* that gets their outcomes); the driver sends them while it has
 credit, and delivers each task's results to its batch's sink. The driver has
 no thread of its own and never blocks: the module functions drive it from the
-caller's thread, a Pool or an executor from its session thread. Everything it
-sends leaves in one write per call, and the tasks a call sends travel as one
-``TASK`` frame (``protocol/batch.py``), as the results do in a ``RESULT``.
+caller's thread, a Pool or an executor from its session thread. What a
+driving step sends (inside :meth:`JobDriver.one_write`: SUBMIT, FUNC, the
+tasks, WITHDRAW, END) leaves in one write, the tasks as one ``TASK`` frame
+(``protocol/batch.py``), as the results come in a ``RESULT``; the driving
+thread takes every event queued behind the one it waited for
+(:meth:`JobDriver.next_events`), so one wake-up and one feed serve them all.
 
 A function is sent once per job under a small id (``FUNC``), and a task names
 the id, so a task carries only its items. A task's result is the plain list
