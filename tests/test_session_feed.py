@@ -6,7 +6,7 @@ import queue
 from typing import Any
 
 from achilles_like.client.driver import Batch, JobDriver
-from achilles_like.client.session import _worth_feeding
+from achilles_like.client.driver import worth_feeding as _worth_feeding
 from achilles_like.config import Settings
 
 

@@ -26,12 +26,12 @@ from achilles_like.client.calls import (
     check_chunksize,
     check_timeout,
     label_of,
-    pickle_function,
+    module_blobs,
     pickle_setup,
     prepare_input,
 )
 from achilles_like.client.connection import Connection
-from achilles_like.client.driver import JobDriver
+from achilles_like.client.driver import JobDriver, worth_feeding
 from achilles_like.client.progress import Progress, input_length, open_progress
 from achilles_like.client.results import IMapIterator
 from achilles_like.client.shared import shared_connection
@@ -55,7 +55,7 @@ def _run(
     check_timeout(timeout)
     total = input_length(args)
     items = prepare_input(args)
-    func_blob = pickle_function(func, callback)
+    func_blob = module_blobs.blob(func, callback)  # pickled again unless sent by name
     connection = shared_connection(resolve_settings(**target))
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
     driver = JobDriver(
@@ -75,29 +75,44 @@ def _run(
 def _drive(driver: JobDriver, source: IterSource, results: IMapIterator) -> Iterator[Any]:
     """Run the job from the caller's thread, yielding each result as it becomes ready.
 
-    Nothing is sent, and no input pulled, before the first result is asked for.
+    Nothing is sent, and no input pulled, before the first result is asked
+    for. Each step sends what it has in one write (the SUBMIT goes with the
+    first tasks and, for a short input, the END), and handles every event
+    that arrived together before it feeds again.
     """
     try:
-        driver.submit()  # inside the try: an interrupt here must still cancel the job
         while True:
-            while (outcome := results.pop_ready()) is not None:
-                ok, value = outcome
-                if not ok:
-                    raise value
-                yield value
+            for chunk in results.take_ready():
+                if chunk.ok:
+                    yield from chunk.items
+                    continue
+                for ok, value in chunk.items:
+                    if not ok:
+                        raise value
+                    yield value
             if results.finished:
                 return
             if driver.ended is not None:  # ended with nothing left to hand out: say why
                 raise JobFailedError(driver.ended_message())
-            driver.feed([source])
-            if source.exhausted and not driver.end_sent:
-                driver.end()
-            driver.handle(driver.next_event())
+            with driver.one_write():
+                if not driver.submitted:
+                    driver.submit()  # inside the try: an interrupt here must still cancel the job
+                _feed(driver, source)
+            for event in driver.next_events():
+                driver.handle(event)
     finally:
         if driver.ended is None:
             driver.cancel()
         else:
             driver.release()
+
+
+def _feed(driver: JobDriver, source: IterSource) -> None:
+    """Send what the credit allows, gathered as a Pool's session does; END once the input is all sent."""
+    if worth_feeding(driver):
+        driver.feed([source])
+    if source.exhausted and not driver.end_sent:
+        driver.end()
 
 
 def map(  # noqa: A001 - the achilles / multiprocessing name

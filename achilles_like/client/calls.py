@@ -12,7 +12,9 @@ from __future__ import annotations
 import inspect
 import multiprocessing
 import pickle
+import sys
 import threading
+import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -126,3 +128,55 @@ class FunctionBlobs:
             while len(self._blobs) > self._size:
                 self._blobs.popitem(last=False)
         return blob
+
+
+def _by_reference(obj: object) -> bool:
+    """Whether ``obj`` travels as its importable name alone (so its pickle can never be stale).
+
+    A plain function or builtin that its module still holds under its
+    qualified name: dill pickles that as a reference, whatever its globals
+    hold. Anything else (``__main__`` code, closures, partials, bound
+    methods, callable objects) goes by value and is pickled afresh each time.
+    """
+    if obj is None:
+        return True
+    if not isinstance(obj, types.FunctionType | types.BuiltinFunctionType):
+        return False
+    module = sys.modules.get(getattr(obj, "__module__", None) or "__main__")
+    if module is None or module.__name__ == "__main__":
+        return False
+    found: object = module
+    for part in obj.__qualname__.split("."):
+        found = getattr(found, part, None)
+    return found is obj
+
+
+class ReferenceBlobs:
+    """The module functions' ``(func, "map", callback)`` blobs, kept only for functions sent by name."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._blobs: OrderedDict[tuple[int, int], tuple[object, object, bytes]] = OrderedDict()
+
+    def blob(self, func: Callable[..., Any], callback: Callable[..., Any] | None) -> bytes:
+        """What :func:`pickle_function` gives, from the cache when both are sent by name."""
+        cacheable = _by_reference(func) and _by_reference(callback)
+        key = (id(func), id(callback))
+        if cacheable:
+            with self._lock:
+                cached = self._blobs.get(key)
+                if cached is not None and cached[0] is func and cached[1] is callback:
+                    self._blobs.move_to_end(key)
+                    return cached[2]
+        blob = pickle_function(func, callback)
+        if cacheable:
+            with self._lock:
+                self._blobs[key] = (func, callback, blob)  # holding them keeps their ids from reuse
+                while len(self._blobs) > self._size:
+                    self._blobs.popitem(last=False)
+        return blob
+
+
+#: The blobs of the module functions' calls, shared by every thread of the process.
+module_blobs = ReferenceBlobs()

@@ -14,9 +14,12 @@ A *source* hands out *batches* (one task: the function blob, its items, and
 the *sink* that gets their outcomes); the driver sends them while it has
 credit, and delivers each task's results to its batch's sink. The driver has
 no thread of its own and never blocks: the module functions drive it from the
-caller's thread, a Pool or an executor from its session thread. Everything it
-sends leaves in one write per call, and the tasks a call sends travel as one
-``TASK`` frame (``protocol/batch.py``), as the results do in a ``RESULT``.
+caller's thread, a Pool or an executor from its session thread. What a
+driving step sends (inside :meth:`JobDriver.one_write`: SUBMIT, FUNC, the
+tasks, WITHDRAW, END) leaves in one write, the tasks as one ``TASK`` frame
+(``protocol/batch.py``), as the results come in a ``RESULT``; the driving
+thread takes every event queued behind the one it waited for
+(:meth:`JobDriver.next_events`), so one wake-up and one feed serve them all.
 
 A function is sent once per job under a small id (``FUNC``), and a task names
 the id, so a task carries only its items. A task's result is the plain list
@@ -49,6 +52,7 @@ from achilles_like.serialization import RemoteFailure, dumps, loads
 log = logging.getLogger("achilles_like.client")
 
 _refs = itertools.count(1)
+_MAX_EVENTS_PER_WAKE = 64  # a bound, so a flood of frames still lets the driver feed now and then
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,24 @@ class Source(Protocol):
 
     def fail(self, error: BaseException) -> None:
         """Nothing more can run: fail everything not yet delivered."""
+
+
+# A busy job sends once this share of its window (credit + tasks in flight) is free.
+_FEED_BATCH = 4
+
+
+def worth_feeding(driver: JobDriver) -> bool:
+    """Whether to send now: at once when little is in flight, else once a quarter of the window is free.
+
+    Sending as each result returns credit costs a wake-up of the reactor, a
+    write and a read on the server per call. While three quarters of the
+    window are in flight, at least a quarter of it waits on the server for a
+    node (the server's window is at least twice the nodes' slots), so the
+    nodes lose nothing while the freed credit gathers into one write. A lone
+    call, or the first of a burst, still goes at once.
+    """
+    credit = driver.credit
+    return credit > 0 and credit * _FEED_BATCH >= credit + len(driver.inflight)
 
 
 def decode_result(
@@ -169,6 +191,7 @@ class JobDriver:
         # A job-level failure (the initializer raised): what every call gets instead.
         self.on_job_failure = on_job_failure
         self.job_id: int | None = None
+        self.submitted = False
         self.started = False
         # A job may send its first task before the server says STARTED (it holds it until
         # then), so a one-item call costs one round trip; the first CREDIT includes it.
@@ -181,13 +204,31 @@ class JobDriver:
         self.end_sent = False
         self.ended: msg.Ended | None = None
         self.job_failure: BaseException | None = None
+        self._held_sends: list[bytes] | None = None  # inside one_write(): sent at its end
+        self._one_write = _OneWrite(self)
 
     # -- sending ----------------------------------------------------------------
 
+    def one_write(self) -> _OneWrite:
+        """A ``with`` block: what the driver sends inside it leaves in one write at its end.
+
+        A driving step may send a SUBMIT, a FUNC, a TASK frame and an END (a
+        one-item ``map``): each send is a wake-up of the reactor thread, and
+        each write a read and a frame-handling turn on the server.
+        """
+        return self._one_write
+
+    def _send(self, *parts: bytes) -> None:
+        if self._held_sends is not None:
+            self._held_sends += parts
+        else:
+            self.connection.send(*parts)
+
     def submit(self) -> None:
         """Open the job on the server."""
+        self.submitted = True
         self.connection.route(self.ref, self.inbox)
-        self.connection.send(*self._submit.encode())
+        self._send(*self._submit.encode())
 
     def feed(self, sources: Iterable[Source]) -> bool:
         """Send batches while there is credit; return whether anything was sent."""
@@ -208,7 +249,7 @@ class JobDriver:
             if entries:  # one TASK frame (protocol/batch.py) and one write for every task of this feed
                 job, ref = self._address()
                 tasks = msg.Tasks(job=job, ref=ref, entries=entries, limit=self.max_body)
-                self.connection.send(*functions, *tasks.encode())
+                self._send(*functions, *tasks.encode())
         return bool(entries)
 
     def _address(self) -> tuple[int, int | None]:
@@ -245,20 +286,20 @@ class JobDriver:
         if self.ended is None and not self.connection.closed:
             self.withdrawing.add(task)
             job, ref = self._address()
-            self.connection.send(msg.Withdraw(job=job, ref=ref, task=task).to_bytes())
+            self._send(msg.Withdraw(job=job, ref=ref, task=task).to_bytes())
 
     def end(self) -> None:
         """Say the job's input is complete (the server ends it once every task is done)."""
         if not self.end_sent and self.ended is None:
             self.end_sent = True
             job, ref = self._address()
-            self.connection.send(msg.End(job=job, ref=ref, tasks=self.next_task).to_bytes())
+            self._send(msg.End(job=job, ref=ref, tasks=self.next_task).to_bytes())
 
     def cancel(self) -> None:
         """Abandon the job: the cluster drops its tasks (sent whenever a caller gives up its work)."""
         if self.ended is None and not self.connection.closed:
             job, ref = self._address()
-            self.connection.send(msg.Cancel(job=job, ref=ref).to_bytes())
+            self._send(msg.Cancel(job=job, ref=ref).to_bytes())
         self.release()
 
     def release(self) -> None:
@@ -275,6 +316,18 @@ class JobDriver:
     def next_event(self) -> Any:
         """Wait for the next event of this job (frames, a wake-up, or the connection's loss)."""
         return self.connection.next_event(self.inbox)
+
+    def next_events(self) -> list[Any]:
+        """Wait for the next event, and take every one queued behind it (one wake-up for them all).
+
+        Handling them all before the next feed means one send for what they
+        freed, not one per event.
+        """
+        events = [self.connection.next_event(self.inbox)]
+        inbox = self.inbox
+        while not inbox.empty() and len(events) < _MAX_EVENTS_PER_WAKE:
+            events.append(inbox.get_nowait())
+        return events
 
     def handle(self, event: Any) -> None:
         """Apply one inbox event; a lost connection or a server's refusal raises ClusterConnectionError."""
@@ -360,6 +413,27 @@ def _streamed(frame: Frame) -> StreamedResult:
     """The large result a RESULT frame's body streams into (``client/streamed_results.py``)."""
     assert isinstance(frame.stream, StreamedResult)
     return frame.stream
+
+
+class _OneWrite:
+    """:meth:`JobDriver.one_write`'s block (a class, not a generator: it is entered per driving step)."""
+
+    def __init__(self, driver: JobDriver) -> None:
+        self._driver = driver
+        self._depth = 0  # nested blocks: the outermost one sends
+
+    def __enter__(self) -> None:
+        if self._depth == 0:
+            self._driver._held_sends = []
+        self._depth += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            driver = self._driver
+            parts, driver._held_sends = driver._held_sends, None
+            if parts:
+                driver.connection.send(*parts)
 
 
 def _deliver(batch: Batch, outcomes: Outcomes) -> None:

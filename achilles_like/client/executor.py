@@ -90,7 +90,7 @@ _SinkFor = Callable[[Future[Any]], Sink]  # a call's sink, given the future it s
 
 def _future_sink(future: Future[Any]) -> Sink:
     def sink(outcomes: Outcomes) -> None:
-        ok, value = outcomes.pairs()[0]
+        ok, value = (True, outcomes.items[0]) if outcomes.ok else outcomes.items[0]
         if not ok:
             value = _as_executor_error(value)
         if future.done():
@@ -196,15 +196,17 @@ class ProcessPoolExecutor(Executor):
             if _interpreter_exiting:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             self._pending[future] = batch
-        future.add_done_callback(self._forget)
         session, held = self._session, weakref.ref(batch)  # a done future must not keep the arguments
+        forget = self._forget
 
-        def withdraw_if_cancelled(done: Future[Any]) -> None:
+        def finished(done: Future[Any]) -> None:
+            """Forget the future; a cancelled one's call is withdrawn (one callback: one call per result)."""
+            forget(done)
             cancelled = held() if done.cancelled() else None
             if cancelled is not None:
                 session.withdraw(cancelled)
 
-        future.add_done_callback(withdraw_if_cancelled)
+        future.add_done_callback(finished)
         self._session.add(ApplySource(batch, lambda: not future.cancelled()))
         return future
 

@@ -11,6 +11,7 @@ caller's process, as the stdlib's result-handler thread does.
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -22,6 +23,17 @@ from achilles_like.client.progress import ProgressSink
 from achilles_like.scheduling.reorder import ReorderBuffer
 
 log = logging.getLogger("achilles_like.results")
+
+_NONE: Any = object()  # what next(iterator, _NONE) gives when the iterator is exhausted
+
+
+def _value_of(outcome: tuple[bool, Any]) -> Any:
+    """An ``(ok, value or error)`` outcome's value, or its error raised."""
+    ok, value = outcome
+    if ok:
+        return value
+    raise value
+
 
 Callback = Callable[[Any], object] | None
 
@@ -146,53 +158,122 @@ class IMapIterator:
         self._ordered = ordered
         self._progress = progress  # progress=: counts items as chunks arrive, closed at the end
         self._on_consumed = on_consumed
-        self._cond = threading.Condition()
+        # A plain lock, taken directly on the hot path (one C call per item, as the stdlib's
+        # iterator does); the condition on it is for waiting only.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._reorder: ReorderBuffer[Outcomes] = ReorderBuffer()
         self._chunks: deque[Outcomes] = deque()  # ready, in the order they are handed out
-        self._offset = 0  # into the first ready chunk
+        self._offset = 0  # into the first ready chunk (pop_ready)
+        # The chunk being handed out by next(): an iterator over its items, and its form.
+        self._current: tuple[Iterator[Any], bool] | None = None
         self._total_chunks: int | None = None
         self._chunks_in = 0
         self._failed = False
         self.stop_at_failure = False
         self.yielded = 0
         self.received = 0  # items of the chunks that arrived (ready or held for order)
-        # Set by a throttled source: called with nothing held, true when it wants a wake-up.
-        self.wake_when: Callable[[], bool] | None = None
+        # Set by a throttled source: wake it (on_consumed) once no more than this many
+        # results are unconsumed; -1: it wants no wake-up. A number, checked inline per item.
+        self.wake_below = -1
+        self._waiting = 0  # consumers waiting in next(): a chunk notifies only if there are any
         self._owner: object = None  # the pool, kept alive while results are still coming
 
     def __iter__(self) -> Iterator[Any]:
         return self
 
-    def __next__(self) -> Any:
-        return self.next()
-
     def next(self, timeout: float | None = None) -> Any:
         """The next result; ``StopIteration`` at the end; ``multiprocessing.TimeoutError`` on timeout."""
-        with self._cond:
-            if not self._chunks and not self._finished():
-                self._cond.wait_for(lambda: bool(self._chunks) or self._finished(), timeout)
-            if not self._chunks:
-                if self._finished():
-                    raise StopIteration
-                raise MpTimeoutError
-            ok, value = self._pop()
-        wake_when = self.wake_when
-        if wake_when is not None and wake_when():
-            self.wake_when = None
+        current = self._current
+        if current is not None:
+            # The chunk being handed out, read without the lock: next() on a list iterator is
+            # one C call, so each item still goes to exactly one consumer thread.
+            item = next(current[0], _NONE)
+            if item is not _NONE:
+                return item if current[1] else _value_of(item)
+        return self._next_chunk(timeout)
+
+    __next__ = next  # noqa: A003 - no extra call per item
+
+    def _next_chunk(self, timeout: float | None) -> Any:
+        """Start handing out the next ready chunk (waiting for one), and return its first result.
+
+        Its items count as consumed from now on: the memory bound may be
+        exceeded by the one chunk being handed out.
+        """
+        with self._lock:
+            current = self._current
+            if current is not None:  # another consumer started one meanwhile: it goes first
+                item = next(current[0], _NONE)
+                if item is not _NONE:
+                    return item if current[1] else _value_of(item)
+            chunks = self._chunks  # one deque for the iterator's life: only ever cleared, never replaced
+            if not chunks:
+                if not self._finished():
+                    self._waiting += 1
+                    try:
+                        self._cond.wait_for(lambda: bool(chunks) or self._finished(), timeout)
+                    finally:
+                        self._waiting -= 1
+                if not chunks:
+                    if self._finished():
+                        raise StopIteration
+                    raise MpTimeoutError
+            chunk = chunks.popleft()
+            items = chunk.items
+            if self._offset:  # what pop_ready handed out of it already
+                items, self._offset = items[self._offset :], 0
+            self.yielded += len(items)
+            handing = iter(items)
+            item = next(handing)  # never empty: empty chunks are not queued
+            self._current = (handing, chunk.ok)
+            wake = self.wake_below >= 0 and self.received - self.yielded <= self.wake_below
+            if wake:
+                self.wake_below = -1
+        if wake:
             self._on_consumed()
-        if ok:
-            return value
-        raise value
+        return item if chunk.ok else _value_of(item)
 
     def pop_ready(self) -> tuple[bool, Any] | None:
-        """The next outcome if one is ready, else None (never blocks); for the module functions."""
-        with self._cond:
+        """The next outcome if one is ready, else None (never blocks)."""
+        with self._lock:
+            current = self._current
+            if current is not None:
+                item = next(current[0], _NONE)
+                if item is not _NONE:
+                    return (True, item) if current[1] else item
             return self._pop() if self._chunks else None
+
+    def take_ready(self) -> list[Outcomes]:
+        """Every chunk ready now, in order, taken in one step (never blocks); for the module functions.
+
+        Their caller drives the job in this very thread and feeds it again
+        only once it has gone through these, so the memory bound still holds.
+        """
+        with self._lock:
+            current, self._current = self._current, None
+            if current is not None:
+                rest = list(current[0])
+                if rest:  # counted as consumed already
+                    self._chunks.appendleft(Outcomes(current[1], rest))
+                    self.yielded -= len(rest)
+            if not self._chunks:
+                return []
+            chunks = list(self._chunks)
+            self._chunks.clear()
+            offset, self._offset = self._offset, 0
+            self.yielded += sum(len(chunk.items) for chunk in chunks) - offset
+        if offset:  # what pop_ready handed out of the first chunk already
+            chunks[0] = Outcomes(chunks[0].ok, chunks[0].items[offset:])
+        return chunks
 
     @property
     def finished(self) -> bool:
         """Every result has been handed out."""
-        with self._cond:
+        with self._lock:
+            current = self._current
+            if current is not None and operator.length_hint(current[0]):
+                return False
             return not self._chunks and self._finished()
 
     def _pop(self) -> tuple[bool, Any]:
@@ -204,6 +285,18 @@ class IMapIterator:
             self._offset = 0
         self.yielded += 1
         return (True, item) if chunk.ok else item
+
+    def hold_back(self, bound: int) -> bool:
+        """Whether ``bound`` results or more are unconsumed; if so, wake the source at half of it.
+
+        Checked and armed under the lock: a consumer that drains them meanwhile
+        cannot slip past the mark unseen.
+        """
+        with self._lock:
+            if self.received - self.yielded < bound:
+                return False
+            self.wake_below = bound // 2
+            return True
 
     @property
     def unconsumed(self) -> int:
@@ -231,7 +324,7 @@ class IMapIterator:
         if self.stop_at_failure and not outcomes.ok:
             self._stop_at(index, outcomes)
             return
-        with self._cond:
+        with self._lock:
             if self._failed:
                 return
             self._chunks_in += 1
@@ -244,7 +337,8 @@ class IMapIterator:
                 self._reorder.add(index, outcomes)
                 for ready in self._reorder.pop_ready():
                     self._append(ready)
-            self._cond.notify_all()
+            if self._waiting:  # the module functions' caller never waits here: no notify per chunk
+                self._cond.notify_all()
 
     def _append(self, outcomes: Outcomes) -> None:
         if outcomes.items:

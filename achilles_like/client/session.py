@@ -17,7 +17,7 @@ initializer runs once in each worker process that runs the pool's tasks.
 
 Calls are sent as credit allows, at once while little is in flight; a busy
 job's freed credit gathers until a quarter of its window can go in one write
-(see :func:`_worth_feeding`). A feed reads only the sources it can send, so
+(see :func:`~achilles_like.client.driver.worth_feeding`). A feed reads only the sources it can send, so
 thousands of queued ``submit`` calls add no work to a feed while they wait.
 
 A worker's outcomes are per item, so an exception fails only the call it
@@ -37,7 +37,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from achilles_like.client.connection import Connection, Lost
-from achilles_like.client.driver import Batch, JobDriver, Source
+from achilles_like.client.driver import Batch, JobDriver, Source, worth_feeding
+from achilles_like.client.inbox import HoldingInbox
 from achilles_like.config import Settings
 from achilles_like.errors import ClusterConnectionError, JobFailedError
 
@@ -63,24 +64,6 @@ class _NoJob:
 
 
 _NO_JOB = _NoJob()
-
-
-# A busy job sends once this share of its window (credit + tasks in flight) is free.
-_FEED_BATCH = 4
-
-
-def _worth_feeding(driver: JobDriver) -> bool:
-    """Whether to send now: at once when little is in flight, else once a quarter of the window is free.
-
-    Sending as each result returns credit costs a wake-up of the reactor, a
-    write and a read on the server per call. While three quarters of the
-    window are in flight, at least a quarter of it waits on the server for a
-    node (the server's window is at least twice the nodes' slots), so the
-    nodes lose nothing while the freed credit gathers into one write. A lone
-    call, or the first of a burst, still goes at once.
-    """
-    credit = driver.credit
-    return credit > 0 and credit * _FEED_BATCH >= credit + len(driver.inflight)
 
 
 class Session:
@@ -110,7 +93,8 @@ class Session:
         self.report_running = report_running  # batches hear when a worker takes them (executors)
         # Batches to take back from the cluster, and what to call once they are (see withdraw).
         self._withdrawals: deque[tuple[Batch, Callable[[], object] | None]] = deque()
-        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # RUNNING notices (executors) wait there for the next results: no wake-up of their own.
+        self.inbox: queue.SimpleQueue[Any] = HoldingInbox()
         self._lock = threading.Lock()
         # Held by whichever thread feeds the driver or hands it events (the session thread,
         # or a caller sending its own work); re-entrant, for a callback that submits work.
@@ -147,7 +131,7 @@ class Session:
         driver = self._driver
         if driver is None or driver.ended is not None:
             return False
-        if not _worth_feeding(driver):
+        if not worth_feeding(driver):
             # Credit comes, and tasks in flight finish, only as events, after each of which
             # the session thread feeds its sources (this one is among them: it was added
             # before this read). So a burst of submits neither waits for the driver nor wakes anyone.
@@ -157,7 +141,8 @@ class Session:
         try:
             if driver is not self._driver or driver.ended is not None:
                 return False
-            driver.feed(self._snapshot())
+            with driver.one_write():
+                driver.feed(self._snapshot())
             return True
         finally:
             self._driving.release()
@@ -250,9 +235,10 @@ class Session:
                 raise ClusterConnectionError(event.message)
             return True
         assert isinstance(wait_for, JobDriver)
-        event = wait_for.next_event()
+        events = wait_for.next_events()
         with self._driving:
-            wait_for.handle(event)
+            for event in events:
+                wait_for.handle(event)
         return True
 
     def _prepare(self) -> JobDriver | _NoJob | None:
@@ -267,6 +253,23 @@ class Session:
             driver = self._driver = None  # the job failed: the next work opens another
         if driver is None and any(source.has_batch for source in self._snapshot()):
             driver = self._open_job()
+        if driver is None:
+            self._withdraw(None)
+        else:
+            with driver.one_write():  # SUBMIT, withdrawals, tasks and END of this step: one send
+                if not driver.submitted:
+                    driver.submit()
+                self._withdraw(driver)
+                if worth_feeding(driver):
+                    driver.feed(self._snapshot())
+                if self._done() and driver.idle:
+                    driver.end()  # the server ends the job: ENDED comes back
+        if driver is None and self._done():
+            return None
+        return _NO_JOB if driver is None else driver
+
+    def _withdraw(self, driver: JobDriver | None) -> None:
+        """Take back the batches asked for (see :meth:`withdraw`)."""
         while self._withdrawals:
             batch, then = self._withdrawals.popleft()
             if then is not None and (batch.task is None or driver is None):
@@ -274,16 +277,11 @@ class Session:
             elif driver is not None:
                 batch.on_withdrawn = then
                 driver.withdraw(batch)
-        if driver is not None and _worth_feeding(driver):
-            driver.feed(self._snapshot())
+
+    def _done(self) -> bool:
+        """Closing, and every source handed out."""
         with self._lock:  # add() checks _closing under the same lock
-            done = self._closing and not self._sources
-        if done:
-            if driver is None:
-                return None
-            if driver.idle:
-                driver.end()  # the server ends the job: ENDED comes back
-        return _NO_JOB if driver is None else driver
+            return self._closing and not self._sources
 
     def _open_job(self) -> JobDriver:
         if self._connection is None:
@@ -299,8 +297,7 @@ class Session:
             on_job_failure=on_failure,
             report_running=self.report_running,
         )
-        driver.submit()
-        self._driver = driver
+        self._driver = driver  # submitted by the caller, in the same write as its first tasks
         return driver
 
     def _job_failed(self, failure: BaseException) -> BaseException:

@@ -19,9 +19,9 @@ and it grows with the cluster's slots, so a big cluster is kept busy.
 from __future__ import annotations
 
 import itertools
-import queue
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -123,11 +123,8 @@ class _Throttle:
 
     @property
     def throttled(self) -> bool:
-        if self.iterator.unconsumed < self.max_ahead:
-            return False
-        # Ask the consumer to wake the driver once it has drained half the bound.
-        self.iterator.wake_when = lambda: self.iterator.unconsumed <= self.max_ahead // 2
-        return True
+        # If so, the consumer wakes the driver once it has drained half the bound.
+        return self.iterator.hold_back(self.max_ahead)
 
 
 class _LazySource:
@@ -230,8 +227,12 @@ class IMapSource(_LazySource):
         super().__init__(func_blob, chunksize, iterator, max_ahead)
         # Chunks read ahead, so the session thread finds one ready whenever it has credit
         # (two made it wait on the feeder at every round trip); bounded by the memory bound.
-        ahead = max(2, min(64, max_ahead // chunksize))
-        self._ready: queue.Queue[list[Any] | _End | Exception] = queue.Queue(maxsize=ahead)
+        self._ahead = max(2, min(64, max_ahead // chunksize))
+        self._ready: deque[list[Any] | _End | Exception] = deque()
+        self._room = threading.Condition()  # the feeder waits there while the queue is full
+        # Set by the session thread before it looks for a chunk; the feeder wakes it only
+        # then (it found none, or may have), not once per chunk.
+        self._starved = True
         self._wake = wake
         feeder = threading.Thread(
             target=self._feed, args=(iter(iterable), chunksize), name="achilles-imap-feeder", daemon=True
@@ -244,22 +245,34 @@ class IMapSource(_LazySource):
                 chunk: list[Any] | _End | Exception = list(itertools.islice(items, chunksize)) or _END
             except Exception as error:  # noqa: BLE001 - the caller's iterable raised
                 chunk = error
-            while not self._done:  # a dropped or failed source must not keep this thread
-                try:
-                    self._ready.put(chunk, timeout=0.5)
-                    break
-                except queue.Full:
-                    continue
-            self._wake()
+            with self._room:
+                while len(self._ready) >= self._ahead and not self._done:
+                    self._room.wait(0.5)  # a dropped or failed source must not keep this thread
+                self._ready.append(chunk)
+            if self._starved:  # after the append: a session that looked before it is woken
+                self._starved = False
+                self._wake()
             if not isinstance(chunk, list):
                 return
+
+    def _take(self) -> list[Any] | _End | Exception | None:
+        """The next chunk read ahead, or None; the feeder refills once half the queue is taken."""
+        self._starved = True  # before looking: a chunk appended after the look wakes the session
+        try:
+            chunk = self._ready.popleft()
+        except IndexError:
+            return None
+        self._starved = False
+        if len(self._ready) == self._ahead // 2:  # one wake-up of the feeder per half a queue
+            with self._room:
+                self._room.notify()
+        return chunk
 
     def next_batch(self) -> Batch | None:
         if self._done or self._throttle.throttled:
             return None
-        try:
-            chunk = self._ready.get_nowait()
-        except queue.Empty:
+        chunk = self._take()
+        if chunk is None:
             return None
         if isinstance(chunk, _End):
             self._finish()
@@ -274,7 +287,13 @@ class IMapSource(_LazySource):
 
     @property
     def has_batch(self) -> bool:
-        return not self._done and not self._throttle.throttled and not self._ready.empty()
+        if self._done or self._throttle.throttled:
+            return False
+        self._starved = True  # as in _take: none now, so the feeder's next chunk wakes the session
+        if not self._ready:
+            return False
+        self._starved = False
+        return True
 
     def unthrottle(self) -> None:
         self._throttle.max_ahead = sys.maxsize

@@ -11,6 +11,7 @@ Admin calls (status, kill) never start a cluster just to query it.
 
 from __future__ import annotations
 
+from achilles_like.client.settings_cache import cached_settings
 from achilles_like.config import Settings, load_settings, usable_cpus
 from achilles_like.local import LocalCluster, active_cluster, default_cluster, running_default_cluster
 
@@ -22,7 +23,7 @@ def _configured(
     cluster = active_cluster()
     if host is None and cluster is not None:
         return cluster.settings.with_overrides(username=username, secret_key=secret_key)
-    settings = load_settings(host, port, username, secret_key)
+    settings = cached_settings(host, port, username, secret_key)  # .env is read only when it changed
     return settings if settings.host_configured else None
 
 

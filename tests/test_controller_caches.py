@@ -1,0 +1,85 @@
+"""What the controller keeps between calls: settings until their sources change, functions sent by name."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tasks
+
+from achilles_like.client.calls import ReferenceBlobs
+from achilles_like.client.settings_cache import cached_settings
+from achilles_like.serialization import loads
+
+
+@pytest.fixture
+def in_empty_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working directory, with no .env switch or host set in the environment."""
+    for name in ("ACHILLES_NO_DOTENV", "ACHILLES_ENV_FILE", "ACHILLES_HOST", "ACHILLES_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_settings_are_reused_while_nothing_changes(in_empty_dir: Path) -> None:
+    """Two calls with the same arguments, environment and files get the very same Settings."""
+    (in_empty_dir / ".env").write_text("HOST=10.0.0.1\nPORT=1111\n", encoding="utf-8")
+    first = cached_settings(secret_key="s")
+    assert (first.host, first.port) == ("10.0.0.1", 1111)
+    assert cached_settings(secret_key="s") is first
+
+
+def test_an_edited_env_file_is_seen_by_the_next_call(in_empty_dir: Path) -> None:
+    """Changing .env (here within the same second, to a value of the same length) is seen at once."""
+    env_file = in_empty_dir / ".env"
+    env_file.write_text("HOST=10.0.0.1\nPORT=1111\n", encoding="utf-8")
+    assert cached_settings(secret_key="s").port == 1111
+    stat = env_file.stat()
+    env_file.write_text("HOST=10.0.0.1\nPORT=2222\n", encoding="utf-8")
+    os.utime(env_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # a coarse clock must not hide it
+    assert cached_settings(secret_key="s").port == 2222
+    env_file.unlink()
+    assert not cached_settings(secret_key="s").host_configured
+
+
+def test_an_exported_variable_is_seen_by_the_next_call(
+    in_empty_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ACHILLES_* variable set between two calls changes the second one's settings."""
+    assert not cached_settings(secret_key="s").host_configured
+    monkeypatch.setenv("ACHILLES_HOST", "10.0.0.2")
+    assert cached_settings(secret_key="s").host == "10.0.0.2"
+
+
+def _make_closure(value: int) -> Callable[[int], int]:
+    def add(x: int) -> int:
+        return x + value
+
+    return add
+
+
+def test_a_function_sent_by_name_is_pickled_once() -> None:
+    """An importable module-level function's blob (just its name) is made once and reused."""
+    blobs = ReferenceBlobs()
+    first = blobs.blob(tasks.square, None)
+    assert blobs.blob(tasks.square, None) is first
+    assert blobs.blob(tasks.square, tasks.negate) is not first  # another callback, another blob
+    func, _, _ = loads(first)
+    assert func is tasks.square
+
+
+def test_a_function_sent_by_value_is_pickled_afresh_each_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Code that travels by value (a closure here, like __main__ code) is never cached: changes travel."""
+    blobs = ReferenceBlobs()
+    add = _make_closure(1)
+    first = blobs.blob(add, None)
+    add.__closure__[0].cell_contents = 5  # type: ignore[index]
+    func: Any = loads(blobs.blob(add, None))[0]
+    assert func(1) == 6 and loads(first)[0](1) == 2
+    # A module function no longer found under its name goes by value too.
+    original = tasks.negate
+    monkeypatch.setattr(tasks, "negate", _make_closure(0))
+    assert blobs.blob(original, None) is not blobs.blob(original, None)
