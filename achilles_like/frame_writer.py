@@ -174,6 +174,34 @@ class FrameWriter:
         if sent < len(data):
             connection.write(data[sent:])
 
+    def send_direct(self, data: bytes) -> int:
+        """Send ``data`` on the socket now, from any thread, if nothing waits ahead of it; bytes sent.
+
+        For a connection written from two threads (a controller's): the caller
+        holds the lock every write to this connection takes, so no other
+        write runs meanwhile. Twisted's buffer is only read here (it fills
+        only through writes under that lock, and drains in order), so a send
+        made while it is empty cannot overtake anything. Returns 0 when
+        something is queued, a large body is being fed, the connection is
+        not a plain TCP one, or it is closing: the caller queues ``data``
+        for the reactor thread instead.
+        """
+        connection = self._direct
+        if (
+            connection is None
+            or self._producing
+            or self._queue
+            or self._gathered
+            or not _idle(connection)
+            or connection._aborting
+            or connection._writeDisconnected
+        ):
+            return 0
+        try:
+            return int(connection.socket.send(data))
+        except OSError:
+            return 0  # full, or broken: the reactor's own write finds out which
+
     def _start_large(self, parts: Sequence[bytes], index: int) -> None:
         """Feed ``parts[index]`` (a large body) in slices, after what came before it."""
         self.flush()  # what this turn gathered goes first

@@ -71,15 +71,32 @@ def test_a_function_sent_by_name_is_pickled_once() -> None:
     assert func is tasks.square
 
 
-def test_a_function_sent_by_value_is_pickled_afresh_each_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Code that travels by value (a closure here, like __main__ code) is never cached: changes travel."""
+def test_a_function_sent_by_value_is_reused_until_what_it_is_made_of_changes() -> None:
+    """A by-value closure keeps its blob until its cell is refilled; then the change travels."""
     blobs = ReferenceBlobs()
     add = _make_closure(1)
     first = blobs.blob(add, None)
+    assert blobs.blob(add, None) is first
     add.__closure__[0].cell_contents = 5  # type: ignore[index]
-    func: Any = loads(blobs.blob(add, None))[0]
+    second = blobs.blob(add, None)
+    func: Any = loads(second)[0]
     assert func(1) == 6 and loads(first)[0](1) == 2
-    # A module function no longer found under its name goes by value too.
-    original = tasks.negate
-    monkeypatch.setattr(tasks, "negate", _make_closure(0))
-    assert blobs.blob(original, None) is not blobs.blob(original, None)
+
+
+def test_a_function_naming_something_mutable_is_pickled_afresh_each_time() -> None:
+    """A by-value function over a list is pickled at every call, so an append in between travels."""
+    blobs = ReferenceBlobs()
+    found = [1]
+    count = _make_counter(found)
+    first = blobs.blob(count, None)
+    found.append(2)
+    second = blobs.blob(count, None)
+    assert second is not first
+    assert loads(first)[0]() == 1 and loads(second)[0]() == 2
+
+
+def _make_counter(values: list[int]) -> Callable[[], int]:
+    def count() -> int:
+        return len(values)
+
+    return count

@@ -199,3 +199,41 @@ def test_frames_gathered_before_a_close_still_leave() -> None:
         writer.flush()
         conn.loseConnection()
     assert frames(sock.received) == [("CREDIT", 1)]
+
+
+# -- a send from another thread (a controller's caller), under the connection's lock --
+
+
+def test_send_direct_goes_out_on_the_socket_when_nothing_waits() -> None:
+    """With Twisted's buffer empty the bytes leave in one send, and the reactor is left nothing to do."""
+    conn, writer, sock = connection()
+    data = b"".join(credit(1))
+    assert writer.send_direct(data) == len(data)
+    assert sock.sends == [data] and twisted_holds(conn) == b""
+
+
+def test_send_direct_refuses_while_twisted_holds_bytes() -> None:
+    """Bytes waiting in Twisted's buffer go first: a direct send then sends nothing and says so."""
+    conn, writer, sock = connection(room=0)
+    writer.write(b"".join(credit(1)))  # the socket is full: this waits in Twisted's buffer
+    assert twisted_holds(conn)
+    sock.room = 1 << 20
+    assert writer.send_direct(b"".join(credit(2))) == 0
+    assert sock.sends == []
+
+
+def test_send_direct_refuses_while_a_large_body_is_fed() -> None:
+    """While a large body goes out slice by slice nothing may cut into it."""
+    _, writer, sock = connection()
+    writer.write_sequence([b"".join(credit(1)), bytes(writer.threshold)])
+    sent = len(sock.received)
+    assert writer.send_direct(b"".join(credit(2))) == 0
+    assert len(sock.received) == sent
+
+
+def test_send_direct_reports_a_partial_send() -> None:
+    """A socket that takes part of the bytes: the count says how much, so the caller queues the rest."""
+    _, writer, sock = connection(room=10)
+    data = b"".join(credit(1))
+    assert writer.send_direct(data) == 10
+    assert sock.received == data[:10]

@@ -12,13 +12,12 @@ from __future__ import annotations
 import inspect
 import multiprocessing
 import pickle
-import sys
 import threading
-import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from achilles_like.client.function_inputs import frozen_inputs, importable
 from achilles_like.serialization import dumps_function
 
 #: The most results a lazy ``imap`` holds that arrived and its caller has not consumed yet.
@@ -130,52 +129,65 @@ class FunctionBlobs:
         return blob
 
 
-def _by_reference(obj: object) -> bool:
-    """Whether ``obj`` travels as its importable name alone (so its pickle can never be stale).
-
-    A plain function or builtin that its module still holds under its
-    qualified name: dill pickles that as a reference, whatever its globals
-    hold. Anything else (``__main__`` code, closures, partials, bound
-    methods, callable objects) goes by value and is pickled afresh each time.
-    """
-    if obj is None:
-        return True
-    if not isinstance(obj, types.FunctionType | types.BuiltinFunctionType):
-        return False
-    module = sys.modules.get(getattr(obj, "__module__", None) or "__main__")
-    if module is None or module.__name__ == "__main__":
-        return False
-    found: object = module
-    for part in obj.__qualname__.split("."):
-        found = getattr(found, part, None)
-    return found is obj
-
-
 class ReferenceBlobs:
-    """The module functions' ``(func, "map", callback)`` blobs, kept only for functions sent by name."""
+    """The module functions' ``(func, "map", callback)`` blobs, reused while they are surely exact.
+
+    A function sent by name (:func:`~achilles_like.client.function_inputs.importable`)
+    has a pickle that cannot go stale. One sent by value is reused only while
+    every object its pickle was made of is the very same, immutable object
+    (:func:`~achilles_like.client.function_inputs.frozen_inputs`): a rebound
+    global, a new default or a refilled closure cell is pickled afresh, and a
+    function naming anything mutable is pickled at every call.
+    """
 
     def __init__(self, size: int = 64) -> None:
         self._size = size
         self._lock = threading.Lock()
-        self._blobs: OrderedDict[tuple[int, int], tuple[object, object, bytes]] = OrderedDict()
+        # (id(func), id(callback)) -> (what the pickle was made of, blob); the tuple holds func,
+        # callback and every object it names, so none of their ids can be reused meanwhile.
+        self._blobs: OrderedDict[tuple[int, int], tuple[tuple[object, ...], bytes]] = OrderedDict()
 
     def blob(self, func: Callable[..., Any], callback: Callable[..., Any] | None) -> bytes:
-        """What :func:`pickle_function` gives, from the cache when both are sent by name."""
-        cacheable = _by_reference(func) and _by_reference(callback)
+        """What :func:`pickle_function` gives, from the cache while it is surely the same."""
+        inputs = _inputs(func, callback)
         key = (id(func), id(callback))
-        if cacheable:
+        if inputs is not None:
             with self._lock:
                 cached = self._blobs.get(key)
-                if cached is not None and cached[0] is func and cached[1] is callback:
+                if cached is not None and _same(cached[0], inputs):
                     self._blobs.move_to_end(key)
-                    return cached[2]
+                    return cached[1]
         blob = pickle_function(func, callback)
-        if cacheable:
+        if inputs is not None:
             with self._lock:
-                self._blobs[key] = (func, callback, blob)  # holding them keeps their ids from reuse
+                self._blobs[key] = (inputs, blob)
                 while len(self._blobs) > self._size:
                     self._blobs.popitem(last=False)
         return blob
+
+
+def _inputs(func: object, callback: object) -> tuple[object, ...] | None:
+    """What the pickle of ``(func, callback)`` is made of, or None if it may not be reused."""
+    parts: list[object] = []
+    for obj in (func, callback):
+        if obj is None or importable(obj):
+            parts.append(obj)
+            continue
+        inputs = frozen_inputs(obj)
+        if inputs is None:
+            return None
+        parts += [obj, inputs]
+    return tuple(parts)
+
+
+def _same(old: tuple[object, ...], new: tuple[object, ...]) -> bool:
+    """The same objects in the same places (identity, not equality: a list equal today may change)."""
+    if len(old) != len(new):
+        return False
+    for a, b in zip(old, new, strict=True):
+        if a is not b and not (type(a) is tuple and type(b) is tuple and _same(a, b)):
+            return False
+    return True
 
 
 #: The blobs of the module functions' calls, shared by every thread of the process.

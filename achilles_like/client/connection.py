@@ -59,6 +59,10 @@ _PONG = msg.Pong().to_bytes()
 _SEND_NOW = 64 << 10
 
 
+def _small(parts: tuple[bytes, ...] | list[bytes]) -> bool:
+    return sum(map(len, parts)) < _SEND_NOW
+
+
 class Lost:
     """Queued when the connection ends; ``message`` says why."""
 
@@ -83,6 +87,9 @@ class ClientProtocol(Protocol):
         self.by_ref: dict[int, queue.SimpleQueue[Any]] = {}
         self.by_job: dict[int, queue.SimpleQueue[Any]] = {}
         self.ready: defer.Deferred[ClientProtocol] = defer.Deferred()
+        # Held around every write once the handshake is done: the caller's thread may send on
+        # the socket itself (Connection.send), the reactor thread answers PINGs and flushes.
+        self.send_lock = threading.Lock()
         self.failure: str = ""
         self.last_seen = time.monotonic()
         self.lost = False
@@ -118,7 +125,8 @@ class ClientProtocol(Protocol):
             if frame.verb == msg.Ping.VERB:
                 # Answered here, in the reactor thread, so a busy caller still looks alive.
                 if self.transport is not None:
-                    self.out.write_now(_PONG)
+                    with self.send_lock:
+                        self.out.write_now(_PONG)
                 continue
             inbox = self._inbox(frame)
             if isinstance(frame.stream, streamed_results.StreamedResult):
@@ -264,7 +272,7 @@ class Connection:
         # Bytes waiting for the reactor thread. Sends made before it runs join the same
         # flush: one wake-up of the reactor for a burst (an executor's submit loop).
         self._outbox: list[bytes] = []
-        self._outbox_lock = threading.Lock()
+        self._outbox_lock = protocol.send_lock
         # True only once a flush is surely scheduled: an interrupt (Ctrl-C) anywhere in
         # send() then leaves at worst one extra flush, never bytes that no flush will take.
         self._flush_scheduled = False
@@ -312,30 +320,45 @@ class Connection:
         return cls(protocol)
 
     def send(self, *parts: bytes) -> None:
-        """Queue bytes for the server (from any thread), in order."""
+        """Send bytes to the server (from any thread), in order.
+
+        A small send with nothing queued ahead of it goes out on the socket
+        from the calling thread (one ``send()``, no wake-up of the reactor
+        thread: half of a round trip's hand-offs); the rest, and anything
+        while the reactor holds bytes for this connection, is queued for the
+        reactor thread, which sends it in one flush.
+        """
         if self.closed:
             return
         with self._outbox_lock:
+            if not self._outbox and not self._flush_scheduled:
+                data = parts[0] if len(parts) == 1 else b"".join(parts) if _small(parts) else None
+                if data is not None and len(data) < _SEND_NOW:
+                    sent = self._protocol.out.send_direct(data)
+                    if sent == len(data):
+                        return
+                    parts = (data[sent:],)
             self._outbox.extend(parts)
             if not self._flush_scheduled:
                 reactor_thread.call_soon(self._flush)
                 self._flush_scheduled = True
 
     def _flush(self) -> None:
+        # Under the lock to the end: a caller's direct send must not overtake these bytes.
         with self._outbox_lock:
             parts, self._outbox = self._outbox, []
             self._flush_scheduled = False
-        if not parts or self._protocol.transport is None:
-            return
-        if len(parts) == 1 and len(parts[0]) < _SEND_NOW:
-            self._protocol.out.write_now(parts[0])
-        elif sum(map(len, parts)) < _SEND_NOW:
-            # A burst of small frames (tasks, CREDIT-driven feeds, END): one send() at once when
-            # nothing waits ahead of it, instead of Twisted's buffer, which costs an epoll_ctl
-            # pair (watch the socket for writing, stop watching) and a reactor turn per flush.
-            self._protocol.out.write_now(b"".join(parts))
-        else:
-            self._protocol.out.write_sequence(parts)
+            if not parts or self._protocol.transport is None:
+                return
+            if len(parts) == 1 and len(parts[0]) < _SEND_NOW:
+                self._protocol.out.write_now(parts[0])
+            elif _small(parts):
+                # A burst of small frames (tasks, CREDIT-driven feeds, END): one send() at once when
+                # nothing waits ahead of it, instead of Twisted's buffer, which costs an epoll_ctl
+                # pair (watch the socket for writing, stop watching) and a reactor turn per flush.
+                self._protocol.out.write_now(b"".join(parts))
+            else:
+                self._protocol.out.write_sequence(parts)
 
     def next_event(self, inbox: queue.SimpleQueue[Any] | None = None) -> Any:
         """The next event of ``inbox`` (default: the connection's own); an error if the server is silent."""
