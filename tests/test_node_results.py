@@ -64,6 +64,9 @@ class FakeProtocol:
     def send(self, data: bytes) -> None:
         self.sent += [msg.decode(frame) for frame in FrameDecoder().feed(data)]
 
+    def send_parts(self, parts: list[bytes]) -> None:
+        self.send(b"".join(parts))
+
 
 @pytest.fixture
 def node(monkeypatch: pytest.MonkeyPatch) -> tuple[NodeAgent, FakePool, FakeProtocol, Clock]:
@@ -211,3 +214,30 @@ def test_large_task_bodies_keep_the_node_shallow(node: Any) -> None:
     for item in pool.items[:-1]:
         finish(agent, item)
     assert agent.slots == 2 * 4
+
+
+def test_running_notices_leave_with_the_next_results_or_within_the_result_delay(node: Any) -> None:
+    """RUNNING waits for company: it leaves ahead of the next results, or alone after RESULT_DELAY."""
+    agent, pool, protocol, clock = node
+    first, second, third = pool.items[:3]
+    agent._started(first)
+    clock.advance(0)
+    assert protocol.sent == []
+    agent._started(second)
+    finish(agent, first)
+    finish(agent, second)  # half the slots: the results leave at the end of the turn
+    clock.advance(0)
+    assert [type(m) for m in protocol.sent] == [msg.Running, msg.Running, msg.Results]
+    protocol.sent.clear()
+    agent._started(third)
+    clock.advance(RESULT_DELAY)
+    assert protocol.sent == [msg.Running(job=1, task=third.task_id, attempt=1)]
+
+
+def test_a_cancelled_job_sends_none_of_its_running_notices(node: Any) -> None:
+    """CANCEL drops the job's notices still waiting, as it drops its results."""
+    agent, pool, protocol, clock = node
+    agent._started(pool.items[0])
+    agent.cancel(1)
+    clock.advance(RESULT_DELAY)
+    assert protocol.sent == []

@@ -125,6 +125,9 @@ class NodeAgent:
         # Results gathered, by job; sent as one frame each by flush_results (see _finished).
         self._results: dict[int, list[Entry]] = {}
         self._gathered = 0
+        # RUNNING notices (job id, frame), sent with the next results: the caller's running()
+        # needs no sub-millisecond news, and a send per task was most of an executor call's cost.
+        self._notices: list[tuple[int, bytes]] = []
         self._flush_call: IDelayedCall | None = None
         self._flush_soon = False  # the flush call is for the end of this reactor turn
         self.holding: dict[int, int] = {}  # job id -> its tasks on this node (queued or running)
@@ -159,6 +162,7 @@ class NodeAgent:
 
     def _drop_connection_state(self) -> None:
         self._results.clear()  # the old connection's results: the server has re-queued those tasks
+        self._notices.clear()
         self._gathered = 0
         self.holding.clear()
         self.jobs.clear()
@@ -241,6 +245,7 @@ class NodeAgent:
         """Drop a job's queued tasks and stop its running ones."""
         self.cancelled.append(job_id)
         self._gathered -= len(self._results.pop(job_id, ()))
+        self._notices = [notice for notice in self._notices if notice[0] != job_id]
         self.holding.pop(job_id, None)
         self._forget(job_id)
         key = job_key(self.generation, job_id)
@@ -265,10 +270,16 @@ class NodeAgent:
             self.protocol.send_message(output)
 
     def _started(self, item: WorkItem) -> None:
-        """A worker took a task of a job that wants to know (RUNNING): tell the server."""
+        """A worker took a task of a job that wants to know (RUNNING): tell the server, with the results.
+
+        The notice leaves with the next results frame, within RESULT_DELAY:
+        one send for a turn's notices and results instead of one per task.
+        """
         if not self._stale(item) and self.protocol is not None:
             running = msg.Running(job=item.job_id, task=item.task_id, attempt=item.attempt)
-            self.protocol.send(running.to_bytes())
+            self._notices.append((item.job_id, running.to_bytes()))
+            if self._flush_call is None:
+                self._schedule_flush(RESULT_DELAY)
 
     def _finished(self, item: WorkItem, outcome: Outcome, blob: bytes, detail: str) -> None:
         """A task left the worker pool (called by it, on the reactor thread): tell the server.
@@ -358,10 +369,13 @@ class NodeAgent:
             self._flush_call = None
         self._flush_soon = False
         results, self._results, self._gathered = self._results, {}, 0
+        notices, self._notices = self._notices, []
         if self.protocol is not None:
+            parts = [frame for _, frame in notices]  # a task's RUNNING goes before its RESULT
+            limit = self.settings.max_body
             for job, entries in results.items():
-                limit = self.settings.max_body
-                self.protocol.send_message(msg.Results(job=job, entries=entries, limit=limit))
+                parts += msg.Results(job=job, entries=entries, limit=limit).encode()
+            self.protocol.send_parts(parts)
 
     def close(self) -> None:
         """Stop the workers (node shutdown)."""
@@ -505,6 +519,11 @@ class NodeProtocol(Protocol):
         """Write a message without copying its body."""
         if self.transport is not None:
             self.out.write_sequence(message.encode())
+
+    def send_parts(self, parts: list[bytes]) -> None:
+        """Write frames' bytes in order, in one write (large bodies are not joined)."""
+        if parts and self.transport is not None:
+            self.out.write_sequence(parts)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self.watch.stop()
