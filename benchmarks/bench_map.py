@@ -253,7 +253,8 @@ def unordered_rows(bench: Bench) -> list[Row]:
     """``imap_unordered`` on tiny items: stdlib, ``achilles_like.Pool`` and the module function."""
     remote_pool = bench.remote_pool()
     rows: list[Row] = []
-    for count, chunksize in ((bench.scaled(5_000), 1), (bench.scaled(100_000), 100)):
+    # Runs of about half a second: shorter ones moved the ratio by a third between runs.
+    for count, chunksize in ((bench.scaled(20_000), 1), (bench.scaled(1_000_000), 100)):
         items = range(count)
         local = best(bench.repeat, lambda: sum(bench.pool.imap_unordered(tiny, items, chunksize)))  # noqa: B023
         pooled = best(bench.repeat, lambda: sum(remote_pool.imap_unordered(tiny, items, chunksize)))  # noqa: B023

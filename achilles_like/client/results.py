@@ -25,6 +25,7 @@ from achilles_like.scheduling.reorder import ReorderBuffer
 log = logging.getLogger("achilles_like.results")
 
 _NONE: Any = object()  # what next(iterator, _NONE) gives when the iterator is exhausted
+_EXHAUSTED: Callable[[], Any] = iter(()).__next__  # raises StopIteration
 
 
 def _value_of(outcome: tuple[bool, Any]) -> Any:
@@ -137,6 +138,31 @@ class MapResult(AsyncResult):
                 self._set(True, values)
 
 
+# A session thread's iterators whose waiting consumers it wakes before it next blocks.
+_deferring = threading.local()
+
+
+def defer_wakeups() -> None:
+    """In this thread (a session's), chunks wake their waiting consumers only at :func:`wake_deferred`.
+
+    A session delivers a frame's chunks one by one and then feeds the job:
+    a consumer woken at the first chunk would fight it for the GIL through
+    the rest of that work. Woken once, when the session is about to wait,
+    it finds every chunk of the step ready. Only for a thread that calls
+    :func:`wake_deferred` before every wait.
+    """
+    _deferring.pending = []
+
+
+def wake_deferred() -> None:
+    """Wake the consumers of the chunks this thread delivered since it last did."""
+    pending = getattr(_deferring, "pending", None)
+    if pending:
+        _deferring.pending = []
+        for iterator in pending:
+            iterator._wake()
+
+
 class IMapIterator:
     """The iterator ``imap``/``imap_unordered`` return; ``next(timeout)`` as in the stdlib.
 
@@ -167,6 +193,8 @@ class IMapIterator:
         self._offset = 0  # into the first ready chunk (pop_ready)
         # The chunk being handed out by next(): an iterator over its items, and its form.
         self._current: tuple[Iterator[Any], bool] | None = None
+        # Its items one by one while they all succeeded, else always exhausted (see __next__).
+        self._fast: Callable[[], Any] = _EXHAUSTED
         self._total_chunks: int | None = None
         self._chunks_in = 0
         self._failed = False
@@ -177,6 +205,7 @@ class IMapIterator:
         # results are unconsumed; -1: it wants no wake-up. A number, checked inline per item.
         self.wake_below = -1
         self._waiting = 0  # consumers waiting in next(): a chunk notifies only if there are any
+        self._wake_pending = False  # a session thread will wake them (wake_deferred)
         self._owner: object = None  # the pool, kept alive while results are still coming
 
     def __iter__(self) -> Iterator[Any]:
@@ -193,7 +222,13 @@ class IMapIterator:
                 return item if current[1] else _value_of(item)
         return self._next_chunk(timeout)
 
-    __next__ = next  # noqa: A003 - no extra call per item
+    def __next__(self) -> Any:
+        # The per-item path of a for loop: one C call into the chunk being handed out (all of
+        # its items succeeded), else next(), which starts the next chunk or raises a failure.
+        try:
+            return self._fast()
+        except StopIteration:
+            return self.next()
 
     def _next_chunk(self, timeout: float | None) -> Any:
         """Start handing out the next ready chunk (waiting for one), and return its first result.
@@ -227,6 +262,7 @@ class IMapIterator:
             handing = iter(items)
             item = next(handing)  # never empty: empty chunks are not queued
             self._current = (handing, chunk.ok)
+            self._fast = handing.__next__ if chunk.ok else _EXHAUSTED
             wake = self.wake_below >= 0 and self.received - self.yielded <= self.wake_below
             if wake:
                 self.wake_below = -1
@@ -252,6 +288,7 @@ class IMapIterator:
         """
         with self._lock:
             current, self._current = self._current, None
+            self._fast = _EXHAUSTED
             if current is not None:
                 rest = list(current[0])
                 if rest:  # counted as consumed already
@@ -338,7 +375,17 @@ class IMapIterator:
                 for ready in self._reorder.pop_ready():
                     self._append(ready)
             if self._waiting:  # the module functions' caller never waits here: no notify per chunk
-                self._cond.notify_all()
+                pending = getattr(_deferring, "pending", None)
+                if pending is None:
+                    self._cond.notify_all()
+                elif not self._wake_pending:
+                    self._wake_pending = True
+                    pending.append(self)
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+            self._cond.notify_all()
 
     def _append(self, outcomes: Outcomes) -> None:
         if outcomes.items:

@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from achilles_like.client import results
 from achilles_like.client.connection import Connection, Lost
 from achilles_like.client.driver import Batch, JobDriver, Source, worth_feeding
 from achilles_like.client.inbox import HoldingInbox
@@ -190,6 +191,7 @@ class Session:
     # -- the session thread ---------------------------------------------------------
 
     def _run(self) -> None:
+        results.defer_wakeups()
         try:
             while self._step():
                 pass
@@ -199,6 +201,7 @@ class Session:
             with self._driving:  # no caller may feed the driver between failing its work and breaking
                 self._break(broken)
         finally:
+            results.wake_deferred()
             if self._driver is not None:
                 self._driver.cancel()
             if self._connection is not None:
@@ -227,6 +230,7 @@ class Session:
     def _step(self) -> bool:
         with self._driving:
             wait_for = self._prepare()
+        results.wake_deferred()  # before any wait: the consumers take what this step delivered
         if wait_for is None:
             return False
         if wait_for is _NO_JOB:
