@@ -210,7 +210,8 @@ class IMapSource(_LazySource):
     The caller's iterable is pulled in a feeder thread of its own (as the
     stdlib's task handler does), never in the session thread: an input that
     blocks, say until another call's callback has run, must not stop the
-    session delivering that result. The feeder keeps a few chunks ready (at
+    session delivering that result. A list, tuple or range cannot block, so
+    the session thread takes its chunks itself. The feeder keeps a few chunks ready (at
     most about ``max_ahead`` items), and the session takes them only while the
     caller has fewer than ``max_ahead`` results received and unconsumed.
     """
@@ -234,6 +235,14 @@ class IMapSource(_LazySource):
         # then (it found none, or may have), not once per chunk.
         self._starved = True
         self._wake = wake
+        self._chunksize = chunksize
+        # A list, tuple or range is read in the session thread itself: taking a chunk of one
+        # runs no user code and cannot block, and a feeder thread would cost a wake-up of its
+        # own and of the session for every few chunks.
+        self._inline: Iterator[Any] | None = None
+        if type(iterable) in (list, tuple, range):
+            self._inline = iter(iterable)
+            return
         feeder = threading.Thread(
             target=self._feed, args=(iter(iterable), chunksize), name="achilles-imap-feeder", daemon=True
         )
@@ -257,6 +266,8 @@ class IMapSource(_LazySource):
 
     def _take(self) -> list[Any] | _End | Exception | None:
         """The next chunk read ahead, or None; the feeder refills once half the queue is taken."""
+        if self._inline is not None:
+            return list(itertools.islice(self._inline, self._chunksize)) or _END
         self._starved = True  # before looking: a chunk appended after the look wakes the session
         try:
             chunk = self._ready.popleft()
@@ -289,6 +300,8 @@ class IMapSource(_LazySource):
     def has_batch(self) -> bool:
         if self._done or self._throttle.throttled:
             return False
+        if self._inline is not None:
+            return True  # a chunk, or the end: next_batch makes progress either way
         self._starved = True  # as in _take: none now, so the feeder's next chunk wakes the session
         if not self._ready:
             return False
