@@ -143,7 +143,8 @@ def median_time(samples: int, run: Callable[[], Any]) -> float:
 
 def latency(repeat: int, run_one: Callable[[], Any]) -> float:
     """Median wall time of a one-item round trip, in milliseconds."""
-    return median_time(max(repeat * 10, 20), run_one) * 1000
+    # Enough calls for a steady median on a shared machine (30 moved it by half between runs).
+    return median_time(max(repeat * 60, 100), run_one) * 1000
 
 
 def ratio(local: float, remote: float) -> str:
