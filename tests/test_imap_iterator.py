@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from achilles_like.client.driver import Outcomes
-from achilles_like.client.results import IMapIterator
+from achilles_like.client.results import ChunkedIMapIterator, IMapIterator
 
 
 def _filled(chunks: int, size: int) -> IMapIterator:
@@ -115,3 +115,50 @@ def test_the_iteration_ends_after_the_failure(ordered: bool) -> None:
     assert drain(results) == [BOOM]
     with pytest.raises(StopIteration):
         results.next(timeout=0)
+
+
+# -- chunks of several items: the chained iterator a Pool returns for chunksize > 1 --
+
+
+def test_the_chained_iterator_hands_out_every_item_once_across_threads() -> None:
+    """Eight threads iterating one chained iterator get every result exactly once."""
+    chained = ChunkedIMapIterator.over(_filled(chunks=200, size=50))
+    taken: list[list[int]] = [[] for _ in range(8)]
+    threads = [threading.Thread(target=lambda mine=mine: mine.extend(chained)) for mine in taken]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert Counter(item for mine in taken for item in mine) == Counter(range(200 * 50))
+
+
+def test_the_chained_iterator_mixes_with_next_and_resumes_after_a_break() -> None:
+    """for loops, next(timeout) and a break in the middle of a chunk share one position."""
+    chained = ChunkedIMapIterator.over(_filled(chunks=3, size=4))
+    seen = []
+    for item in chained:
+        seen.append(item)
+        if item == 5:
+            break
+    seen.append(chained.next(timeout=1))
+    seen.append(next(chained))
+    seen += list(chained)
+    assert seen == list(range(12))
+
+
+def test_the_chained_iterator_raises_a_failed_item_in_its_place_and_goes_on() -> None:
+    """A failed item raises where it stands; the items after it still come."""
+    results = IMapIterator(ordered=True)
+    results.sink_for(0)(Outcomes(False, [(True, 1), (False, ValueError("two")), (True, 3)]))
+    results.sink_for(1)(Outcomes(True, [4]))
+    results._set_length(2)
+    chained = ChunkedIMapIterator.over(results)
+    seen: list[Any] = []
+    while True:
+        try:
+            seen.append(next(chained))
+        except StopIteration:
+            break
+        except ValueError as error:
+            seen.append(str(error))
+    assert seen == [1, "two", 3, 4]

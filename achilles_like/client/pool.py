@@ -34,7 +34,7 @@ from achilles_like.client.calls import (
     warm_up,
 )
 from achilles_like.client.progress import Progress, input_length, open_progress
-from achilles_like.client.results import AsyncResult, IMapIterator, MapResult
+from achilles_like.client.results import AsyncResult, ChunkedIMapIterator, IMapIterator, MapResult
 from achilles_like.client.session import Session
 from achilles_like.client.sources import ApplySource, IMapSource, MapSource
 from achilles_like.client.target import pool_cluster
@@ -266,7 +266,7 @@ class Pool:
         chunksize: int = 1,
         *,
         progress: Progress = None,
-    ) -> IMapIterator:
+    ) -> IMapIterator | ChunkedIMapIterator:
         """Lazy ``map``: results in order, the input pulled only as results are consumed."""
         return self._imap(func, iterable, chunksize, ordered=True, progress=progress)
 
@@ -277,7 +277,7 @@ class Pool:
         chunksize: int = 1,
         *,
         progress: Progress = None,
-    ) -> IMapIterator:
+    ) -> IMapIterator | ChunkedIMapIterator:
         """Like :meth:`imap`, but results come in the order they complete."""
         return self._imap(func, iterable, chunksize, ordered=False, progress=progress)
 
@@ -288,7 +288,7 @@ class Pool:
         chunksize: int,
         ordered: bool,
         progress: Progress = None,
-    ) -> IMapIterator:
+    ) -> IMapIterator | ChunkedIMapIterator:
         self._check_running()
         chunksize = check_chunksize(chunksize)
         bar = open_progress(progress, input_length(iterable), label_of(func))
@@ -297,7 +297,8 @@ class Pool:
         blob = self._blobs.blob(func, "map")
         source = IMapSource(blob, iterable, chunksize, iterator, wake=self._session.wake)
         self._session.add(source)
-        return iterator
+        # Chunks of several items are handed out at C speed, as the stdlib's generator does.
+        return iterator if chunksize == 1 else ChunkedIMapIterator.over(iterator)
 
     # -- lifecycle ----------------------------------------------------------------
 
