@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,16 +21,21 @@ def _filled(chunks: int, size: int) -> IMapIterator:
     return results
 
 
-def test_eight_consumer_threads_get_every_result_exactly_once() -> None:
-    """Threads sharing one iterator split its results between them: none lost, none handed out twice."""
-    results = _filled(chunks=200, size=50)
-    taken: list[list[int]] = [[] for _ in range(8)]
+def _split_among_threads(results: Iterator[int], count: int = 8) -> Counter[int]:
+    """Every value ``count`` threads iterating ``results`` at once took, with how often each was taken."""
+    taken: list[list[int]] = [[] for _ in range(count)]
     threads = [threading.Thread(target=lambda mine=mine: mine.extend(results)) for mine in taken]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert Counter(value for mine in taken for value in mine) == Counter(range(200 * 50))
+    return Counter(value for mine in taken for value in mine)
+
+
+def test_eight_consumer_threads_get_every_result_exactly_once() -> None:
+    """Threads sharing one iterator split its results between them: none lost, none handed out twice."""
+    results = _filled(chunks=200, size=50)
+    assert _split_among_threads(results) == Counter(range(200 * 50))
     assert results.finished
 
 
@@ -123,13 +129,7 @@ def test_the_iteration_ends_after_the_failure(ordered: bool) -> None:
 def test_the_chained_iterator_hands_out_every_item_once_across_threads() -> None:
     """Eight threads iterating one chained iterator get every result exactly once."""
     chained = ChunkedIMapIterator.over(_filled(chunks=200, size=50))
-    taken: list[list[int]] = [[] for _ in range(8)]
-    threads = [threading.Thread(target=lambda mine=mine: mine.extend(chained)) for mine in taken]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert Counter(item for mine in taken for item in mine) == Counter(range(200 * 50))
+    assert _split_among_threads(chained) == Counter(range(200 * 50))
 
 
 def test_the_chained_iterator_mixes_with_next_and_resumes_after_a_break() -> None:

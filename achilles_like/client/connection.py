@@ -63,6 +63,10 @@ def _small(parts: tuple[bytes, ...] | list[bytes]) -> bool:
     return sum(map(len, parts)) < _SEND_NOW
 
 
+def _joined(parts: tuple[bytes, ...] | list[bytes]) -> bytes:
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 class Lost:
     """Queued when the connection ends; ``message`` says why."""
 
@@ -331,13 +335,12 @@ class Connection:
         if self.closed:
             return
         with self._outbox_lock:
-            if not self._outbox and not self._flush_scheduled:
-                data = parts[0] if len(parts) == 1 else b"".join(parts) if _small(parts) else None
-                if data is not None and len(data) < _SEND_NOW:
-                    sent = self._protocol.out.send_direct(data)
-                    if sent == len(data):
-                        return
-                    parts = (data[sent:],)
+            if not self._outbox and not self._flush_scheduled and _small(parts):
+                data = _joined(parts)
+                sent = self._protocol.out.send_direct(data)
+                if sent == len(data):
+                    return
+                parts = (data[sent:],)
             self._outbox.extend(parts)
             if not self._flush_scheduled:
                 reactor_thread.call_soon(self._flush)
@@ -350,13 +353,11 @@ class Connection:
             self._flush_scheduled = False
             if not parts or self._protocol.transport is None:
                 return
-            if len(parts) == 1 and len(parts[0]) < _SEND_NOW:
-                self._protocol.out.write_now(parts[0])
-            elif _small(parts):
+            if _small(parts):
                 # A burst of small frames (tasks, CREDIT-driven feeds, END): one send() at once when
                 # nothing waits ahead of it, instead of Twisted's buffer, which costs an epoll_ctl
                 # pair (watch the socket for writing, stop watching) and a reactor turn per flush.
-                self._protocol.out.write_now(b"".join(parts))
+                self._protocol.out.write_now(_joined(parts))
             else:
                 self._protocol.out.write_sequence(parts)
 

@@ -202,6 +202,7 @@ class NodeAgent:
         timeout, max_tasks = options.timeout, options.max_tasks
         functions = self.functions
         items = []
+        received = 0
         for task_id, attempt, fn, blob in entries:
             func_blob = functions.get((job_id, fn))
             if func_blob is None:
@@ -212,7 +213,8 @@ class NodeAgent:
             item.capture = options.output
             item.report_start = options.running
             items.append(item)
-            self._bytes_in_window += len(blob)
+            received += len(blob)
+        self._bytes_in_window += received
         self.holding[job_id] = self.holding.get(job_id, 0) + len(items)
         self._added_in_window += len(items)
         self.workers.submit_many(items)
