@@ -24,6 +24,10 @@ class FakeClock:
         return self.now
 
 
+def job_label(job_id: int) -> str:
+    return "square" if job_id == 1 else ""
+
+
 def idle_status() -> dict[str, Any]:
     """A status with one busy node of two processes and a running job 1."""
     return {
@@ -47,7 +51,7 @@ def samples(stats: ServerStats) -> dict[str, float]:
 def test_results_retries_and_run_times_are_counted() -> None:
     """A task assigned twice counts one retry; its result stops its clock and counts one completion."""
     clock = FakeClock()
-    stats = ServerStats(clock, idle_status)
+    stats = ServerStats(clock, idle_status, job_label)
     stats.observe([act.JobStarted("c1", 1), act.AssignTask("n1", 1, 0, 1, b"x")])
     stats.observe([act.AssignTask("n2", 1, 0, 2, b"x")])  # the first node was lost
     clock.now += 2.5
@@ -63,7 +67,7 @@ def test_results_retries_and_run_times_are_counted() -> None:
 
 def test_gauges_read_the_live_status() -> None:
     """Nodes, processes, busy (capped at processes), queued jobs and pending tasks come from the status."""
-    found = samples(ServerStats(FakeClock(), idle_status))
+    found = samples(ServerStats(FakeClock(), idle_status, job_label))
     assert found["achilles_nodes"] == 1
     assert found["achilles_worker_processes"] == 2
     assert found["achilles_busy_processes"] == 2  # three in flight, one of them prefetched
@@ -76,7 +80,7 @@ def test_a_raising_task_counts_one_failure_and_ends_its_job_in_the_log(
 ) -> None:
     """A failed result counts once (not again at the job's end) and the job's end is logged with counts."""
     clock = FakeClock()
-    stats = ServerStats(clock, idle_status)
+    stats = ServerStats(clock, idle_status, job_label)
     caplog.set_level(logging.INFO, logger="achilles_like.server")
     stats.observe([act.JobStarted("c1", 1), act.AssignTask("n1", 1, 0, 1, b"x")])
     clock.now += 1
@@ -97,7 +101,7 @@ def test_a_raising_task_counts_one_failure_and_ends_its_job_in_the_log(
 
 def test_a_task_out_of_attempts_counts_as_failed() -> None:
     """A job failed by a task lost too often counts that task as failed although no result came."""
-    stats = ServerStats(FakeClock(), idle_status)
+    stats = ServerStats(FakeClock(), idle_status, job_label)
     stats.observe([act.JobStarted("c1", 1)])
     stats.task_lost("n1", 1, 0, "worker process died (exit code -9)")
     stats.observe([act.JobEnded("c1", 1, act.JobOutcome.FAILED, "lost 4 times", 0)])
@@ -111,7 +115,7 @@ def test_a_task_out_of_attempts_counts_as_failed() -> None:
 def test_decorate_adds_rate_eta_retries_and_failures() -> None:
     """The running job gets a rate, and an ETA once its total is known."""
     clock = FakeClock()
-    stats = ServerStats(clock, idle_status)
+    stats = ServerStats(clock, idle_status, job_label)
     stats.observe([act.JobStarted("c1", 1)])
     for task in range(2):
         stats.observe([act.AssignTask("n1", 1, task, 1, b"x")])
@@ -133,7 +137,7 @@ def test_decorate_adds_rate_eta_retries_and_failures() -> None:
 
 def test_recent_events_are_bounded() -> None:
     """Only the last few failures and node losses are kept, newest first."""
-    stats = ServerStats(FakeClock(), idle_status)
+    stats = ServerStats(FakeClock(), idle_status, job_label)
     for number in range(50):
         stats.node_left({"node_id": f"n{number}", "name": "box", "address": "10.0.0.1:1"}, "gone")
     assert len(stats.recent) == 10

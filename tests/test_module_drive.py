@@ -31,6 +31,7 @@ class _EchoServer:
         self.closed = False
         self.settings = Settings()
         self.writes: list[list[str]] = []  # the verbs of each write
+        self.submits: list[msg.Submit] = []
         self._decoder = FrameDecoder()
         self._inbox: queue.SimpleQueue[Any] | None = None
 
@@ -54,9 +55,14 @@ class _EchoServer:
 
     def _answer(self, message: msg.Message) -> list[msg.Message]:
         if isinstance(message, msg.Submit):
+            self.submits.append(message)
+            if message.whole:  # as the server: nothing until the result, STARTED leading it
+                return []
             return [msg.Started(job=1, ref=message.ref), msg.Credit(job=1, n=self.window)]
         if isinstance(message, msg.Tasks):
             replies: list[msg.Message] = []
+            if self.submits[-1].whole:
+                replies.append(msg.Started(job=1, ref=self.submits[-1].ref))
             for task, _, _, body in message.entries:
                 entry = (task, 0, 1, dumps([x + 1 for x in loads(body)]))
                 replies += [msg.Results(job=1, entries=[entry]), msg.Credit(job=1, n=1)]
@@ -89,6 +95,14 @@ def test_a_one_item_map_is_one_write() -> None:
     values, server = _run([1], chunksize=1, window=4, max_ahead=16)
     assert values == [2]
     assert server.writes == [["SUBMIT", "FUNC", "TASK", "END"]]
+    assert server.submits[0].whole  # so the server wakes this process only with the result
+
+
+def test_a_job_with_more_input_than_its_first_write_is_not_whole() -> None:
+    """A SUBMIT whose END does not go with it says whole=0: its controller needs STARTED and CREDIT."""
+    values, server = _run([1, 2, 3], chunksize=1, window=4, max_ahead=16)
+    assert values == [2, 3, 4]
+    assert [submit.whole for submit in server.submits] == [False]
 
 
 def test_results_beyond_the_memory_bound_in_one_wake_up_do_not_stall_the_job() -> None:

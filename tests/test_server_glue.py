@@ -18,7 +18,7 @@ from achilles_like.config import Settings
 from achilles_like.errors import ConfigurationError
 from achilles_like.liveness import SERVER_SILENCE_TIMEOUT, SilenceWatch
 from achilles_like.protocol import ClientHandshake, FrameDecoder, encode_frame
-from achilles_like.server.cluster import ClusterServer, ServerOptions, ServerProtocol
+from achilles_like.server.cluster import RELEASE_DELAY, ClusterServer, ServerOptions, ServerProtocol
 
 SECRET = "glue-test-secret"
 
@@ -393,3 +393,71 @@ def test_a_body_that_reads_pong_is_not_taken_for_a_pong() -> None:
     controller.dataReceived(encode_frame("TASK", b"PONG\r\n", job=0, ref=1, fn=0, task=0)[:-6])
     controller.dataReceived(b"PONG\r\n")
     assert server.status()["job"]["tasks_received"] == 1
+
+
+def _one_item_call(controller: ServerProtocol, ref: int) -> None:
+    """What a one-item ``map`` writes: SUBMIT whole=1, its function, its one task and END, together."""
+    controller.dataReceived(
+        encode_frame("SUBMIT", ref=ref, whole=1)
+        + encode_frame("FUNC", b"f", job=0, ref=ref, fn=0)
+        + encode_frame("TASK", b"t", job=0, ref=ref, fn=0, task=0)
+        + encode_frame("END", job=0, ref=ref, tasks=1)
+    )
+
+
+def test_a_whole_job_hears_nothing_before_its_result_and_started_precedes_it() -> None:
+    """SUBMIT whole=1 gets no STARTED or CREDIT at once; STARTED (which routes by ref) leads the RESULT."""
+    server, _ = make_server()
+    node, node_transport = _node(server, slots=1)
+    controller, transport = _controller(server)
+    _one_item_call(controller, ref=7)
+    assert _said(transport) == []  # the controller is not woken for nothing
+    assert [verb for verb, _ in _said(node_transport)] == ["JOB", "FUNC", "TASK"]
+    node.dataReceived(encode_frame("RESULT", b"r", job=1, task=0, ok=1, attempt=1))
+    said = _said(transport)
+    assert [verb for verb, _ in said] == ["STARTED", "RESULT", "ENDED"]
+    assert said[0][1] == {"job": "1", "ref": "7"}
+    assert server.whole_jobs == set() and server.unsent_started == {}
+
+
+def test_a_job_that_sends_more_input_later_still_hears_started_and_credit_at_once() -> None:
+    """Without whole=1 the controller may have more to send: STARTED and CREDIT go straight back."""
+    server, _ = make_server()
+    _node(server, slots=1)
+    controller, transport = _controller(server)
+    controller.dataReceived(
+        encode_frame("SUBMIT", ref=3)
+        + encode_frame("FUNC", b"f", job=0, ref=3, fn=0)
+        + encode_frame("TASK", b"t", job=0, ref=3, fn=0, task=0)
+    )
+    assert [verb for verb, _ in _said(transport)] == ["STARTED", "CREDIT"]
+
+
+def test_a_whole_job_ended_before_any_result_still_hears_started_first() -> None:
+    """A whole job cancelled while its task runs gets STARTED, then ENDED: nothing is left unsaid."""
+    server, _ = make_server()
+    _node(server, slots=1)
+    controller, transport = _controller(server)
+    _one_item_call(controller, ref=2)
+    controller.dataReceived(encode_frame("CANCEL", job=0, ref=2))
+    said = _said(transport)
+    assert [verb for verb, _ in said] == ["STARTED", "ENDED"]
+    assert said[1][1]["outcome"] == "cancelled"
+
+
+def test_release_goes_with_the_node_s_next_frame_or_after_the_release_delay() -> None:
+    """A node hears RELEASE of an ended job ahead of its next job's frames, else RELEASE_DELAY later."""
+    server, clock = make_server()
+    node, node_transport = _node(server, slots=1)
+    controller, _ = _controller(server)
+    _one_item_call(controller, ref=1)
+    _said(node_transport)
+    node.dataReceived(encode_frame("RESULT", b"r", job=1, task=0, ok=1, attempt=1))
+    assert _said(node_transport) == []  # not on the result's way home
+    _one_item_call(controller, ref=2)
+    said = _said(node_transport)
+    assert [(verb, fields.get("job")) for verb, fields in said[:2]] == [("RELEASE", "1"), ("JOB", "2")]
+    node.dataReceived(encode_frame("RESULT", b"r", job=2, task=0, ok=1, attempt=1))
+    assert _said(node_transport) == []
+    clock.advance(RELEASE_DELAY)
+    assert _said(node_transport) == [("RELEASE", {"job": "2"})]

@@ -31,6 +31,7 @@ per item, naming a failing item by its index in the call's input.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -205,6 +206,7 @@ class JobDriver:
         self.ended: msg.Ended | None = None
         self.job_failure: BaseException | None = None
         self._held_sends: list[bytes] | None = None  # inside one_write(): sent at its end
+        self._submit_at: int | None = None  # where in them the SUBMIT goes (submit())
         self._one_write = _OneWrite(self)
 
     # -- sending ----------------------------------------------------------------
@@ -225,10 +227,20 @@ class JobDriver:
             self.connection.send(*parts)
 
     def submit(self) -> None:
-        """Open the job on the server."""
+        """Open the job on the server.
+
+        Inside :meth:`one_write` the SUBMIT is encoded as the write leaves: if
+        the END went with it (a one-item call), it says ``whole=1``, and the
+        server sends no STARTED or CREDIT before the result, which would wake
+        this process for nothing.
+        """
         self.submitted = True
         self.connection.route(self.ref, self.inbox)
-        self._send(*self._submit.encode())
+        if self._held_sends is not None:
+            self._submit_at = len(self._held_sends)
+            self._held_sends.append(b"")  # its place, filled in by _OneWrite.__exit__
+        else:
+            self._send(*self._submit.encode())
 
     def feed(self, sources: Iterable[Source]) -> bool:
         """Send batches while there is credit; return whether anything was sent."""
@@ -432,6 +444,12 @@ class _OneWrite:
         if self._depth == 0:
             driver = self._driver
             parts, driver._held_sends = driver._held_sends, None
+            if driver._submit_at is not None:
+                at, driver._submit_at = driver._submit_at, None
+                submit = driver._submit
+                if driver.end_sent:
+                    submit = dataclasses.replace(submit, whole=True)
+                parts[at : at + 1] = submit.encode()
             if parts:
                 driver.connection.send(*parts)
 

@@ -412,6 +412,9 @@ class Submit(Message):
     stop: bool = False  # the job fails at its first failing task (module map); else it goes on
     output: bool = False  # what tasks print reaches this controller (OUTPUT)
     running: bool = False  # this controller hears RUNNING when a worker starts a task
+    # The job's whole input (at most its first task, and END) follows in this write: it needs
+    # no CREDIT, and its STARTED may wait to go with its first result.
+    whole: bool = False
     body: bytes = field(default=b"", repr=False)
 
 

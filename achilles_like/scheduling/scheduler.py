@@ -242,6 +242,11 @@ class Scheduler:
         """Whether ``job_id`` is a started (not queued, not ended) job."""
         return job_id in self._started
 
+    def job_label(self, job_id: int) -> str:
+        """The label a live job was submitted with ("" once it has ended)."""
+        job = self._live_job(job_id)
+        return "" if job is None else job.label
+
     def job_controller(self, job_id: int) -> str | None:
         """The controller of a live (queued or started) job, else None."""
         job = self._live_job(job_id)

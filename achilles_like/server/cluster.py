@@ -92,6 +92,8 @@ from achilles_like.tls import server_context
 
 log = logging.getLogger("achilles_like.server")
 
+# The longest a node waits to hear that a job ended (it then forgets the job's functions).
+RELEASE_DELAY = 0.05
 _PING = msg.Ping().to_bytes()  # encoded once: the heartbeat sends it to every silent peer
 _PONG = msg.Pong().to_bytes()  # an idle peer's whole answer, usually alone in its segment
 
@@ -138,6 +140,7 @@ class ServerProtocol(Protocol):
         self.role = ""
         self.refs: dict[int, int] = {}  # a controller's own job references -> live job ids
         self.max_ref = 0  # refs only grow: a lower unknown one names a job that has ended
+        self.releases: list[int] = []  # a node's ended jobs, not yet told (ClusterServer._release_later)
         self.address = "?"
         self.last_seen = 0.0  # when a byte last arrived (any frame is a sign of life)
         self.last_sent = 0.0  # when we last wrote to it (the heartbeat pings only quiet peers)
@@ -303,6 +306,15 @@ class ClusterServer(ServerFactory):
         # A controller may send its job's first task (and END) before the job starts:
         # held here until it does, so a one-item call costs one round trip, not two.
         self.early: dict[int, list[msg.Tasks | msg.End | msg.Withdraw]] = {}
+        # Jobs whose whole input came with their SUBMIT (``whole=1``, a one-item call): they get
+        # no CREDIT, and their STARTED goes with their first frame to the controller (a result,
+        # or ENDED), so the controller is woken once per call, not twice.
+        self.whole_jobs: set[int] = set()
+        self.unsent_started: dict[int, msg.Started] = {}
+        # RELEASE waits for the node's next frame, or RELEASE_DELAY: on the critical path it
+        # would wake the node just as the result reaches its caller (see _release_later).
+        self.releasing: set[str] = set()
+        self._release_timer: Any = None
         self._counter = 0
         self.authenticated: dict[str, int] = {"node": 0, "controller": 0, "admin": 0}  # connections, by role
         self.on_stop_requested: Any = None  # set by start_server: stops the process
@@ -316,7 +328,7 @@ class ClusterServer(ServerFactory):
         self._heartbeat = task.LoopingCall(self._heartbeat_tick)
         self._heartbeat.clock = clock
         # Metrics, the dashboard's history and job log lines: one observer, fed by one-line hooks.
-        self.events = ServerStats(clock.seconds, self.status)
+        self.events = ServerStats(clock.seconds, self.status, self.scheduler.job_label)
 
     def buildProtocol(self, addr: IAddress | None) -> ServerProtocol:  # noqa: N802 - Twisted's name
         return ServerProtocol(self)
@@ -448,6 +460,8 @@ class ClusterServer(ServerFactory):
                 now=self.clock.seconds(),
                 stop_on_failure=message.stop,
             )
+            if message.whole:
+                self.whole_jobs.add(job_id)
             if message.ref is not None:
                 self.job_refs[job_id] = message.ref
                 peer.refs[message.ref] = job_id
@@ -618,7 +632,8 @@ class ClusterServer(ServerFactory):
         for (controller_id, job_id), entries in results.items():
             self._send(controller_id, msg.Results(job=job_id, entries=entries, limit=limit))
         for (controller_id, job_id), count in credit.items():
-            self._send(controller_id, msg.Credit(job=job_id, n=count))
+            if job_id not in self.whole_jobs:  # a whole job has nothing more to send
+                self._send(controller_id, msg.Credit(job=job_id, n=count))
         tasks.clear()
         results.clear()
         credit.clear()
@@ -635,7 +650,11 @@ class ClusterServer(ServerFactory):
                 ref = self.job_refs.get(job_id)
                 self._send(controller_id, msg.Queued(job=job_id, position=position, ref=ref))
             case act.JobStarted(controller_id, job_id):
-                self._send(controller_id, msg.Started(job=job_id, ref=self.job_refs.get(job_id)))
+                started = msg.Started(job=job_id, ref=self.job_refs.get(job_id))
+                if job_id in self.whole_jobs:
+                    self.unsent_started[job_id] = started  # sent just before its first frame (_send)
+                else:
+                    self._send(controller_id, started)
                 self._work_assigned(controller_id)
             case act.JobEnded(controller_id, job_id, outcome, reason, task_id):
                 self.job_options.pop(job_id, None)
@@ -646,8 +665,10 @@ class ClusterServer(ServerFactory):
                     controller.refs.pop(ref, None)
                 ended = msg.Ended(job=job_id, outcome=outcome.value, reason=reason, task=task_id, ref=ref)
                 self._send(controller_id, ended)
+                self.whole_jobs.discard(job_id)
+                self.unsent_started.pop(job_id, None)  # its controller had gone
             case act.ReleaseOnNode(node_id, job_id):
-                self._send(node_id, msg.Release(job=job_id))
+                self._release_later(node_id, job_id)
             case act.CancelOnNode(node_id, job_id):
                 self._send(node_id, msg.Cancel(job=job_id))
             case act.WithdrawOnNode(node_id, job_id, task_id, attempt):
@@ -658,7 +679,43 @@ class ClusterServer(ServerFactory):
     def _send(self, peer_id: str, message: msg.Message) -> None:
         peer = self.peers.get(peer_id)
         if peer is not None:
+            if peer.releases:  # a node's pending RELEASEs go before anything else it is sent
+                self._send_releases(peer)
+            if self.unsent_started and peer.role == "controller":
+                started = self.unsent_started.pop(getattr(message, "job", 0), None)
+                if started is not None:
+                    peer.send_message(started)
             peer.send_message(message)
+
+    def _release_later(self, node_id: str, job_id: int) -> None:
+        """Tell a node its job is over with its next frame, or after RELEASE_DELAY at the latest.
+
+        A node only forgets the job's setup and functions on RELEASE, so nothing
+        waits on it; sent at once it would wake the node (and take a core from
+        the controller) just as a one-item call's result comes home. A steady
+        stream of calls carries each RELEASE with the next job's first frame.
+        """
+        peer = self.peers.get(node_id)
+        if peer is None:
+            return
+        peer.releases.append(job_id)
+        self.releasing.add(node_id)
+        if self._release_timer is None:
+            self._release_timer = self.clock.callLater(RELEASE_DELAY, self._releases_due)
+
+    def _releases_due(self) -> None:
+        self._release_timer = None
+        releasing, self.releasing = self.releasing, set()
+        with self.turn:
+            for node_id in releasing:
+                peer = self.peers.get(node_id)
+                if peer is not None and peer.releases:
+                    self._send_releases(peer)
+
+    def _send_releases(self, peer: ServerProtocol) -> None:
+        releases, peer.releases = peer.releases, []
+        for job_id in releases:
+            peer.send_message(msg.Release(job=job_id))
 
 
 def _heartbeat(options: ServerOptions, holds_work: Any) -> Heartbeat[ServerProtocol]:

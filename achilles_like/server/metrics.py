@@ -63,9 +63,11 @@ class _JobRecord:
 class ServerStats:
     """Counts what the server does, for ``/metrics``, the dashboard and the log."""
 
-    def __init__(self, now: Callable[[], float], status: StatusSource) -> None:
+    def __init__(self, now: Callable[[], float], status: StatusSource, label: Callable[[int], str]) -> None:
         self._now = now
         self._status = status
+        # A started job's label; the whole status (every node's entry) is too dear to read per job.
+        self._label = label
         self.registry = CollectorRegistry(auto_describe=True)
         self._jobs: dict[int, _JobRecord] = {}
         # Counted on every frame and every task: plain integers, read when Prometheus scrapes
@@ -209,8 +211,7 @@ class ServerStats:
                 record.raised = True
 
     def _started(self, job_id: int) -> None:
-        job = self._status().get("job") or {}
-        label = str(job.get("label", "")) if job.get("job_id") == job_id else ""
+        label = self._label(job_id)
         self._jobs[job_id] = _JobRecord(label=label, started_at=self._now())
         log.info("job %d started: %r", job_id, label)
 
