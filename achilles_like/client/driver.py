@@ -444,7 +444,7 @@ class _OneWrite:
         if self._depth == 0:
             driver = self._driver
             parts, driver._held_sends = driver._held_sends, None
-            if driver._submit_at is not None:
+            if driver._submit_at is not None and parts is not None:
                 at, driver._submit_at = driver._submit_at, None
                 submit = driver._submit
                 if driver.end_sent:
