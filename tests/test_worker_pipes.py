@@ -62,7 +62,10 @@ class Harness:
     def __init__(self, processes: int, batch: int = 1) -> None:
         self.reactor = EPollReactor()
         self.delivered: Delivered = []
-        self.pool = WorkerPool(processes, self._deliver, self.reactor)
+        self.reported: list[int] = []  # tasks reported started (on_start), in order
+        self.pool = WorkerPool(
+            processes, self._deliver, self.reactor, on_start=lambda item: self.reported.append(item.task_id)
+        )
         self.pool.batch = batch
         self.functions: dict[Callable[[Any], Any], int] = {}
 
@@ -227,5 +230,50 @@ def test_a_task_queued_behind_one_that_waits_for_it_is_taken_by_an_idle_worker(t
         make_file(gate_2)  # worker B finishes tasks 2 and 4 and idles; task 3 waits behind task 1
         harness.run_until(lambda: harness.tasks_done(1, 2, 3, 4), "every task")
         assert {d[1] for d in harness.delivered} == {Outcome.OK}
+    finally:
+        harness.pool.close()
+
+
+def test_calls_that_report_running_wait_two_deep_on_a_worker_and_are_reported_once(tmp_path: Path) -> None:
+    """An executor's calls: a worker holds its running call and the next, each reported once, when written."""
+    harness = Harness(1, batch=8)
+    gate = str(tmp_path / "gate")
+    try:
+        first = harness.item(1, wait_for_file, [gate], report_start=True)
+        rest = [harness.item(task, pid_of, [0], report_start=True) for task in (2, 3, 4)]
+        harness.pool.submit_many([first, *rest])
+        (worker,) = harness.pool._workers
+        assert [item.task_id for item in worker.queue] == [1, 2]  # the next call waits in its socket
+        assert harness.reported == [1, 2]
+        make_file(gate)
+        harness.run_until(lambda: harness.tasks_done(1, 2, 3, 4), "every call")
+        assert harness.reported == [1, 2, 3, 4]
+        assert {d[1] for d in harness.delivered} == {Outcome.OK}
+    finally:
+        harness.pool.close()
+
+
+def test_a_reported_call_queued_behind_a_long_one_is_taken_by_an_idle_worker(tmp_path: Path) -> None:
+    """A reported call not yet begun does not wait behind a long one: an idle worker takes it, once."""
+    harness = Harness(2, batch=8)
+    gate = str(tmp_path / "gate")
+    try:
+        items = [
+            harness.item(1, wait_for_file, [gate], report_start=True),
+            harness.item(2, pid_of, [0], report_start=True),
+            harness.item(3, pid_of, [0], report_start=True),
+            harness.item(4, pid_of, [0], report_start=True),
+        ]
+        harness.pool.submit_many(items)
+        queues = [[item.task_id for item in worker.queue] for worker in harness.pool._workers]
+        assert queues == [[1, 3], [2, 4]]  # call 3 waits behind the gated call 1
+        harness.run_until(lambda: harness.tasks_done(2, 3, 4), "the calls not behind the gate")
+        assert not harness.tasks_done(1)
+        ran_on = {task: loads(blob) for task, _, blob, _ in harness.delivered}
+        assert ran_on[3] == ran_on[2]  # taken back from the busy worker, run by the free one
+        make_file(gate)
+        harness.run_until(lambda: harness.tasks_done(1), "the gated call")
+        assert sorted(d[0] for d in harness.delivered) == [1, 2, 3, 4]  # each exactly once
+        assert sorted(harness.reported) == [1, 2, 3, 4]  # reported once, though written twice
     finally:
         harness.pool.close()

@@ -36,9 +36,12 @@ Per task the node spends as few system calls and wake-ups as it can:
   to half its depth, at most :data:`BATCH_WHEN_SHORT`), a worker holds up to that many tasks of one
   job, and the tasks it gets in one reactor turn (a TASK frame, the room a
   read of results made) leave in one ``writev``; otherwise it holds one, as
-  does any *exclusive* task (a time limit, ``max_tasks``, a RUNNING report, or
-  items over :data:`READ_SIZE`), which goes only to an idle worker with nothing
-  behind it and counts as started once written. Results come back in order.
+  does any *exclusive* task (a time limit, ``max_tasks``, or items over
+  :data:`READ_SIZE`), which goes only to an idle worker with nothing behind it
+  and counts as started once written. A task whose job hears RUNNING (an
+  executor's) is reported once written, and a worker holds at most
+  :data:`REPORTED_PER_WORKER` of them, so the next call is in its socket when
+  the last one ends. Results come back in order.
 - The worker claims each task before it runs it (``claims.py``: a lock and a
   few integers in shared memory), so the node can take back the ones it has
   not started, race-free: to give them to a worker that has idled
@@ -106,12 +109,13 @@ class WorkItem:
     max_tasks: int | None = None  # replace a worker once it has run this many tasks
     capture: bool = False  # the worker sends what the task prints (see ``achilles_like/task_output.py``)
     report_start: bool = False  # call ``on_start`` when a worker takes it (an executor's ``running()``)
+    reported: bool = False  # ``on_start`` was called: once, even if it is taken back and written again
     seq: int = 0  # its number on the worker it was last written to (``claims.py``)
     alone: bool = False  # written as an exclusive task: its items blob is dropped
 
     @property
     def exclusive(self) -> bool:
-        """Written only to an idle worker, nothing behind it: timed, counted, reported started, or large.
+        """Written only to an idle worker, nothing behind it: timed, counted, or large.
 
         It counts as started once written, so it is never taken back or written again, and its
         items blob is dropped then (a large body is not held on the node while it runs).
@@ -119,13 +123,16 @@ class WorkItem:
         return (
             self.alone
             or self.timeout is not None
-            or self.report_start
             or self.max_tasks is not None
             or len(self.items_blob) > READ_SIZE
         )
 
 
 BATCH_WHEN_SHORT = 8  # tasks a worker may hold while the node's tasks are short (``WorkerPool.batch``)
+# Of a job that hears RUNNING (an executor's), a worker holds at most its running task and the
+# next: the next is reported running once written, as the stdlib marks the calls it queues for
+# its workers (one beyond their number), and starts with no round trip through the node.
+REPORTED_PER_WORKER = 2
 STEAL_AFTER = 0.005  # seconds a worker idles before it takes the unstarted tasks queued on another
 READ_BUDGET = 4 << 20  # bytes of a result read per reactor turn, at most (about, plus one read)
 READ_SIZE = 256 << 10  # bytes asked of a worker's socket per read: every result it has written
@@ -263,7 +270,7 @@ class WorkerPool:
                     return worker
                 idle = idle or worker
             elif (
-                len(queue) < self.batch
+                len(queue) < (min(self.batch, REPORTED_PER_WORKER) if item.report_start else self.batch)
                 and not item.exclusive
                 and queue[0].job_key == item.job_key
                 and not queue[0].exclusive
@@ -309,7 +316,8 @@ class WorkerPool:
             item.items_blob = b""  # the socket (or the link's buffer) holds it; the server retries it, not us
         if item.timeout is not None:
             worker.timer = self._reactor.callLater(item.timeout, self._expire, worker)
-        if item.report_start and self._on_start is not None:
+        if item.report_start and not item.reported and self._on_start is not None:
+            item.reported = True
             self._on_start(item)
 
     # -- taking unstarted tasks back from a worker ---------------------------------------------
