@@ -13,6 +13,7 @@ exporting a variable is seen by the next call. A ``.env`` that names its own
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections import OrderedDict
@@ -51,15 +52,23 @@ def _variables() -> tuple[tuple[object, object], ...]:
     return tuple(sorted((name, environ[name]) for name in environ if name.startswith(_PREFIXES)))
 
 
+@functools.lru_cache(maxsize=8)
+def _secret_file(xdg_config_home: str | None, home: str | None) -> str:
+    """``secret_path()`` for these two variables (pathlib's work, done once per pair)."""
+    env = {name: value for name, value in (("XDG_CONFIG_HOME", xdg_config_home), ("HOME", home)) if value}
+    return str(secret_path(env))
+
+
 def _key(
     host: str | None, port: int | None, username: str | None, secret_key: str | None
 ) -> tuple[object, ...]:
     environ = os.environ
     variables = _variables()
-    files: list[Stamp] = [_stamp(_env_file()), _stamp(secret_path())]
-    secret_file = environ.get(ENV_PREFIX + "SECRET_KEY_FILE")
-    if secret_file:
-        files.append(_stamp(Path(secret_file).expanduser()))
+    secret_file = _secret_file(environ.get("XDG_CONFIG_HOME"), environ.get("HOME"))
+    files: list[Stamp] = [_stamp(_env_file()), _stamp(secret_file)]
+    named_file = environ.get(ENV_PREFIX + "SECRET_KEY_FILE")
+    if named_file:
+        files.append(_stamp(Path(named_file).expanduser()))
     return (host, port, username, secret_key, os.getcwd(), variables, tuple(files))
 
 

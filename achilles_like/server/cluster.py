@@ -489,28 +489,31 @@ class ClusterServer(ServerFactory):
                 return
             if referenced is None:
                 raise ProtocolViolationError(f"{message.VERB} job=0 must name the ref of a job it submitted")
-            message = dataclasses.replace(message, job=referenced)
-        owner = self.scheduler.job_controller(message.job)
+            job = referenced
+        else:
+            job = message.job
+        owner = self.scheduler.job_controller(job)
         if owner is not None and owner != peer.peer_id:
-            raise ProtocolViolationError(f"job {message.job} belongs to another controller")
+            raise ProtocolViolationError(f"job {job} belongs to another controller")
         if (
             isinstance(message, msg.Tasks | msg.End | msg.Withdraw)
             and owner is not None
-            and not self.scheduler.is_started(message.job)
+            and not self.scheduler.is_started(job)
         ):
-            self._hold_early(message)
+            self._hold_early(message if message.job == job else dataclasses.replace(message, job=job))
             return
+        # The job id comes from ``job``: a message addressed by ref still says job=0.
         match message:
-            case msg.Func(job=job, fn=fn, body=body):
+            case msg.Func(fn=fn, body=body):
                 self.execute(self.scheduler.function_received(job, fn, body))
-            case msg.Tasks(job=job, entries=entries):
+            case msg.Tasks(entries=entries):
                 tasks = [(task, blob, fn) for task, _, fn, blob in entries]
                 self.execute(self.scheduler.tasks_received(job, tasks))
-            case msg.End(job=job, tasks=tasks):
+            case msg.End(tasks=tasks):
                 self.execute(self.scheduler.input_ended(job, tasks))
-            case msg.Cancel(job=job):
+            case msg.Cancel():
                 self.execute(self.scheduler.cancel_job(job))
-            case msg.Withdraw(job=job, task=task):
+            case msg.Withdraw(task=task):
                 self.execute(self.scheduler.withdraw(job, task))
 
     def _hold_early(self, message: msg.Tasks | msg.End | msg.Withdraw) -> None:
@@ -585,6 +588,8 @@ class ClusterServer(ServerFactory):
         they are gathered here and written when another kind of action comes
         (which must not overtake them) or at the end.
         """
+        if not actions:
+            return
         self.events.observe(actions)  # metrics, dashboard and job log lines
         tasks: dict[tuple[str, int], list[Entry]] = {}
         results: dict[tuple[str, int], list[Entry]] = {}
@@ -642,8 +647,18 @@ class ClusterServer(ServerFactory):
         match action:
             case act.SendJob(node_id, job_id, blob):
                 options = self.job_options.get(job_id)
-                job = msg.Job(job=job_id) if options is None else options
-                self._send(node_id, dataclasses.replace(job, body=blob))
+                if options is None:
+                    job = msg.Job(job=job_id, body=blob)
+                else:
+                    job = msg.Job(
+                        job=job_id,
+                        timeout=options.timeout,
+                        maxtasks=options.maxtasks,
+                        output=options.output,
+                        running=options.running,
+                        body=blob,
+                    )
+                self._send(node_id, job)
             case act.SendFunction(node_id, job_id, fn, blob):
                 self._send(node_id, msg.Func(job=job_id, fn=fn, body=blob))
             case act.JobQueued(controller_id, job_id, position):
