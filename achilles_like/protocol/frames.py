@@ -81,7 +81,7 @@ class BodySink(Protocol):
         """Take the next piece of the body (it may be kept: the bytes are not reused)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Frame:
     """One decoded message: a verb, its header fields and its raw body (or, streamed, its body's sink)."""
 
