@@ -259,6 +259,11 @@ class WorkerPool:
         """
         idle = None
         queued = None
+        # How many tasks a worker may already hold for this one to queue behind them (0: only idle).
+        if item.exclusive:
+            room = 0
+        else:
+            room = min(self.batch, REPORTED_PER_WORKER) if item.report_start else self.batch
         for worker in self._workers:
             if not worker.alive:
                 continue
@@ -270,8 +275,7 @@ class WorkerPool:
                     return worker
                 idle = idle or worker
             elif (
-                len(queue) < (min(self.batch, REPORTED_PER_WORKER) if item.report_start else self.batch)
-                and not item.exclusive
+                len(queue) < room
                 and queue[0].job_key == item.job_key
                 and not queue[0].exclusive
                 and not worker.stalled
