@@ -35,6 +35,25 @@ from achilles_like.secret_store import read_secret_file, stored_secret, write_pr
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9999
 ENV_PREFIX = "ACHILLES_"
+#: Every setting ``load_settings`` looks up (as ``ACHILLES_<KEY>``, then ``<KEY>`` in ``.env``).
+SETTING_KEYS = (
+    "HOST",
+    "PORT",
+    "USERNAME",
+    "SECRET_KEY",
+    "SECRET_KEY_FILE",
+    "PROCESSES",
+    "MAX_BODY",
+    "TLS",
+    "TLS_CERT",
+    "TLS_KEY",
+    "TLS_CA",
+    "DASHBOARD_PORT",
+    "DASHBOARD_HOST",
+    "DASHBOARD_TOKEN",
+)
+#: The variables that choose which ``.env`` is read (``ACHILLES_`` + these).
+ENV_FILE_KEYS = ("NO_DOTENV", "ENV_FILE")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -136,6 +155,7 @@ def load_settings(
     explicit.update(DASHBOARD_TOKEN=dashboard_token)
 
     def lookup(key: str) -> object | None:
+        assert key in SETTING_KEYS, key  # the controller's settings cache watches only those
         for value in (explicit.get(key), env.get(ENV_PREFIX + key), dotenv.get(key)):
             if value is not None and value != "":
                 return value

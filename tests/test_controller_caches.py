@@ -100,3 +100,55 @@ def _make_counter(values: list[int]) -> Callable[[], int]:
         return len(values)
 
     return count
+
+
+class _RecordingEnviron(dict[str, str]):
+    """An environment that remembers every name looked up in it."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.read.add(name)
+        return super().get(name, default)
+
+    def __getitem__(self, name: str) -> str:
+        self.read.add(name)
+        return super().__getitem__(name)
+
+    def __contains__(self, name: object) -> bool:
+        self.read.add(str(name))
+        return super().__contains__(name)
+
+
+def test_the_cache_watches_every_variable_settings_are_read_from(
+    in_empty_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each variable load_settings reads, through any path (.env choice, secret file), is in the key."""
+    from achilles_like import config
+    from achilles_like.client import settings_cache
+
+    recording = _RecordingEnviron(dict(os.environ))
+    monkeypatch.setattr(os, "environ", recording)
+    config.load_settings()
+    monkeypatch.delitem(recording, "XDG_CONFIG_HOME")
+    monkeypatch.setitem(recording, "HOME", str(in_empty_dir))
+    config.load_settings()  # the secret file is found through HOME this time
+    monkeypatch.setitem(recording, "ACHILLES_SECRET_KEY_FILE", str(in_empty_dir / "nothing"))
+    with pytest.raises(config.ConfigurationError):
+        config.load_settings()  # the named file is missing: read through a second path
+    assert recording.read, "load_settings read no variable: the recording environment was bypassed"
+    assert recording.read <= set(settings_cache.WATCHED), recording.read - set(settings_cache.WATCHED)
+
+
+def test_every_watched_variable_changes_the_cached_settings(
+    in_empty_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Setting any watched variable (here ACHILLES_DASHBOARD_TOKEN and ACHILLES_TLS) is seen at once."""
+    first = cached_settings(secret_key="s")
+    monkeypatch.setenv("ACHILLES_DASHBOARD_TOKEN", "t0ken")
+    second = cached_settings(secret_key="s")
+    assert second.dashboard_token == "t0ken" and first.dashboard_token == ""
+    monkeypatch.setenv("ACHILLES_TLS", "1")
+    assert cached_settings(secret_key="s").tls

@@ -3,7 +3,8 @@
 ``load_settings`` reads ``.env`` and the user's secret file at every call,
 about 0.15 ms, which a one-item ``map`` paid each time. The result depends on
 the call's arguments, the working directory, the environment and those
-files, so that is the key: the ``ACHILLES_*`` variables, ``HOME`` and
+files, so that is the key: the ``ACHILLES_*`` variables ``load_settings``
+reads (``config.SETTING_KEYS`` and ``ENV_FILE_KEYS``), ``HOME`` and
 ``XDG_CONFIG_HOME`` (where the secret file is), and each file's identity,
 size, modification time, mode and owner (``os.stat``; the secret file is
 refused when others may read it). Editing ``.env``, replacing the secret or
@@ -19,7 +20,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from achilles_like.config import ENV_PREFIX, Settings, load_settings
+from achilles_like.config import ENV_FILE_KEYS, ENV_PREFIX, SETTING_KEYS, Settings, load_settings
 from achilles_like.secret_store import secret_path
 
 _SIZE = 32
@@ -38,18 +39,25 @@ def _stamp(path: str | os.PathLike[str]) -> Stamp:
     return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_mode, info.st_uid)
 
 
-def _env_file() -> str:
+#: The environment variables settings depend on.
+WATCHED = (*(ENV_PREFIX + key for key in SETTING_KEYS + ENV_FILE_KEYS), "HOME", "XDG_CONFIG_HOME")
+_WATCHED_BYTES = tuple(os.fsencode(name) for name in WATCHED)
+
+
+def _variables() -> dict[str, str | None]:
+    """The values of the :data:`WATCHED` variables, by name (None where unset)."""
+    # os.environ.get costs a caught KeyError per unset name (about 1.3 us each, and most
+    # are unset); where the environment's own dict is at hand, it is read instead.
+    data = getattr(os.environ, "_data", None)
+    if type(data) is dict and os.name == "posix":
+        values = [None if raw is None else os.fsdecode(raw) for raw in map(data.get, _WATCHED_BYTES)]
+        return dict(zip(WATCHED, values, strict=True))
+    return {name: os.environ.get(name) for name in WATCHED}
+
+
+def _env_file(variables: dict[str, str | None], cwd: str) -> str:
     """The ``.env`` that ``load_settings`` would read (as ``config`` finds it)."""
-    return os.environ.get(ENV_PREFIX + "ENV_FILE") or os.path.join(os.getcwd(), ".env")
-
-
-_PREFIXES = (ENV_PREFIX, "HOME", "XDG_CONFIG_HOME")
-
-
-def _variables() -> tuple[tuple[object, object], ...]:
-    """The environment variables settings may depend on (a superset: every ``ACHILLES_*``)."""
-    environ = os.environ  # names first, values only for the few that match: a third of items()'s cost
-    return tuple(sorted((name, environ[name]) for name in environ if name.startswith(_PREFIXES)))
+    return variables[ENV_PREFIX + "ENV_FILE"] or os.path.join(cwd, ".env")
 
 
 @functools.lru_cache(maxsize=8)
@@ -62,14 +70,14 @@ def _secret_file(xdg_config_home: str | None, home: str | None) -> str:
 def _key(
     host: str | None, port: int | None, username: str | None, secret_key: str | None
 ) -> tuple[object, ...]:
-    environ = os.environ
     variables = _variables()
-    secret_file = _secret_file(environ.get("XDG_CONFIG_HOME"), environ.get("HOME"))
-    files: list[Stamp] = [_stamp(_env_file()), _stamp(secret_file)]
-    named_file = environ.get(ENV_PREFIX + "SECRET_KEY_FILE")
+    cwd = os.getcwd()
+    secret_file = _secret_file(variables["XDG_CONFIG_HOME"], variables["HOME"])
+    files: list[Stamp] = [_stamp(_env_file(variables, cwd)), _stamp(secret_file)]
+    named_file = variables[ENV_PREFIX + "SECRET_KEY_FILE"]
     if named_file:
         files.append(_stamp(Path(named_file).expanduser()))
-    return (host, port, username, secret_key, os.getcwd(), variables, tuple(files))
+    return (host, port, username, secret_key, cwd, tuple(variables.values()), tuple(files))
 
 
 def _names_a_secret_file(env_file: str) -> bool:
@@ -93,7 +101,7 @@ def cached_settings(
             _cache.move_to_end(key)
             return settings
     settings = load_settings(host, port, username, secret_key)
-    if not _names_a_secret_file(_env_file()):
+    if not _names_a_secret_file(_env_file(_variables(), os.getcwd())):
         with _lock:
             _cache[key] = settings
             while len(_cache) > _SIZE:
