@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from achilles_like import tcp
 from achilles_like.errors import FrameTooLargeError, ProtocolError, ProtocolViolationError
+from achilles_like.protocol import frames
 from achilles_like.protocol.frames import (
     CONTROL_BODY_LIMIT,
     DEFAULT_MAX_BODY,
@@ -639,3 +640,14 @@ def test_between_frames_is_true_only_at_a_frame_boundary() -> None:
     with pytest.raises(ProtocolError):
         decoder.feed(b"\x00")
     assert not decoder.between_frames
+
+
+def test_made_up_verbs_are_checked_every_time_and_remembered_only_up_to_a_bound() -> None:
+    """Well-formed verbs skip the regex once seen, but a peer inventing verbs cannot grow that memory."""
+    for number in range(2_000):
+        verb = "X" + "".join(chr(ord("A") + int(digit)) for digit in str(number))
+        assert parse_header(verb.encode("ascii"), 10)[0] == verb
+    assert len(frames._KNOWN_VERBS) <= frames._MAX_KNOWN_VERBS
+    for bad in (b"lower", b"X-Y", b"A" * 40):
+        with pytest.raises(ProtocolError, match="malformed header verb"):
+            parse_header(bad, 10)

@@ -30,7 +30,7 @@ reference, as they arrive; the decoder never holds that body.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import quote, unquote
@@ -70,8 +70,9 @@ _SAFE = "-._~:/@+,"  # characters a value may keep unescaped
 _PLAIN = re.compile(r"[A-Za-z0-9\-._~:/@+,]*")  # a value made only of those: sent as it is
 # Keys on every task and result frame, known to be well formed: no regex for them.
 _COMMON_KEYS = frozenset({"job", "task", "fn", "attempt", "ok", "len", "n", "ref"})
-# ASCII digits only: str.isdigit() also accepts "²" and other Unicode digits.
-_NUMBER = re.compile(r"[0-9]{1,19}")
+# Verbs already seen well formed: the regex runs once per verb, not once per frame.
+_KNOWN_VERBS: set[str] = set()
+_MAX_KNOWN_VERBS = 256
 
 
 class BodySink(Protocol):
@@ -104,7 +105,7 @@ class Frame:
             if default is None:
                 raise ProtocolViolationError(f"{self.verb} frame is missing the field {key!r}")
             return default
-        if not _NUMBER.fullmatch(raw):
+        if not is_number(raw):
             raise ProtocolViolationError(f"{self.verb} field {key}={raw!r} is not a non-negative integer")
         return int(raw)
 
@@ -113,22 +114,29 @@ class Frame:
         return self.fields.get(key, "0") == "1"
 
 
-def encode_header(verb: str, body_length: int = 0, /, **fields: object) -> bytes:
-    """Build a header line; booleans become ``1``/``0``, everything else ``str()``."""
+def field_text(value: object) -> str:
+    """A header value as sent: booleans become ``1``/``0``, everything else ``str()``, escaped if need be."""
+    if type(value) is int:
+        return str(value)  # digits and "-": nothing to escape (the common case: ids, counts)
+    if value is True or value is False:
+        return "1" if value else "0"
+    text = str(value)
+    return text if _PLAIN.fullmatch(text) else quote(text, safe=_SAFE)
+
+
+def header_line(verb: str, body_length: int, fields: Iterable[tuple[str, object]]) -> bytes:
+    """Build a header line from ``(key, value)`` pairs (see :func:`field_text`)."""
     parts = [verb]
-    for key, value in fields.items():
-        if value is True or value is False:
-            text = "1" if value else "0"
-        elif type(value) is int:
-            text = str(value)  # digits and "-": nothing to escape (the common case: ids, counts)
-        else:
-            text = str(value)
-            if not _PLAIN.fullmatch(text):
-                text = quote(text, safe=_SAFE)
-        parts.append(f"{key}={text}")
+    for key, value in fields:
+        parts.append(f"{key}={field_text(value)}")
     if body_length:
         parts.append(f"len={body_length}")
     return (" ".join(parts) + "\r\n").encode("ascii")
+
+
+def encode_header(verb: str, body_length: int = 0, /, **fields: object) -> bytes:
+    """Build a header line; booleans become ``1``/``0``, everything else ``str()``."""
+    return header_line(verb, body_length, fields.items())
 
 
 def encode_frame(verb: str, body: bytes = b"", /, **fields: object) -> bytes:
@@ -143,8 +151,11 @@ def parse_header(line: bytes, max_body: int) -> tuple[str, dict[str, str], int]:
     except UnicodeDecodeError:
         raise ProtocolError("header line is not ASCII: is this an achilles_like peer?") from None
     verb, *pairs = text.split(" ")
-    if not _VERB.fullmatch(verb):
-        raise ProtocolError(f"malformed header verb {verb[:40]!r}: is this an achilles_like peer?")
+    if verb not in _KNOWN_VERBS:
+        if not _VERB.fullmatch(verb):
+            raise ProtocolError(f"malformed header verb {verb[:40]!r}: is this an achilles_like peer?")
+        if len(_KNOWN_VERBS) < _MAX_KNOWN_VERBS:  # bounded: a peer cannot grow it with made-up verbs
+            _KNOWN_VERBS.add(verb)
     fields: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -154,7 +165,7 @@ def parse_header(line: bytes, max_body: int) -> tuple[str, dict[str, str], int]:
     length = 0
     raw_length = fields.pop("len", None)
     if raw_length is not None:
-        if not _NUMBER.fullmatch(raw_length):
+        if not is_number(raw_length):
             raise ProtocolError(f"{verb} frame has a malformed body length {raw_length[:40]!r}")
         length = int(raw_length)
     if length > max_body:
@@ -163,6 +174,11 @@ def parse_header(line: bytes, max_body: int) -> tuple[str, dict[str, str], int]:
             " (raise ACHILLES_MAX_BODY on both sides, or use a smaller chunksize)"
         )
     return verb, fields, length
+
+
+def is_number(raw: str) -> bool:
+    """Whether ``raw`` is 1 to 19 ASCII digits (``str.isdigit`` alone also accepts "²")."""
+    return raw.isdigit() and raw.isascii() and len(raw) <= 19
 
 
 def _first_byte_problem(byte: int) -> str:
@@ -220,7 +236,8 @@ class FrameDecoder:
             frames.append(self._finish_body())
         position = 0
         try:
-            while position < len(data):
+            size = len(data)
+            while position < size:
                 position, frame = self._step(data, position)
                 if frame is not None:
                     frames.append(frame)
@@ -351,8 +368,12 @@ class FrameDecoder:
             )
         if length == 0:
             return end + 1, Frame(verb, fields)
-        self._pending = (verb, fields, length)
         if self.stream_body is not None and (sink := self.stream_body(verb, fields, length)) is not None:
+            self._pending = (verb, fields, length)
             self._sink, self._sink_missing = sink, length
             return end + 1, Frame(verb, fields, stream=sink)
-        return end + 1, None
+        start, stop = end + 1, end + 1 + length
+        if stop <= len(data):  # the whole body is in this chunk (the common case): one slice
+            return stop, Frame(verb, fields, data[start:stop])
+        self._pending = (verb, fields, length)
+        return start, None

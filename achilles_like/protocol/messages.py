@@ -27,7 +27,7 @@ from typing import Any, ClassVar, TypeVar
 
 from achilles_like.errors import ProtocolViolationError
 from achilles_like.protocol import batch
-from achilles_like.protocol.frames import Frame, encode_header
+from achilles_like.protocol.frames import Frame, field_text, header_line, is_number
 
 M = TypeVar("M", bound="Message")
 
@@ -42,15 +42,16 @@ class Message:
 
     def encode(self) -> list[bytes]:
         """The header line and, if there is one, the body (not copied)."""
-        fields: dict[str, object] = {}
-        body = b""
-        for spec in _specs(type(self)):
-            value = getattr(self, spec.name)
-            if spec.name == "body":
-                body = value
-            elif value is not None:
-                fields[spec.name] = value
-        header = encode_header(self.VERB, len(body), **fields)
+        plan = _PLANS.get(type(self)) or _plan(type(self))
+        parts = [self.VERB]
+        for name, _, _, _ in plan.fields:
+            value = getattr(self, name)
+            if value is not None:
+                parts.append(f"{name}={field_text(value)}")
+        body: bytes = self.body if plan.body else b""  # type: ignore[attr-defined]
+        if body:
+            parts.append(f"len={len(body)}")
+        header = (" ".join(parts) + "\r\n").encode("ascii")
         return [header, body] if body else [header]
 
     def to_bytes(self) -> bytes:
@@ -77,58 +78,60 @@ def decode(frame: Frame) -> Message:
     if cls is Tasks or cls is Results:  # their own layout (batch.py): not one field per header key
         return cls.from_frame(frame)
     fields = frame.fields
+    plan = _PLANS.get(cls) or _plan(cls)
     values: list[Any] = []
-    for spec in _specs(cls):
-        if spec.name == "body":
-            values.append(frame.body)
-        elif spec.kind == "int" and spec.name in fields:  # the hot path: ids and counts
-            raw = fields[spec.name]
-            if not (raw.isdigit() and raw.isascii() and len(raw) <= 19):
+    for name, kind, optional, default in plan.fields:
+        raw = fields.get(name)
+        if raw is None:
+            if optional:
+                values.append(None)
+            elif default is not dataclasses.MISSING:
+                values.append(default)
+            else:
+                raise ProtocolViolationError(f"{frame.verb} frame is missing the field {name!r}")
+        elif kind == "int":  # the hot path: ids and counts
+            if not is_number(raw):
                 raise ProtocolViolationError(
-                    f"{frame.verb} field {spec.name}={raw!r} is not a non-negative integer"
+                    f"{frame.verb} field {name}={raw!r} is not a non-negative integer"
                 )
             values.append(int(raw))
+        elif kind == "str":
+            values.append(raw)
+        elif kind == "bool":
+            values.append(raw == "1")
         else:
-            values.append(spec.read(frame))
+            values.append(_number(frame, name))
+    if plan.body:
+        values.append(frame.body)
     return cls(*values)
 
 
-@dataclass(slots=True)
-class _Spec:
-    name: str
-    kind: str  # int, str, bool or float
-    optional: bool
-    default: Any = dataclasses.MISSING
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How a message class goes on the wire: its header fields, in order, and whether a body follows."""
 
-    def read(self, frame: Frame) -> Any:
-        if self.name not in frame.fields:
-            if self.optional:
-                return None
-            if self.default is not dataclasses.MISSING:
-                return self.default
-            raise ProtocolViolationError(f"{frame.verb} frame is missing the field {self.name!r}")
-        if self.kind == "int":
-            return frame.integer(self.name)
-        if self.kind == "bool":
-            return frame.flag(self.name)
-        if self.kind == "float":
-            return _number(frame, self.name)
-        return frame.fields[self.name]
+    fields: tuple[tuple[str, str, bool, Any], ...]  # name, kind (int, str, bool, float), optional, default
+    body: bool
 
 
-_SPEC_CACHE: dict[type[Message], list[_Spec]] = {}
+_PLANS: dict[type[Message], _Plan] = {}
 
 
-def _specs(cls: type[Message]) -> list[_Spec]:
-    specs = _SPEC_CACHE.get(cls)
-    if specs is None:
-        specs = []
-        for item in dataclasses.fields(cls):
-            annotation = str(item.type).replace(" ", "")
-            optional = annotation.endswith("|None")
-            specs.append(_Spec(item.name, annotation.removesuffix("|None"), optional, item.default))
-        _SPEC_CACHE[cls] = specs
-    return specs
+def _plan(cls: type[Message]) -> _Plan:
+    fields = []
+    body = False
+    for item in dataclasses.fields(cls):
+        if item.name == "body":
+            body = True
+            continue
+        annotation = str(item.type).replace(" ", "")
+        fields.append(
+            (item.name, annotation.removesuffix("|None"), annotation.endswith("|None"), item.default)
+        )
+    if body and dataclasses.fields(cls)[-1].name != "body":
+        raise TypeError(f"{cls.__name__}: body must be the last field")  # decode passes it last
+    plan = _PLANS[cls] = _Plan(tuple(fields), body)
+    return plan
 
 
 def _number(frame: Frame, key: str) -> float:
@@ -239,17 +242,22 @@ class Tasks(Message):
     def encode(self) -> list[bytes]:
         """The frames (several when large blobs travel alone), each header then body parts."""
         parts: list[bytes] = []
-        ref = {} if self.ref is None else {"ref": self.ref}
+        ref: tuple[tuple[str, object], ...] = () if self.ref is None else (("ref", self.ref),)
         for run in batch.runs(self.entries, self.limit):
             if len(run) == 1:
                 task, attempt, fn, blob = run[0]
-                fields = {"task": task, "fn": fn, **({"attempt": attempt} if attempt else {}), **ref}
-                parts.append(encode_header(self.VERB, len(blob), job=self.job, **fields))
+                fields = [("job", self.job), ("task", task), ("fn", fn)]
+                if attempt:
+                    fields.append(("attempt", attempt))
+                parts.append(header_line(self.VERB, len(blob), [*fields, *ref]))
                 if blob:
                     parts.append(blob)
             else:
                 body = batch.pack(run)
-                parts.append(encode_header(self.VERB, sum(map(len, body)), job=self.job, n=len(run), **ref))
+                header = header_line(
+                    self.VERB, sum(map(len, body)), [("job", self.job), ("n", len(run)), *ref]
+                )
+                parts.append(header)
                 parts += body
         return parts
 
@@ -280,13 +288,17 @@ class Results(Message):
         for run in batch.runs(self.entries, self.limit):
             if len(run) == 1:
                 task, attempt, ok, blob = run[0]
-                fields = {"task": task, "ok": bool(ok), **({"attempt": attempt} if attempt else {})}
-                parts.append(encode_header(self.VERB, len(blob), job=self.job, **fields))
+                fields = [("job", self.job), ("task", task), ("ok", bool(ok))]
+                if attempt:
+                    fields.append(("attempt", attempt))
+                parts.append(header_line(self.VERB, len(blob), fields))
                 if blob:
                     parts.append(blob)
             else:
                 body = batch.pack(run)
-                parts.append(encode_header(self.VERB, sum(map(len, body)), job=self.job, n=len(run)))
+                parts.append(
+                    header_line(self.VERB, sum(map(len, body)), [("job", self.job), ("n", len(run))])
+                )
                 parts += body
         return parts
 
