@@ -427,6 +427,9 @@ def _streamed(frame: Frame) -> StreamedResult:
     return frame.stream
 
 
+_SUBMIT_FIELDS = tuple(item.name for item in dataclasses.fields(msg.Submit) if item.name != "whole")
+
+
 class _OneWrite:
     """:meth:`JobDriver.one_write`'s block (a class, not a generator: it is entered per driving step)."""
 
@@ -447,8 +450,10 @@ class _OneWrite:
             if driver._submit_at is not None and parts is not None:
                 at, driver._submit_at = driver._submit_at, None
                 submit = driver._submit
-                if driver.end_sent:
-                    submit = dataclasses.replace(submit, whole=True)
+                if driver.end_sent:  # a new message, not a changed one (dataclasses.replace: 7 us)
+                    submit = msg.Submit(
+                        **{name: getattr(submit, name) for name in _SUBMIT_FIELDS}, whole=True
+                    )
                 parts[at : at + 1] = submit.encode()
             if parts:
                 driver.connection.send(*parts)
