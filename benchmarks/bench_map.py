@@ -60,6 +60,8 @@ ONE_MS_ITEMS = 2_000
 MB = 1_000_000
 MIB = 1 << 20
 PAYLOAD_BYTES = 10 * MB
+#: Calls of one side in a row when the latency cases take turns.
+LATENCY_BLOCK = 20
 HOP_BODY_BYTES = 64 * MIB
 
 
@@ -131,6 +133,22 @@ def best(repeat: int, run: Callable[[], Any]) -> float:
     return min(times)
 
 
+def best_each(repeat: int, *runs: Callable[[], Any]) -> list[float]:
+    """The shortest wall time of each of ``runs`` over ``repeat`` rounds, the runs taking turns.
+
+    Taking turns (stdlib, achilles_like, stdlib, ...) rather than one side's
+    repeats and then the other's puts both sides under the same spells of a
+    shared machine's load, so their ratio moves less from run to run.
+    """
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeat):
+        for run, taken in zip(runs, times, strict=True):
+            started = time.perf_counter()
+            run()
+            taken.append(time.perf_counter() - started)
+    return [min(taken) for taken in times]
+
+
 def median_time(samples: int, run: Callable[[], Any]) -> float:
     """Median wall time of ``samples`` runs of ``run``, in seconds."""
     times = []
@@ -141,10 +159,22 @@ def median_time(samples: int, run: Callable[[], Any]) -> float:
     return statistics.median(times)
 
 
-def latency(repeat: int, run_one: Callable[[], Any]) -> float:
-    """Median wall time of a one-item round trip, in milliseconds."""
+def latencies(repeat: int, *runs: Callable[[], Any]) -> list[float]:
+    """Median wall time of a one-item round trip of each of ``runs``, in milliseconds.
+
+    The runs take turns in blocks of :data:`LATENCY_BLOCK` calls, so a spell
+    of load on the shared machine falls on both sides alike.
+    """
     # Enough calls for a steady median on a shared machine (30 moved it by half between runs).
-    return median_time(max(repeat * 60, 100), run_one) * 1000
+    samples = max(repeat * 60, 100)
+    times: list[list[float]] = [[] for _ in runs]
+    while len(times[0]) < samples:
+        for run, taken in zip(runs, times, strict=True):
+            for _ in range(min(LATENCY_BLOCK, samples - len(taken))):
+                started = time.perf_counter()
+                run()
+                taken.append(time.perf_counter() - started)
+    return [statistics.median(taken) * 1000 for taken in times]
 
 
 def ratio(local: float, remote: float) -> str:
@@ -188,9 +218,7 @@ def latency_rows(bench: Bench) -> list[Row]:
             lambda: remote_pool.apply_async(tiny, (1,)).get(),
         ),
     ]
-    return [
-        latency_row(name, latency(repeat, local), latency(repeat, remote)) for name, local, remote in cases
-    ]
+    return [latency_row(name, *latencies(repeat, local, remote)) for name, local, remote in cases]
 
 
 def startup_rows(bench: Bench) -> list[Row]:
@@ -225,9 +253,9 @@ def map_rows(bench: Bench) -> list[Row]:
     rows: list[Row] = []
     for name, count, func, chunksize in cases:
         items = range(count)
-        local = best(bench.repeat, lambda: bench.pool.map(func, items, chunksize))  # noqa: B023
-        remote = best(
+        local, remote = best_each(
             bench.repeat,
+            lambda: bench.pool.map(func, items, chunksize),  # noqa: B023
             lambda: achilles_like.map(func, items, chunksize=chunksize, **bench.target),  # noqa: B023
         )
         rows.append(throughput_row(name, count, local, remote))
@@ -244,8 +272,11 @@ def pool_rows(bench: Bench) -> list[Row]:
     ]
     for name, count, func in cases:
         items = range(count)
-        local = best(bench.repeat, lambda: bench.pool.map(func, items))  # noqa: B023
-        remote = best(bench.repeat, lambda: remote_pool.map(func, items))  # noqa: B023
+        local, remote = best_each(
+            bench.repeat,
+            lambda: bench.pool.map(func, items),  # noqa: B023
+            lambda: remote_pool.map(func, items),  # noqa: B023
+        )
         rows.append(throughput_row(name, count, local, remote))
     return rows
 
@@ -257,10 +288,10 @@ def unordered_rows(bench: Bench) -> list[Row]:
     # Runs of about half a second: shorter ones moved the ratio by a third between runs.
     for count, chunksize in ((bench.scaled(20_000), 1), (bench.scaled(1_000_000), 100)):
         items = range(count)
-        local = best(bench.repeat, lambda: sum(bench.pool.imap_unordered(tiny, items, chunksize)))  # noqa: B023
-        pooled = best(bench.repeat, lambda: sum(remote_pool.imap_unordered(tiny, items, chunksize)))  # noqa: B023
-        module = best(
+        local, pooled, module = best_each(
             bench.repeat,
+            lambda: sum(bench.pool.imap_unordered(tiny, items, chunksize)),  # noqa: B023
+            lambda: sum(remote_pool.imap_unordered(tiny, items, chunksize)),  # noqa: B023
             lambda: sum(achilles_like.imap_unordered(tiny, items, chunksize=chunksize, **bench.target)),  # noqa: B023
         )
         suffix = f"tiny items, chunksize={chunksize}"
@@ -292,8 +323,11 @@ def executor_rows(bench: Bench) -> list[Row]:
     ):
         submit_all(local_executor, 100)  # warm up both sides
         submit_all(remote_executor, 100)
-        local = best(bench.repeat, lambda: submit_all(local_executor, count))
-        remote = best(bench.repeat, lambda: submit_all(remote_executor, count))
+        local, remote = best_each(
+            bench.repeat,
+            lambda: submit_all(local_executor, count),
+            lambda: submit_all(remote_executor, count),
+        )
     return [throughput_row(f"Executor.submit {count} × 1 ms tasks", count, local, remote)]
 
 
@@ -307,11 +341,15 @@ def payload_rows(bench: Bench) -> list[Row]:
     def row(name: str, local: float, remote: float) -> Row:
         return name, f"{megabytes / local:,.0f} MB/s", f"{megabytes / remote:,.0f} MB/s", ratio(local, remote)
 
-    local_in = best(bench.repeat, lambda: bench.pool.map(size_of, blobs, 1))
-    remote_in = best(bench.repeat, lambda: achilles_like.map(size_of, blobs, chunksize=1, **bench.target))
-    local_out = best(bench.repeat, lambda: bench.pool.map(make_payload, range(count), 1))
-    remote_out = best(
-        bench.repeat, lambda: achilles_like.map(make_payload, range(count), chunksize=1, **bench.target)
+    local_in, remote_in = best_each(
+        bench.repeat,
+        lambda: bench.pool.map(size_of, blobs, 1),
+        lambda: achilles_like.map(size_of, blobs, chunksize=1, **bench.target),
+    )
+    local_out, remote_out = best_each(
+        bench.repeat,
+        lambda: bench.pool.map(make_payload, range(count), 1),
+        lambda: achilles_like.map(make_payload, range(count), chunksize=1, **bench.target),
     )
     return [
         row(f"10 MB arguments in ({count} items)", local_in, remote_in),

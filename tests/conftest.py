@@ -10,7 +10,9 @@ at a fresh one for each test.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,7 +28,9 @@ import pytest
 from achilles_like import LocalCluster, getClusterStatus
 
 # Before any fixture starts a process: module-scoped clusters inherit this too.
-os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="achilles-test-config-")
+_SESSION_CONFIG_HOME = tempfile.mkdtemp(prefix="achilles-test-config-")
+os.environ["XDG_CONFIG_HOME"] = _SESSION_CONFIG_HOME
+atexit.register(shutil.rmtree, _SESSION_CONFIG_HOME, ignore_errors=True)  # after every process is gone
 
 
 @pytest.fixture(autouse=True)
