@@ -149,7 +149,7 @@ def test_running_and_withdrawal_reach_their_batch() -> None:
     driver.handle(frames(msg.Started(job=2), msg.Credit(job=2, n=2)))
     driver.feed([_ListSource(batches)])
     connection.take()
-    driver.handle(frames(msg.Running(job=2, task=0)))
+    driver.handle(frames(msg.Running(job=2, entries=[(0, 0)])))
     batches[1].on_withdrawn = lambda: events.append("withdrawn 1")
     driver.withdraw(batches[1])
     driver.withdraw(batches[1])  # asked once only
@@ -160,6 +160,21 @@ def test_running_and_withdrawal_reach_their_batch() -> None:
     assert driver.idle
     driver.withdraw(batches[0])  # answered already: nothing to ask
     assert connection.take() == []
+
+
+def test_a_batch_of_running_notices_reaches_each_batch() -> None:
+    """One RUNNING frame for several tasks calls each one's on_running; an unknown task is ignored."""
+    driver, connection = make_driver(report_running=True)
+    connection.take()
+    events: list[str] = []
+    batches = [
+        Batch(b"f", [i], lambda o: None, on_running=lambda i=i: events.append(f"run {i}")) for i in range(3)
+    ]
+    driver.handle(frames(msg.Started(job=2), msg.Credit(job=2, n=3)))
+    driver.feed([_ListSource(batches)])
+    connection.take()
+    driver.handle(frames(msg.Running(job=2, entries=[(2, 0), (0, 0), (9, 0)])))
+    assert events == ["run 2", "run 0"]
 
 
 def test_cancel_is_sent_when_a_caller_abandons_its_job() -> None:

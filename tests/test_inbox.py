@@ -39,8 +39,8 @@ def test_running_notices_ride_with_the_next_batch() -> None:
     """RUNNING frames that arrive alone wake nobody; they come first in the next batch, in order."""
     timers = _Timers()
     inbox = HoldingInbox(timers)
-    inbox.put(_frames(msg.Running(job=1, task=0)))
-    inbox.put(_frames(msg.Running(job=1, task=1)))
+    inbox.put(_frames(msg.Running(job=1, entries=[(0, 0)])))
+    inbox.put(_frames(msg.Running(job=1, entries=[(1, 0)])))
     assert inbox.empty()
     inbox.put(_frames(msg.Results(job=1, entries=[(0, 0, 1, b"x")]), msg.Credit(job=1, n=1)))
     event = inbox.get_nowait()
@@ -55,19 +55,19 @@ def test_a_lone_running_notice_is_delivered_when_the_delay_runs_out() -> None:
     """With nothing else coming, held notices go out on their own after RUNNING_DELAY, one timer for all."""
     timers = _Timers()
     inbox = HoldingInbox(timers)
-    inbox.put(_frames(msg.Running(job=1, task=0)))
-    inbox.put(_frames(msg.Running(job=1, task=1)))
+    inbox.put(_frames(msg.Running(job=1, entries=[(0, 0)])))
+    inbox.put(_frames(msg.Running(job=1, entries=[(1, 0)])))
     assert [delay for delay, _ in timers.pending] == [RUNNING_DELAY]
     timers.fire()
     assert _verbs(inbox.get_nowait()) == ["RUNNING", "RUNNING"]
-    inbox.put(_frames(msg.Running(job=1, task=2)))  # a new notice arms the timer again
+    inbox.put(_frames(msg.Running(job=1, entries=[(2, 0)])))  # a new notice arms the timer again
     assert len(timers.pending) == 1
 
 
 def test_wake_ups_pass_and_a_loss_comes_after_what_was_held() -> None:
     """Other events are not held: a wake-up passes at once, the connection's loss follows held notices."""
     inbox = HoldingInbox(_Timers())
-    inbox.put(_frames(msg.Running(job=1, task=0)))
+    inbox.put(_frames(msg.Running(job=1, entries=[(0, 0)])))
     inbox.put("wake")
     assert inbox.get_nowait() == "wake"
     lost = Lost("gone")

@@ -7,6 +7,7 @@ import pytest
 from achilles_like.errors import ProtocolViolationError
 from achilles_like.protocol import FrameDecoder, encode_frame
 from achilles_like.protocol import messages as msg
+from achilles_like.protocol.frames import CONTROL_BODY_LIMIT
 
 EXAMPLES: list[msg.Message] = [
     msg.Error(code="protocol", msg="bad thing: a b\r\nc"),
@@ -26,8 +27,9 @@ EXAMPLES: list[msg.Message] = [
     msg.Results(job=3, entries=[(9, 0, 0, b"outcomes")]),
     msg.Results(job=3, entries=[(9, 2, 1, b"v"), (4, 1, 0, b"outcomes")]),
     msg.Lost(job=3, task=9, attempt=2, reason="exit code -9"),
-    msg.Running(job=3, task=9, attempt=2),
-    msg.Running(job=3, task=9),
+    msg.Running(job=3, entries=[(9, 2)]),
+    msg.Running(job=3, entries=[(9, 0)]),
+    msg.Running(job=3, entries=[(9, 2), (10, 1), (4, 3)]),
     msg.Withdraw(job=3, task=9, attempt=1),
     msg.Withdraw(job=0, task=0, ref=7),
     msg.Withdrawn(job=3, task=9, attempt=1),
@@ -59,6 +61,16 @@ def test_every_message_round_trips_through_the_wire(message: msg.Message) -> Non
     assert msg.decode(frame) == message
 
 
+def test_running_notices_beyond_a_frame_s_share_go_in_further_frames() -> None:
+    """A RUNNING of more entries than RUNNING_PER_FRAME is several frames, each within a control body."""
+    entries = [(task, 1) for task in range(msg.RUNNING_PER_FRAME * 2 + 1)]
+    frames = FrameDecoder().feed(b"".join(msg.Running(job=3, entries=entries).encode()))
+    decoded = [msg.decode(frame) for frame in frames]
+    assert [len(message.entries) for message in decoded] == [msg.RUNNING_PER_FRAME, msg.RUNNING_PER_FRAME, 1]
+    assert [entry for message in decoded for entry in message.entries] == entries
+    assert all(len(frame.body) <= CONTROL_BODY_LIMIT for frame in frames)
+
+
 def test_a_body_is_encoded_as_its_own_part() -> None:
     """A message with a body encodes to a header and the body object itself (no copy)."""
     body = b"x" * 1000
@@ -74,6 +86,8 @@ def test_a_body_is_encoded_as_its_own_part() -> None:
         (encode_frame("JOB", job=1, timeout="soon"), "JOB field timeout='soon' is not a number"),
         (encode_frame("JOB", job=1, timeout="0"), "JOB field timeout='0' is out of range"),
         (encode_frame("NOPE"), "unknown verb NOPE"),
+        (encode_frame("RUNNING", job=1, task=0, n=2), "both n= .a batch. and task="),
+        (encode_frame("RUNNING", b"short", job=1, n=2), "too short for its table"),
     ],
 )
 def test_bad_fields_are_refused_with_the_reason(raw: bytes, error: str) -> None:

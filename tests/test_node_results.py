@@ -227,11 +227,13 @@ def test_running_notices_leave_with_the_next_results_or_within_the_result_delay(
     finish(agent, first)
     finish(agent, second)  # half the slots: the results leave at the end of the turn
     clock.advance(0)
-    assert [type(m) for m in protocol.sent] == [msg.Running, msg.Running, msg.Results]
+    # Both notices in one frame, ahead of the results.
+    assert protocol.sent[0] == msg.Running(job=1, entries=[(first.task_id, 1), (second.task_id, 1)])
+    assert [type(m) for m in protocol.sent] == [msg.Running, msg.Results]
     protocol.sent.clear()
     agent._started(third)
     clock.advance(RESULT_DELAY)
-    assert protocol.sent == [msg.Running(job=1, task=third.task_id, attempt=1)]
+    assert protocol.sent == [msg.Running(job=1, entries=[(third.task_id, 1)])]
 
 
 def test_a_cancelled_job_sends_none_of_its_running_notices(node: Any) -> None:

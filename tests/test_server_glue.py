@@ -17,7 +17,8 @@ from twisted.internet.testing import StringTransport
 from achilles_like.config import Settings
 from achilles_like.errors import ConfigurationError
 from achilles_like.liveness import SERVER_SILENCE_TIMEOUT, SilenceWatch
-from achilles_like.protocol import ClientHandshake, FrameDecoder, encode_frame
+from achilles_like.protocol import ClientHandshake, FrameDecoder, batch, encode_frame
+from achilles_like.protocol import messages as msg
 from achilles_like.server.cluster import RELEASE_DELAY, ClusterServer, ServerOptions, ServerProtocol
 
 SECRET = "glue-test-secret"
@@ -383,6 +384,36 @@ def test_running_reaches_the_controller_only_from_the_holder_and_withdrawals_are
     node.dataReceived(encode_frame("WITHDRAWN", job=1, task=0, attempt=1))
     assert _said(transport) == [("WITHDRAWN", {"job": "1", "task": "0"}), ("CREDIT", {"job": "1", "n": "1"})]
     assert server.status()["nodes"][0]["busy"] == 0
+
+
+def test_a_batch_of_running_notices_passes_on_as_one_frame_of_the_tasks_the_node_holds() -> None:
+    """A node's RUNNING for several tasks reaches the controller as one frame, less those it does not hold."""
+    server, _ = make_server()
+    node, node_transport = _node(server, slots=2)
+    controller, transport = _controller(server)
+    controller.dataReceived(encode_frame("SUBMIT", ref=1, running=1))
+    _said(transport)
+    tasks = b"".join(encode_frame("TASK", b"t", job=1, fn=0, task=n) for n in range(3))
+    controller.dataReceived(encode_frame("FUNC", b"f", job=1, fn=0) + tasks)
+    assert [fields.get("task") for verb, fields in _said(node_transport) if verb == "TASK"] == ["0", "1"]
+    # Task 2 waits at the server (two slots): a notice for it is not passed on.
+    node.dataReceived(b"".join(msg.Running(job=1, entries=[(0, 1), (2, 1), (1, 1)]).encode()))
+    [frame] = FrameDecoder().feed(transport.value())
+    assert msg.decode(frame) == msg.Running(job=1, entries=[(0, 0), (1, 0)])
+    transport.clear()
+    node.dataReceived(b"".join(msg.Running(job=1, entries=[(2, 1), (7, 1)]).encode()))  # none held
+    assert transport.value() == b""
+
+
+def test_a_running_batch_with_blobs_is_a_protocol_violation() -> None:
+    """RUNNING's table carries tasks and attempts only: a blob in it closes the node's connection."""
+    server, _ = make_server()
+    node, node_transport = _node(server, slots=2)
+    table = b"".join(batch.pack([(0, 1, 0, b"x"), (1, 1, 0, b"")]))
+    node.dataReceived(encode_frame("RUNNING", table, job=1, n=2))
+    assert node_transport.disconnecting
+    [error] = FrameDecoder().feed(node_transport.value())
+    assert error.verb == "ERROR" and "only a task and an attempt" in error.fields["msg"]
 
 
 def test_a_body_that_reads_pong_is_not_taken_for_a_pong() -> None:

@@ -357,10 +357,11 @@ class JobDriver:
                     self._result(task, bool(ok), body if frame.stream is None else _streamed(frame))
             case msg.Output(body=body):
                 task_output.replay(body, sys.stdout, sys.stderr)
-            case msg.Running(task=task):
-                batch = self.inflight.get(task)
-                if batch is not None and batch.on_running is not None:
-                    batch.on_running()
+            case msg.Running(entries=entries):
+                for task, _ in entries:
+                    batch = self.inflight.get(task)
+                    if batch is not None and batch.on_running is not None:
+                        batch.on_running()
             case msg.Withdrawn(task=task):
                 self.withdrawing.discard(task)
                 batch = self.inflight.pop(task, None)  # it never ran: no RESULT will come

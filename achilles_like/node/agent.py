@@ -125,9 +125,10 @@ class NodeAgent:
         # Results gathered, by job; sent as one frame each by flush_results (see _finished).
         self._results: dict[int, list[Entry]] = {}
         self._gathered = 0
-        # RUNNING notices (job id, frame), sent with the next results: the caller's running()
-        # needs no sub-millisecond news, and a send per task was most of an executor call's cost.
-        self._notices: list[tuple[int, bytes]] = []
+        # RUNNING notices, by job, sent with the next results as one frame per job: the caller's
+        # running() needs no sub-millisecond news, and a send per task was most of an executor
+        # call's cost.
+        self._notices: dict[int, list[tuple[int, int]]] = {}
         self._flush_call: IDelayedCall | None = None
         self._flush_soon = False  # the flush call is for the end of this reactor turn
         self.holding: dict[int, int] = {}  # job id -> its tasks on this node (queued or running)
@@ -247,7 +248,7 @@ class NodeAgent:
         """Drop a job's queued tasks and stop its running ones."""
         self.cancelled.append(job_id)
         self._gathered -= len(self._results.pop(job_id, ()))
-        self._notices = [notice for notice in self._notices if notice[0] != job_id]
+        self._notices.pop(job_id, None)
         self.holding.pop(job_id, None)
         self._forget(job_id)
         key = job_key(self.generation, job_id)
@@ -278,8 +279,11 @@ class NodeAgent:
         one send for a turn's notices and results instead of one per task.
         """
         if not self._stale(item) and self.protocol is not None:
-            running = msg.Running(job=item.job_id, task=item.task_id, attempt=item.attempt)
-            self._notices.append((item.job_id, running.to_bytes()))
+            notice = (item.task_id, item.attempt)
+            if item.job_id in self._notices:
+                self._notices[item.job_id].append(notice)
+            else:
+                self._notices[item.job_id] = [notice]
             if self._flush_call is None:
                 self._schedule_flush(RESULT_DELAY)
 
@@ -371,9 +375,11 @@ class NodeAgent:
             self._flush_call = None
         self._flush_soon = False
         results, self._results, self._gathered = self._results, {}, 0
-        notices, self._notices = self._notices, []
+        notices, self._notices = self._notices, {}
         if self.protocol is not None:
-            parts = [frame for _, frame in notices]  # a task's RUNNING goes before its RESULT
+            parts: list[bytes] = []
+            for job, running in notices.items():  # a task's RUNNING goes before its RESULT
+                parts += msg.Running(job=job, entries=running).encode()
             limit = self.settings.max_body
             for job, entries in results.items():
                 parts += msg.Results(job=job, entries=entries, limit=limit).encode()

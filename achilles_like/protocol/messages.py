@@ -75,7 +75,7 @@ def decode(frame: Frame) -> Message:
     cls = _REGISTRY.get(frame.verb)
     if cls is None:
         raise ProtocolViolationError(f"unknown verb {frame.verb}")
-    if cls is Tasks or cls is Results:  # their own layout (batch.py): not one field per header key
+    if cls is Tasks or cls is Results or cls is Running:  # their own layout (batch.py), not a field per key
         return cls.from_frame(frame)
     fields = frame.fields
     plan = _PLANS.get(cls) or _plan(cls)
@@ -351,15 +351,52 @@ class Output(Message):
 @message("RUNNING")
 @dataclass(slots=True)
 class Running(Message):
-    """A worker has started the task (jobs submitted with ``running``).
+    """Workers have started these tasks (jobs submitted with ``running``): ``entries`` of ``(task, attempt)``.
 
-    From a node to the server (with ``attempt``), which passes it to the
-    job's controller only if that node holds the task.
+    From a node to the server (with each attempt), which passes on to the
+    job's controller, in one frame, those of the tasks that node holds
+    (attempt 0). One entry travels in the single form (``task=`` and
+    ``attempt=`` in the header), several in the batch form (``n=``, then a
+    table of ``protocol/batch.py`` entries with empty blobs): a node under an
+    executor's load reports a few tasks a turn, and a frame per task cost
+    every hop a header to write, one to parse and a dispatch.
     """
 
     job: int
-    task: int
-    attempt: int | None = None
+    entries: list[tuple[int, int]] = field(default_factory=list)
+
+    def encode(self) -> list[bytes]:
+        """The frames: one per :data:`RUNNING_PER_FRAME` entries (a control frame's body stays small)."""
+        parts: list[bytes] = []
+        for start in range(0, len(self.entries), RUNNING_PER_FRAME):
+            run = self.entries[start : start + RUNNING_PER_FRAME]
+            if len(run) == 1:
+                task, attempt = run[0]
+                fields: list[tuple[str, object]] = [("job", self.job), ("task", task)]
+                if attempt:
+                    fields.append(("attempt", attempt))
+                parts.append(header_line(self.VERB, 0, fields))
+            else:
+                table = batch.pack([(task, attempt, 0, b"") for task, attempt in run])[0]  # no blobs
+                parts += [header_line(self.VERB, len(table), [("job", self.job), ("n", len(run))]), table]
+        return parts
+
+    @classmethod
+    def from_frame(cls, frame: Frame) -> Running:
+        """Read either form."""
+        if "n" in frame.fields:
+            if "task" in frame.fields:
+                raise ProtocolViolationError("RUNNING frame has both n= (a batch) and task= (one)")
+            table = batch.unpack(frame.body, frame.integer("n"), frame.verb)
+            if any(small or blob for _, _, small, blob in table):
+                raise ProtocolViolationError("a RUNNING frame's entries carry only a task and an attempt")
+            return cls(frame.integer("job"), [(task, attempt) for task, attempt, _, _ in table])
+        return cls(frame.integer("job"), [(frame.integer("task"), frame.integer("attempt", 0))])
+
+
+#: The most entries one RUNNING frame carries: its table (20 bytes each) stays well under
+#: the 64 KiB a control frame's body may be (``frames.CONTROL_BODY_LIMIT``).
+RUNNING_PER_FRAME = 1024
 
 
 @message("WITHDRAW")

@@ -404,10 +404,16 @@ class ClusterServer(ServerFactory):
                 controller = self.scheduler.task_owner(peer.peer_id, job, task)
                 if controller is not None:
                     self._send(controller, msg.Output(job=job, task=task, body=body))
-            case msg.Running(job=job, task=task) if registered:
-                controller = self.scheduler.task_owner(peer.peer_id, job, task)
-                if controller is not None:
-                    self._send(controller, msg.Running(job=job, task=task))
+            case msg.Running(job=job, entries=entries) if registered:
+                # Passed on in one frame, only for the tasks this node holds (all of one controller).
+                owner, started = None, []
+                for task, _ in entries:
+                    controller = self.scheduler.task_owner(peer.peer_id, job, task)
+                    if controller is not None:
+                        owner = controller
+                        started.append((task, 0))
+                if owner is not None:
+                    self._send(owner, msg.Running(job=job, entries=started))
             case msg.Withdrawn(job=job, task=task, attempt=attempt) if registered:
                 if attempt is None:
                     raise ProtocolViolationError("a node's WITHDRAWN must name its attempt")
