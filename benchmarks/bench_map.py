@@ -10,7 +10,9 @@ with one node of N processes (server and node as separate processes on
 module functions, ``achilles_like.Pool(N, host=...)`` or
 ``achilles_like.ProcessPoolExecutor(N, host=...)``. Each throughput figure is
 the best of ``--repeat`` runs, each latency the median of many calls, to damp
-the noise of a shared machine. Nothing here is asserted: it prints a table.
+the noise of a shared machine, and the two sides take turns (a round each for
+throughput, 20 calls each for latency) so that a spell of load falls on both.
+Nothing here is asserted: it prints a table.
 
 Cases (``--only`` takes these names, comma-separated):
 
