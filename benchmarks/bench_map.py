@@ -125,16 +125,6 @@ class Bench:
         return max(count // 5, 1) if self.quick else count
 
 
-def best(repeat: int, run: Callable[[], Any]) -> float:
-    """The shortest wall time of ``repeat`` runs of ``run``."""
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)
-
-
 def best_each(repeat: int, *runs: Callable[[], Any]) -> list[float]:
     """The shortest wall time of each of ``runs`` over ``repeat`` rounds, the runs taking turns.
 
@@ -379,7 +369,7 @@ def cpu_rows(bench: Bench) -> list[Row]:
     count = bench.scaled(5_000)
     items = range(count)
     # The user's own share: the same calls in this process (workers run exactly these).
-    user = best(3, lambda: [tiny(x) for x in items])
+    (user,) = best_each(3, lambda: [tiny(x) for x in items])
 
     workers = [getattr(process, "pid", 0) for process in bench.pool._pool]
     before = _cpu_of({"workers": workers}, "controller")

@@ -359,15 +359,27 @@ def test_only_quiet_peers_are_pinged() -> None:
     server.stop_heartbeats()
 
 
-def test_running_reaches_the_controller_only_from_the_holder_and_withdrawals_are_answered() -> None:
-    """RUNNING passes only for a task the node holds; WITHDRAW drops a waiting task or asks its node."""
+def _running_job(
+    slots: int, tasks: int
+) -> tuple[ClusterServer, ServerProtocol, StringTransport, ServerProtocol, StringTransport]:
+    """A server with a node of ``slots`` and job 1 (``running=1``) whose ``tasks`` tasks were sent.
+
+    Returns the server, the node and its transport, the controller and its transport
+    (what the controller was told so far is cleared; what the node was told is not).
+    """
     server, _ = make_server()
-    node, node_transport = _node(server, slots=1)
+    node, node_transport = _node(server, slots=slots)
     controller, transport = _controller(server)
     controller.dataReceived(encode_frame("SUBMIT", ref=1, running=1))
     _said(transport)
-    tasks = b"".join(encode_frame("TASK", b"t", job=1, fn=0, task=n) for n in range(2))
-    controller.dataReceived(encode_frame("FUNC", b"f", job=1, fn=0) + tasks)
+    frames = b"".join(encode_frame("TASK", b"t", job=1, fn=0, task=n) for n in range(tasks))
+    controller.dataReceived(encode_frame("FUNC", b"f", job=1, fn=0) + frames)
+    return server, node, node_transport, controller, transport
+
+
+def test_running_reaches_the_controller_only_from_the_holder_and_withdrawals_are_answered() -> None:
+    """RUNNING passes only for a task the node holds; WITHDRAW drops a waiting task or asks its node."""
+    server, node, node_transport, controller, transport = _running_job(slots=1, tasks=2)
     said = _said(node_transport)
     assert [(verb, fields.get("task")) for verb, fields in said] == [
         ("JOB", None),
@@ -388,13 +400,7 @@ def test_running_reaches_the_controller_only_from_the_holder_and_withdrawals_are
 
 def test_a_batch_of_running_notices_passes_on_as_one_frame_of_the_tasks_the_node_holds() -> None:
     """A node's RUNNING for several tasks reaches the controller as one frame, less those it does not hold."""
-    server, _ = make_server()
-    node, node_transport = _node(server, slots=2)
-    controller, transport = _controller(server)
-    controller.dataReceived(encode_frame("SUBMIT", ref=1, running=1))
-    _said(transport)
-    tasks = b"".join(encode_frame("TASK", b"t", job=1, fn=0, task=n) for n in range(3))
-    controller.dataReceived(encode_frame("FUNC", b"f", job=1, fn=0) + tasks)
+    _, node, node_transport, _, transport = _running_job(slots=2, tasks=3)
     assert [fields.get("task") for verb, fields in _said(node_transport) if verb == "TASK"] == ["0", "1"]
     # Task 2 waits at the server (two slots): a notice for it is not passed on.
     node.dataReceived(b"".join(msg.Running(job=1, entries=[(0, 1), (2, 1), (1, 1)]).encode()))

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, TypeVar
 
 from achilles_like.errors import ProtocolViolationError
 from achilles_like.protocol import batch
-from achilles_like.protocol.frames import Frame, field_text, header_line, is_number
+from achilles_like.protocol.frames import Frame, header_line, is_number
 
 M = TypeVar("M", bound="Message")
 
@@ -43,15 +43,9 @@ class Message:
     def encode(self) -> list[bytes]:
         """The header line and, if there is one, the body (not copied)."""
         plan = _PLANS.get(type(self)) or _plan(type(self))
-        parts = [self.VERB]
-        for name, _, _, _ in plan.fields:
-            value = getattr(self, name)
-            if value is not None:
-                parts.append(f"{name}={field_text(value)}")
+        fields = [(name, value) for name, *_ in plan.fields if (value := getattr(self, name)) is not None]
         body: bytes = self.body if plan.body else b""  # type: ignore[attr-defined]
-        if body:
-            parts.append(f"len={len(body)}")
-        header = (" ".join(parts) + "\r\n").encode("ascii")
+        header = header_line(self.VERB, len(body), fields)
         return [header, body] if body else [header]
 
     def to_bytes(self) -> bytes:
