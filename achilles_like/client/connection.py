@@ -23,6 +23,7 @@ import secrets
 import threading
 import time
 from typing import Any, TypeVar
+from typing import Protocol as TypingProtocol
 
 from twisted.internet import defer, error
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
@@ -77,19 +78,26 @@ class Lost:
 Event = list[Frame] | Lost
 
 
+class Inbox(TypingProtocol):
+    """Where routed frames and the connection's loss are put: a ``queue.SimpleQueue``, or a session's."""
+
+    def put(self, item: Any) -> None:
+        """Queue one event (the reactor thread puts frames and the loss)."""
+
+
 class ClientProtocol(Protocol):
     """Reactor-side half: handshake, then route frames to their job's inbox."""
 
-    def __init__(self, settings: Settings, role: str, events: queue.SimpleQueue[Any] | None = None) -> None:
+    def __init__(self, settings: Settings, role: str, events: Inbox | None = None) -> None:
         self.settings = settings
         self.decoder = FrameDecoder(max_body=0)  # raised once the server has proved itself
         self.handshake = ClientHandshake(
             settings.secret_bytes, secrets.token_bytes(NONCE_BYTES), role, settings.username
         )
         # The default inbox; each job's inbox is found by its ref, then by its job id.
-        self.events: queue.SimpleQueue[Any] = queue.SimpleQueue() if events is None else events
-        self.by_ref: dict[int, queue.SimpleQueue[Any]] = {}
-        self.by_job: dict[int, queue.SimpleQueue[Any]] = {}
+        self.events: Inbox = queue.SimpleQueue() if events is None else events
+        self.by_ref: dict[int, Inbox] = {}
+        self.by_job: dict[int, Inbox] = {}
         self.ready: defer.Deferred[ClientProtocol] = defer.Deferred()
         # Held around every write once the handshake is done: the caller's thread may send on
         # the socket itself (Connection.send), the reactor thread answers PINGs and flushes.
@@ -124,7 +132,7 @@ class ClientProtocol(Protocol):
         self._route(frames)
 
     def _route(self, frames: list[Frame]) -> None:
-        batches: dict[int, tuple[queue.SimpleQueue[Any], list[Frame]]] = {}
+        batches: dict[int, tuple[Inbox, list[Frame]]] = {}
         for frame in frames:
             if frame.verb == msg.Ping.VERB:
                 # Answered here, in the reactor thread, so a busy caller still looks alive.
@@ -152,7 +160,7 @@ class ClientProtocol(Protocol):
         self.streamed = streamed_results.StreamedResult(length, self)
         return self.streamed
 
-    def _inbox(self, frame: Frame) -> queue.SimpleQueue[Any] | None:
+    def _inbox(self, frame: Frame) -> Inbox | None:
         """Where a frame goes: its job's inbox, the default one if it names no job, else nowhere.
 
         A frame of a job nobody routes any more (its caller gave it up, or it
@@ -213,9 +221,7 @@ class ClientProtocol(Protocol):
             inbox.put(lost)
 
 
-def _open(
-    settings: Settings, role: str, events: queue.SimpleQueue[Any] | None
-) -> defer.Deferred[ClientProtocol]:
+def _open(settings: Settings, role: str, events: Inbox | None) -> defer.Deferred[ClientProtocol]:
     the_reactor = reactor_thread.reactor()
     endpoint: Any = HostnameEndpoint(the_reactor, settings.host, settings.port, timeout=CONNECT_TIMEOUT)
     creator = client_creator(settings)
@@ -286,7 +292,7 @@ class Connection:
         """Open, and not lost."""
         return not self.closed and self._protocol.transport is not None and not self._protocol.lost
 
-    def route(self, ref: int, inbox: queue.SimpleQueue[Any]) -> None:
+    def route(self, ref: int, inbox: Inbox) -> None:
         """Deliver the frames of the job submitted with ``ref`` to ``inbox`` (from any thread)."""
         self._protocol.by_ref[ref] = inbox
         if self._protocol.lost:
@@ -299,9 +305,7 @@ class Connection:
             self._protocol.by_job.pop(job_id, None)
 
     @classmethod
-    def open(
-        cls, settings: Settings, role: str = "controller", events: queue.SimpleQueue[Any] | None = None
-    ) -> Connection:
+    def open(cls, settings: Settings, role: str = "controller", events: Inbox | None = None) -> Connection:
         """Connect and authenticate, or raise ClusterConnectionError/AuthenticationError."""
         check_peer_secret(settings, role)
         opening: list[defer.Deferred[ClientProtocol]] = []
@@ -364,17 +368,22 @@ class Connection:
     def next_event(self, inbox: queue.SimpleQueue[Any] | None = None) -> Any:
         """The next event of ``inbox`` (default: the connection's own); an error if the server is silent."""
         events = self.events if inbox is None else inbox
+        assert isinstance(events, queue.SimpleQueue), "a session's inbox is read by its session"
         while True:
             try:
                 return events.get(timeout=1.0)
             except queue.Empty:
-                silent = time.monotonic() - self._protocol.last_seen
-                if silent > SERVER_SILENCE_TIMEOUT:
-                    self.close()
-                    where = f"{self._protocol.settings.host}:{self._protocol.settings.port}"
-                    raise ClusterConnectionError(
-                        f"no word from the server at {where} for {silent:.0f}s; it is down or unreachable"
-                    ) from None
+                self.check_heard()
+
+    def check_heard(self) -> None:
+        """Raise ClusterConnectionError (and close) if the server has been silent too long."""
+        silent = time.monotonic() - self._protocol.last_seen
+        if silent > SERVER_SILENCE_TIMEOUT:
+            self.close()
+            where = f"{self._protocol.settings.host}:{self._protocol.settings.port}"
+            raise ClusterConnectionError(
+                f"no word from the server at {where} for {silent:.0f}s; it is down or unreachable"
+            ) from None
 
     def request(self, message: msg.Message, answer: type[M]) -> M:
         """Send one message and wait for the answer of type ``answer`` (admin calls)."""

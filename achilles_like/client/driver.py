@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from achilles_like import task_output
-from achilles_like.client.connection import Connection, Lost
+from achilles_like.client.connection import Connection, Inbox, Lost
 from achilles_like.client.streamed_results import StreamedResult
 from achilles_like.errors import ClusterConnectionError, JobFailedError
 from achilles_like.protocol import Frame
@@ -53,7 +53,7 @@ from achilles_like.serialization import RemoteFailure, dumps, loads
 log = logging.getLogger("achilles_like.client")
 
 _refs = itertools.count(1)
-_MAX_EVENTS_PER_WAKE = 64  # a bound, so a flood of frames still lets the driver feed now and then
+MAX_EVENTS_PER_WAKE = 64  # a bound, so a flood of frames still lets the driver feed now and then
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ class JobDriver:
     def __init__(
         self,
         connection: Connection,
-        inbox: queue.SimpleQueue[Any],
+        inbox: Inbox,
         *,
         label: str,
         setup_blob: bytes = b"",
@@ -327,19 +327,25 @@ class JobDriver:
 
     def next_event(self) -> Any:
         """Wait for the next event of this job (frames, a wake-up, or the connection's loss)."""
-        return self.connection.next_event(self.inbox)
+        return self.connection.next_event(self._queue())
 
     def next_events(self) -> list[Any]:
         """Wait for the next event, and take every one queued behind it (one wake-up for them all).
 
         Handling them all before the next feed means one send for what they
-        freed, not one per event.
+        freed, not one per event. For a driver whose caller reads its inbox
+        (the module functions); a session reads its own (``session.py``).
         """
-        events = [self.connection.next_event(self.inbox)]
-        inbox = self.inbox
-        while not inbox.empty() and len(events) < _MAX_EVENTS_PER_WAKE:
+        inbox = self._queue()
+        events = [self.connection.next_event(inbox)]
+        while not inbox.empty() and len(events) < MAX_EVENTS_PER_WAKE:
             events.append(inbox.get_nowait())
         return events
+
+    def _queue(self) -> queue.SimpleQueue[Any]:
+        inbox = self.inbox
+        assert isinstance(inbox, queue.SimpleQueue), "a session reads its own inbox"
+        return inbox
 
     def handle(self, event: Any) -> None:
         """Apply one inbox event; a lost connection or a server's refusal raises ClusterConnectionError."""

@@ -26,6 +26,7 @@ from typing import Any
 
 from achilles_like.client.calls import FunctionBlobs, check_timeout, label_of
 from achilles_like.client.driver import Batch, Outcomes, Sink
+from achilles_like.client.inbox import Waiter
 from achilles_like.client.pool import _shutdown, start_session
 from achilles_like.client.progress import Progress, ProgressSink, input_length, open_progress
 from achilles_like.client.session import Session
@@ -85,6 +86,73 @@ def _as_executor_error(error: BaseException) -> BaseException:
     return error
 
 
+class ClusterFuture(Future[Any]):
+    """A ``concurrent.futures.Future`` whose waiting caller handles its session's frames meanwhile.
+
+    ``result()`` and ``exception()`` drive the job while they wait
+    (:meth:`Session.drive_until`), so the result is usually handled by the
+    very thread that wants it, with no hop through the session thread. A
+    future with done-callbacks is settled in the session thread instead, so
+    they run there, as the stdlib's run in its executor's thread.
+    """
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self._session: Session | None = session
+        self.driver_waiter: Waiter | None = None  # a caller's in result(), woken once it is done
+        self.on_done: Callable[[ClusterFuture], object] | None = None  # the executor's own, called once
+
+    def result(self, timeout: float | None = None) -> Any:
+        return super().result(self._drive(timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return super().exception(self._drive(timeout))
+
+    def _drive(self, timeout: float | None) -> float | None:
+        session = self._session
+        if session is None or self.done():
+            return timeout
+        return session.drive_until(self.done, self, timeout)
+
+    def set_result(self, result: Any) -> None:
+        if not self._handed_over(lambda: self._settle(True, result)):
+            super().set_result(result)
+            self._settled()
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        if not self._handed_over(lambda: self._settle(False, exception)):
+            super().set_exception(exception)
+            self._settled()
+
+    def _settle(self, ok: bool, value: Any) -> None:
+        """Settle in the session thread, unless it was cancelled meanwhile."""
+        if not self.done():
+            if ok:
+                self.set_result(value)
+            else:
+                self.set_exception(value)
+
+    def cancel(self) -> bool:
+        cancelled = super().cancel()
+        self._settled()
+        return cancelled
+
+    def _handed_over(self, settle: Callable[[], object]) -> bool:
+        """Whether the session thread will settle the future (it has done-callbacks of the user's)."""
+        session = self._session
+        return bool(self._done_callbacks) and session is not None and session.hand_to_session(settle)  # type: ignore[attr-defined]
+
+    def _settled(self) -> None:
+        if self.done():
+            self._session = None
+            on_done, self.on_done = self.on_done, None
+            if on_done is not None:
+                on_done(self)
+        waiter = self.driver_waiter
+        if waiter is not None:
+            waiter.wake()
+
+
 _SinkFor = Callable[[Future[Any]], Sink]  # a call's sink, given the future it settles
 
 
@@ -105,8 +173,9 @@ def _future_sink(future: Future[Any]) -> Sink:
 
 def _mark_running(future: Future[Any]) -> None:
     """A worker took the call: running, unless cancelled, finished, or already so (a retried call)."""
-    # Only the session thread moves a future out of PENDING other than by cancel(), which
-    # set_running_or_notify_cancel handles; so this check cannot race.
+    # Only a thread handling the session's frames (under its driving lock) moves a future out
+    # of PENDING other than by cancel(), which set_running_or_notify_cancel handles; so this
+    # check cannot race.
     if not future.running() and not future.done():
         future.set_running_or_notify_cancel()
 
@@ -186,7 +255,7 @@ class ProcessPoolExecutor(Executor):
         is withdrawn from the server or the node that holds it; a worker that
         took it meanwhile runs it, and its result is dropped.
         """
-        future: Future[Any] = Future()
+        future = ClusterFuture(self._session)
         batch = Batch(func_blob, items, sink_for(future), on_running=lambda: _mark_running(future))
         with self._lock:
             if self._session.broken is not None:
@@ -200,13 +269,13 @@ class ProcessPoolExecutor(Executor):
         forget = self._forget
 
         def finished(done: Future[Any]) -> None:
-            """Forget the future; a cancelled one's call is withdrawn (one callback: one call per result)."""
+            """Forget the future; a cancelled one's call is withdrawn (called once per future)."""
             forget(done)
             cancelled = held() if done.cancelled() else None
             if cancelled is not None:
                 session.withdraw(cancelled)
 
-        future.add_done_callback(finished)
+        future.on_done = finished  # not a done-callback: those are the user's (see ClusterFuture)
         self._session.add(ApplySource(batch, lambda: not future.cancelled()))
         return future
 

@@ -1,24 +1,37 @@
-"""A job's inbox that holds ``RUNNING`` notices back, so they cost no wake-up of their own.
+"""A session's inbox: read by its session thread, or by a caller waiting on its own result.
 
-An executor's job hears ``RUNNING`` once per call, when a worker takes it,
-and a node sends it on its own, a moment before that call's result: about
-half of the frames that reached an executor's session came alone, and each
-woke the session thread to mark one future running. The connection's reactor
-thread puts routed frames here (``ClientProtocol._route``); a batch made only
-of ``RUNNING`` frames is held instead of put, and goes out in front of the
-next batch for this inbox (a ``RESULT`` or ``CREDIT``, which wakes the reader
-anyway), or on its own after :data:`RUNNING_DELAY` if nothing else comes.
+The connection's reactor thread puts routed frames here
+(``ClientProtocol._route``), the session's own helpers put wake-ups, and the
+connection puts its loss. Whoever reads the inbox handles its events under
+the session's driving lock, taking them from here only while holding it, so
+events are handled in the order they came whichever thread handles them.
 
-So ``running()`` still turns true only once a worker has the call, at most
-:data:`RUNNING_DELAY` later than it would have; order is kept (a held notice
-goes before any frame routed after it). Everything else (wake-ups, the
-connection's loss) passes straight through. Only the reactor thread touches
-what is held: frames and the loss are put there, and the timer runs there.
+**Who is woken.** A caller blocked on the result of its own call
+(``Pool.apply``, ``AsyncResult.get``, ``Future.result``) registers a
+:class:`Waiter` and is woken for frames ahead of the session thread: it
+handles them itself (its result is usually among them), so a round trip
+wakes the reactor thread once and the caller once, and the session thread not
+at all, where a stdlib ``Pool`` wakes its result-handler thread too. Anything
+else (a wake-up, the connection's loss) goes to the session thread, and so do
+frames when no caller waits. A woken waiter that leaves without taking what
+it was woken for passes the wake-up on (:meth:`SessionInbox.leave`), so no
+event is ever left with nobody to read it.
+
+**RUNNING notices.** An executor's job hears ``RUNNING`` once per call,
+when a worker takes it, a moment before that call's result; alone, each
+would wake a reader to mark one future running. A batch made only of
+``RUNNING`` frames is held and goes out in front of the next batch (a
+``RESULT`` or ``CREDIT``, which wakes the reader anyway), or on its own
+after :data:`RUNNING_DELAY`. So ``running()`` turns true at most that much
+later; order is kept (a held notice goes before anything routed after it).
+Only the reactor thread touches what is held: frames and the loss are put
+there, and the timer runs there.
 """
 
 from __future__ import annotations
 
-import queue
+import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -40,16 +53,46 @@ def _reactor_call_later(delay: float, fn: Callable[[], None]) -> object:
     return reactor_thread.reactor().callLater(delay, fn)
 
 
-class HoldingInbox(queue.SimpleQueue[Any]):
-    """A ``SimpleQueue`` whose ``RUNNING``-only batches of frames wait for the next batch (see module)."""
+class Waiter:
+    """One thread's wait on an inbox; woken by what is put there, or by :meth:`wake` from anywhere.
+
+    A result a caller waits on wakes it through this when it is set by
+    another thread, so the caller's one wait covers both.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def wake(self) -> None:
+        """Let the waiting thread go on (a second wake before it waits again is harmless)."""
+        try:
+            self._lock.release()
+        except RuntimeError:
+            pass  # woken already
+
+    def sleep(self, timeout: float | None) -> None:
+        """Wait until woken (or ``timeout`` seconds)."""
+        self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
+
+
+class SessionInbox:
+    """The session's events, in order, and who is woken for them (see the module docstring)."""
 
     def __init__(self, call_later: CallLater = _reactor_call_later) -> None:
-        super().__init__()
+        self._mutex = threading.Lock()
+        self._items: deque[Any] = deque()
+        self._callers: deque[Waiter] = deque()  # callers waiting on their results, first come first woken
+        self._session: Waiter | None = None  # the session thread, when it waits
         self._call_later = call_later
         self._held: list[Frame] = []
         self._timer_armed = False
 
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+    # -- putting (the reactor thread, and wake-ups from any thread) -----------------
+
+    def put(self, item: Any) -> None:
         """Queue ``item``; a list of only ``RUNNING`` frames is held back (reactor thread)."""
         if type(item) is list:
             if item and all(frame.verb == _RUNNING for frame in item):
@@ -58,8 +101,18 @@ class HoldingInbox(queue.SimpleQueue[Any]):
             if self._held:
                 item, self._held = self._held + item, []
         elif isinstance(item, Lost) and self._held:
-            super().put(self._take())  # what was held goes before the connection's loss
-        super().put(item)
+            self._append(self._take_held())  # what was held goes before the connection's loss
+        self._append(item)
+
+    def _append(self, item: Any) -> None:
+        with self._mutex:
+            self._items.append(item)
+            if type(item) is list and self._callers:
+                waiter: Waiter | None = self._callers.popleft()
+            else:
+                waiter, self._session = self._session, None
+        if waiter is not None:
+            waiter.wake()
 
     def _hold(self, frames: list[Frame]) -> None:
         self._held += frames
@@ -71,8 +124,71 @@ class HoldingInbox(queue.SimpleQueue[Any]):
         """The delay ran out: deliver what is held, if the next batch has not taken it already."""
         self._timer_armed = False
         if self._held:
-            super().put(self._take())
+            self._append(self._take_held())
 
-    def _take(self) -> list[Frame]:
+    def _take_held(self) -> list[Frame]:
         held, self._held = self._held, []
         return held
+
+    # -- waiting (the session thread, or a caller) ------------------------------------
+
+    def wait(self, waiter: Waiter, timeout: float | None, *, caller: bool) -> bool:
+        """Wait for events (at once if there are some), or a wake-up, or ``timeout``; whether any are here.
+
+        A ``caller`` is woken for frames before the session thread is, and
+        counts only frames first in line as events for it. The events are
+        not taken: take them with :meth:`take` while holding the session's
+        driving lock.
+        """
+        with self._mutex:
+            if self._ready(caller):
+                return True
+            if caller:
+                self._callers.append(waiter)
+            else:
+                self._session = waiter
+        waiter.sleep(timeout)
+        with self._mutex:
+            if caller:
+                if waiter in self._callers:
+                    self._callers.remove(waiter)
+            elif self._session is waiter:
+                self._session = None
+            return self._ready(caller)
+
+    def _ready(self, caller: bool) -> bool:
+        """Events this reader may take: for a caller, frames first in line (hold the mutex)."""
+        items = self._items
+        return bool(items) and (not caller or type(items[0]) is list)
+
+    def leave(self) -> None:
+        """A caller stops reading: if events wait, wake the next reader (it may have been woken for them)."""
+        with self._mutex:
+            if not self._items:
+                return
+            if type(self._items[0]) is list and self._callers:
+                waiter: Waiter | None = self._callers.popleft()
+            else:
+                waiter, self._session = self._session, None
+        if waiter is not None:
+            waiter.wake()
+
+    def take(self, limit: int, *, frames_only: bool = False) -> list[Any]:
+        """Up to ``limit`` events, in order (hold the session's driving lock).
+
+        With ``frames_only`` (a caller), stop at the first event that is not
+        a list of frames: wake-ups and the connection's loss are the session
+        thread's.
+        """
+        taken: list[Any] = []
+        with self._mutex:
+            items = self._items
+            while items and len(taken) < limit:
+                if frames_only and type(items[0]) is not list:
+                    break
+                taken.append(items.popleft())
+        return taken
+
+    def empty(self) -> bool:
+        """Whether no event waits."""
+        return not self._items

@@ -181,6 +181,7 @@ class Pool:
         self._check_running()
         result = AsyncResult(callback, error_callback)
         result._owner = self
+        result._session = self._session
         blob = self._blobs.blob(func, "apply")
         self._session.add(ApplySource.call(blob, tuple(args), dict(kwds or {}), result._sink))
         return result
@@ -255,6 +256,7 @@ class Pool:
         chunks = (len(items) + chunksize - 1) // chunksize
         result = MapResult(chunks, callback, error_callback, bar)
         result._owner = self if chunks else None
+        result._session = self._session if chunks else None
         if chunks:
             self._session.add(MapSource(self._blobs.blob(func, mode), items, chunksize, result))
         return result

@@ -17,11 +17,15 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from multiprocessing import TimeoutError as MpTimeoutError
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from achilles_like.client.driver import Outcomes, Sink
+from achilles_like.client.inbox import Waiter
 from achilles_like.client.progress import ProgressSink
 from achilles_like.scheduling.reorder import ReorderBuffer
+
+if TYPE_CHECKING:
+    from achilles_like.client.session import Session
 
 log = logging.getLogger("achilles_like.results")
 
@@ -55,6 +59,9 @@ class AsyncResult:
         # The pool this result belongs to, kept alive until the result is ready
         # (as in the stdlib: ``Pool(2).map_async(f, xs).get()`` must work).
         self._owner: object = None
+        # Its session: a caller waiting for the result handles the job's frames meanwhile.
+        self._session: Session | None = None
+        self.driver_waiter: Waiter | None = None  # that caller's, woken when the result is set
 
     def ready(self) -> bool:
         """Whether the call has completed."""
@@ -68,6 +75,9 @@ class AsyncResult:
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait until the result is available or ``timeout`` seconds pass."""
+        session = self._session
+        if session is not None and not self._event.is_set():
+            timeout = session.drive_until(self._event.is_set, self, timeout)
         self._event.wait(timeout)
 
     def get(self, timeout: float | None = None) -> Any:
@@ -82,17 +92,29 @@ class AsyncResult:
     def _set(self, success: bool, value: Any) -> None:
         if self.ready():
             return
+        callback = self._callback if success else self._error_callback
+        session = self._session
+        # A callback runs in the session thread, as the stdlib's do in its result handler.
+        if (
+            callback is not None
+            and session is not None
+            and session.hand_to_session(lambda: self._set(success, value))
+        ):
+            return
         self._success, self._value = success, value
         self._owner = None
         if self._progress is not None:
             self._progress.close()
-        callback = self._callback if success else self._error_callback
         if callback is not None:
             try:
                 callback(value)
             except Exception:
                 log.exception("a result callback raised")
         self._event.set()
+        self._session = None
+        waiter = self.driver_waiter
+        if waiter is not None:
+            waiter.wake()
 
     def _sink(self, outcomes: Outcomes) -> None:
         self._set(*outcomes.pairs()[0])

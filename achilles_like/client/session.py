@@ -30,16 +30,18 @@ A lost connection fails every call and breaks the session.
 from __future__ import annotations
 
 import logging
-import queue
+import signal
+import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from achilles_like.client import results
 from achilles_like.client.connection import Connection, Lost
-from achilles_like.client.driver import Batch, JobDriver, Source, worth_feeding
-from achilles_like.client.inbox import HoldingInbox
+from achilles_like.client.driver import MAX_EVENTS_PER_WAKE, Batch, JobDriver, Source, worth_feeding
+from achilles_like.client.inbox import SessionInbox, Waiter
 from achilles_like.config import Settings
 from achilles_like.errors import ClusterConnectionError, JobFailedError
 
@@ -53,11 +55,30 @@ class PoolSource(Source, Protocol):
         """Stop holding back: the pool is closing and what was submitted must run."""
 
 
+class Awaited(Protocol):
+    """What a caller waits on (a result, a future): a caller that drives meanwhile hangs its waiter here.
+
+    Whoever sets the result calls ``driver_waiter.wake()`` after setting it,
+    so a caller blocked in the inbox hears of it at once.
+    """
+
+    driver_waiter: Waiter | None
+
+
 class _Wake:
     """Put on the inbox to make the session thread look at its sources again."""
 
 
 _WAKE = _Wake()
+
+
+class _Call:
+    """Put on the inbox to have the session thread make a call (a user's callback: see hand_to_session)."""
+
+    __slots__ = ("call",)
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        self.call = call
 
 
 class _NoJob:
@@ -94,8 +115,9 @@ class Session:
         self.report_running = report_running  # batches hear when a worker takes them (executors)
         # Batches to take back from the cluster, and what to call once they are (see withdraw).
         self._withdrawals: deque[tuple[Batch, Callable[[], object] | None]] = deque()
-        # RUNNING notices (executors) wait there for the next results: no wake-up of their own.
-        self.inbox: queue.SimpleQueue[Any] = HoldingInbox()
+        # Read by the session thread, or by a caller waiting on its result (drive_until).
+        self.inbox = SessionInbox()
+        self._waiter = Waiter()  # the session thread's, for the inbox
         self._lock = threading.Lock()
         # Held by whichever thread feeds the driver or hands it events (the session thread,
         # or a caller sending its own work); re-entrant, for a callback that submits work.
@@ -104,6 +126,8 @@ class Session:
         self._closing = False
         self._terminating = False
         self.broken: BaseException | None = None
+        self._caller_thread: int | None = None  # the caller handling frames now (drive_until), if any
+        self._over = False  # the session thread has stopped: nobody takes a _Call any more
         self._connection: Connection | None = None
         self._driver: JobDriver | None = None
         self._thread = threading.Thread(target=self._run, name="achilles-session", daemon=True)
@@ -164,6 +188,88 @@ class Session:
         """Look at the sources again (a throttled one may have room now)."""
         self.inbox.put(_WAKE)
 
+    def drive_until(self, ready: Callable[[], bool], awaited: Awaited, timeout: float | None) -> float | None:
+        """A caller's wait: until ``ready()``, handle the job's frames in this thread; the time left.
+
+        The reactor thread wakes a waiting caller for frames ahead of the
+        session thread (``inbox.py``), so the caller that waits for a result
+        usually handles it itself: one wake-up of the caller instead of one of
+        the session thread and then one of the caller. It stops at once when
+        ``ready()`` (``awaited`` is woken by whoever sets it), at the timeout,
+        or when this thread cannot drive: it is the session thread, or runs a
+        callback inside a driving step, or another caller drives for the
+        same result, or the session is over. The caller then waits as before;
+        what it leaves in the inbox goes to the next reader.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if (
+            awaited.driver_waiter is not None
+            or threading.current_thread() is self._thread
+            or self._driving._is_owned()  # type: ignore[attr-defined]  # a callback calling get()
+        ):
+            return timeout
+        waiter = awaited.driver_waiter = Waiter()
+        inbox = self.inbox
+        try:
+            while not ready() and self._thread.is_alive():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                if inbox.wait(waiter, left, caller=True):
+                    self._handle_as_caller()
+        finally:
+            awaited.driver_waiter = None
+            inbox.leave()
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def hand_to_session(self, call: Callable[[], object]) -> bool:
+        """From a caller handling frames: leave ``call`` to the session thread; whether it will make it.
+
+        A result with a user's callback is set there, callback first, as the
+        stdlib's result-handler thread does: the callback never runs in a
+        thread that waits for a result of its own (and may hold what the
+        callback needs). Results with no callback are set by the caller.
+        """
+        if self._caller_thread != threading.get_ident() or self._over:
+            return False  # the session thread (or, once it has stopped, whoever set it) makes the call
+        self.inbox.put(_Call(call))
+        return True
+
+    def _handle_as_caller(self) -> None:
+        """Handle the frames first in the inbox, and feed what they freed, as the session thread would.
+
+        Ctrl-C is held off until the frames are handled (the main thread):
+        one stopped halfway would lose a result another call waits for. Work
+        only the session thread does (an ended job, withdrawals, closing)
+        wakes it. A failure of the connection or the job breaks the session,
+        as it would there.
+        """
+        with _InterruptsHeld(), self._driving:
+            driver = self._driver
+            events = self.inbox.take(MAX_EVENTS_PER_WAKE, frames_only=True)
+            self._caller_thread = threading.get_ident()
+            try:
+                if driver is not None:
+                    for event in events:
+                        driver.handle(event)
+                    if driver.ended is None and worth_feeding(driver):
+                        with driver.one_write():
+                            driver.feed(self._snapshot())
+            except Exception as error:  # noqa: BLE001 - what would end the session thread ends the session
+                self._terminating = True
+                self._break(error if isinstance(error, self.broken_type) else self.broken_type(str(error)))
+            finally:
+                self._caller_thread = None
+            needs_session = (
+                driver is None
+                or driver.ended is not None
+                or self._withdrawals
+                or self._terminating
+                or self._closing
+            )
+        if needs_session:
+            self.inbox.put(_WAKE)
+
     def close(self) -> None:
         """Finish what was added, then stop (the thread ends when all is done).
 
@@ -201,6 +307,11 @@ class Session:
             with self._driving:  # no caller may feed the driver between failing its work and breaking
                 self._break(broken)
         finally:
+            with self._driving:  # the calls callers handed over still happen, here or (later) in theirs
+                self._over = True
+                for event in self.inbox.take(sys.maxsize):
+                    if isinstance(event, _Call):
+                        event.call()
             results.wake_deferred()
             if self._driver is not None:
                 self._driver.cancel()
@@ -233,16 +344,19 @@ class Session:
         results.wake_deferred()  # before any wait: the consumers take what this step delivered
         if wait_for is None:
             return False
-        if wait_for is _NO_JOB:
-            event = self.inbox.get()  # wake-ups, or the loss of an idle connection
-            if isinstance(event, Lost):
-                raise ClusterConnectionError(event.message)
-            return True
-        assert isinstance(wait_for, JobDriver)
-        events = wait_for.next_events()
+        # Wait, then take the events only under the driving lock: a caller may handle some
+        # meanwhile (drive_until), and whoever takes them handles them in order.
+        while not self.inbox.wait(self._waiter, 1.0, caller=False):
+            if isinstance(wait_for, JobDriver):
+                wait_for.connection.check_heard()
         with self._driving:
-            for event in events:
-                wait_for.handle(event)
+            for event in self.inbox.take(MAX_EVENTS_PER_WAKE):
+                if isinstance(event, Lost):  # wake-ups, or the loss of an idle connection
+                    raise ClusterConnectionError(event.message)
+                if isinstance(event, _Call):
+                    event.call()
+                elif isinstance(wait_for, JobDriver):
+                    wait_for.handle(event)
         return True
 
     def _prepare(self) -> JobDriver | _NoJob | None:
@@ -331,3 +445,31 @@ class Session:
                 source.fail(error)
             except Exception:
                 log.exception("failing a source raised")
+
+
+class _InterruptsHeld:
+    """Hold Ctrl-C (SIGINT) back for a block run by the main thread; raise it after the block.
+
+    Only when SIGINT would raise KeyboardInterrupt (Python's default
+    handler): another handler is the program's own, and is left alone.
+    """
+
+    __slots__ = ("_caught", "_old")
+
+    def __enter__(self) -> None:
+        self._old: Any = None
+        self._caught = False
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self._old = signal.signal(signal.SIGINT, self._hold)
+
+    def _hold(self, signum: int, frame: object) -> None:
+        self._caught = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            if self._caught:
+                raise KeyboardInterrupt
