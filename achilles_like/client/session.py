@@ -30,18 +30,18 @@ A lost connection fails every call and breaks the session.
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Protocol
 
 from achilles_like.client import results
 from achilles_like.client.connection import Connection, Lost
 from achilles_like.client.driver import MAX_EVENTS_PER_WAKE, Batch, JobDriver, Source, worth_feeding
 from achilles_like.client.inbox import SessionInbox, Waiter
+from achilles_like.client.interrupts import InterruptsHeld
 from achilles_like.config import Settings
 from achilles_like.errors import ClusterConnectionError, JobFailedError
 
@@ -244,7 +244,7 @@ class Session:
         wakes it. A failure of the connection or the job breaks the session,
         as it would there.
         """
-        with _InterruptsHeld(), self._driving:
+        with InterruptsHeld(), self._driving:
             driver = self._driver
             events = self.inbox.take(MAX_EVENTS_PER_WAKE, frames_only=True)
             self._caller_thread = threading.get_ident()
@@ -445,31 +445,3 @@ class Session:
                 source.fail(error)
             except Exception:
                 log.exception("failing a source raised")
-
-
-class _InterruptsHeld:
-    """Hold Ctrl-C (SIGINT) back for a block run by the main thread; raise it after the block.
-
-    Only when SIGINT would raise KeyboardInterrupt (Python's default
-    handler): another handler is the program's own, and is left alone.
-    """
-
-    __slots__ = ("_caught", "_old")
-
-    def __enter__(self) -> None:
-        self._old: Any = None
-        self._caught = False
-        if (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        ):
-            self._old = signal.signal(signal.SIGINT, self._hold)
-
-    def _hold(self, signum: int, frame: object) -> None:
-        self._caught = True
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            if self._caught:
-                raise KeyboardInterrupt
