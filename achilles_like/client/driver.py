@@ -2,8 +2,8 @@
 
 ::
 
-    driving thread (a caller of map/imap, or a Pool's session thread)       reactor thread
-    ───────────────────────────────────────────────────────────────         ──────────────
+    driving thread (a caller, or a Pool's session thread)                   reactor thread
+    ─────────────────────────────────────────────────────                   ──────────────
     submit()  ─────────────────────────────── SUBMIT ref ──send──────────▶  server
     feed(sources): batch ─ pickle items ─ FUNC (once per function) + TASK ─▶ (one frame, many tasks)
     handle(frames) ◀── inbox ◀── routed by ref/job ◀──────────────────────  QUEUED/STARTED/
@@ -14,7 +14,8 @@ A *source* hands out *batches* (one task: the function blob, its items, and
 the *sink* that gets their outcomes); the driver sends them while it has
 credit, and delivers each task's results to its batch's sink. The driver has
 no thread of its own and never blocks: the module functions drive it from the
-caller's thread, a Pool or an executor from its session thread. What a
+caller's thread, a Pool or an executor from its session thread and from the
+callers waiting on their results (``session.py``). What a
 driving step sends (inside :meth:`JobDriver.one_write`: SUBMIT, FUNC, the
 tasks, WITHDRAW, END) leaves in one write, the tasks as one ``TASK`` frame
 (``protocol/batch.py``), as the results come in a ``RESULT``; the driving

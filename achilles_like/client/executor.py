@@ -1,9 +1,12 @@
 """``achilles_like.ProcessPoolExecutor``: a ``concurrent.futures.Executor`` on the cluster.
 
-``submit`` returns a real ``concurrent.futures.Future`` (it works with
-``as_completed``, ``wait`` and ``add_done_callback``); a future is marked
-running only when its call is sent to the cluster, so ``cancel()`` on one
-still waiting in this process succeeds and the call never runs. ``map`` sends
+``submit`` returns a real ``concurrent.futures.Future`` (a subclass,
+:class:`ClusterFuture`, whose waiting caller handles the session's frames
+itself); it works with ``as_completed``, ``wait`` and ``add_done_callback``.
+A future is marked running only once a worker has taken its call, so
+``cancel()`` succeeds on one that no worker has: the call is withdrawn from
+the server or node that holds it (one a worker takes meanwhile runs, and its
+result is dropped). ``map`` sends
 ``chunksize`` items per task and, with ``buffersize`` (as in Python 3.14),
 keeps at most that many tasks submitted ahead of the consumer. When the
 cluster connection is lost, pending futures fail with ``BrokenProcessPool``,

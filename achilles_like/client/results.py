@@ -3,9 +3,11 @@
 Same names, same methods, same exceptions as the standard library's:
 ``get(timeout)`` raises ``multiprocessing.TimeoutError``, ``successful()``
 raises ``ValueError`` before the result is ready, ``IMapIterator.next(timeout)``
-raises ``multiprocessing.TimeoutError``. A session thread fills them in
-(``_set``/``_set_chunk``/``_add_chunk``) and runs the callbacks there, in the
-caller's process, as the stdlib's result-handler thread does.
+raises ``multiprocessing.TimeoutError``. The thread handling the session's
+frames fills them in (``_set``/``_set_chunk``/``_add_chunk``): the session
+thread, or a caller waiting in ``get()``, which handles the frames itself
+(``Session.drive_until``). Callbacks run in the session thread, in the
+caller's process, as the stdlib's result-handler thread runs them.
 """
 
 from __future__ import annotations

@@ -5,8 +5,12 @@
     caller threads                    session thread ("achilles-session")          reactor thread
     ──────────────                    ───────────────────────────────────          ──────────────
     apply_async / map_async / submit  JobDriver.feed(sources) on credit ──TASK──▶  server
-      └─ add(source) ──inbox+wake──▶  JobDriver.handle(frames): outcomes ◀RESULT── (routed to
-    AsyncResult.get() ◀── sink ─────  to each batch's sink (callbacks run here)     this inbox)
+      ├─ add(source): sent from this  JobDriver.handle(frames): outcomes ◀RESULT── (routed to
+      │  thread if nobody drives      to each batch's sink; callbacks run here      this inbox,
+      │  (else inbox+wake) ─────────▶ (the stdlib's result handler), and the        which wakes
+    AsyncResult.get() / result():     work below: opening, ending, withdrawing     a waiting
+      drive_until: handles the frames                                              caller first)
+      itself while it waits ◀──────────────────────────────────────────────────────
 
 ``multiprocessing.Pool`` methods become *sources* of *batches* (see
 ``sources.py``) for the session's :class:`JobDriver`. The job is opened at the
@@ -19,6 +23,14 @@ Calls are sent as credit allows, at once while little is in flight; a busy
 job's freed credit gathers until a quarter of its window can go in one write
 (see :func:`~achilles_like.client.driver.worth_feeding`). A feed reads only the sources it can send, so
 thousands of queued ``submit`` calls add no work to a feed while they wait.
+
+A caller blocked on its result (``get()``, ``Future.result()``) is woken
+for the job's frames ahead of the session thread and handles them itself
+(:meth:`Session.drive_until`): a round trip wakes the reactor thread once and
+the caller once, and the session thread not at all. Whoever handles frames
+takes them from the inbox under the driving lock, so they are handled in
+order; a result with a user's callback is still set, callback first, in the
+session thread.
 
 A worker's outcomes are per item, so an exception fails only the call it
 belongs to. A job-level failure (an initializer that raises, a task that
@@ -202,13 +214,13 @@ class Session:
         what it leaves in the inbox goes to the next reader.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        if (
-            awaited.driver_waiter is not None
-            or threading.current_thread() is self._thread
-            or self._driving._is_owned()  # type: ignore[attr-defined]  # a callback calling get()
-        ):
-            return timeout
-        waiter = awaited.driver_waiter = Waiter()
+        if threading.current_thread() is self._thread or self._driving._is_owned():  # type: ignore[attr-defined]
+            return timeout  # the session thread, or a callback inside a driving step, calling get()
+        waiter = Waiter()
+        with self._lock:  # one driving caller per result: only its waiter is woken when it is set
+            if awaited.driver_waiter is not None:
+                return timeout
+            awaited.driver_waiter = waiter
         inbox = self.inbox
         try:
             while not ready() and self._thread.is_alive():
