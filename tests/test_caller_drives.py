@@ -193,3 +193,19 @@ def test_ctrl_c_while_the_caller_handles_frames_is_raised_after_them(
     answer.join(RESULT_TIMEOUT)
     assert (first.get(RESULT_TIMEOUT), second.get(RESULT_TIMEOUT)) == (1, 2)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_two_threads_waiting_on_one_result_both_get_it(fake: tuple[Session, _FakeConnection]) -> None:
+    """One of them drives (it alone hangs its waiter on the result), the other waits; both return."""
+    session, connection = fake
+    result = _apply(session)
+    _start(session, connection, 1)
+    got: list[Any] = []
+    callers = [threading.Thread(target=lambda: got.append(result.get(RESULT_TIMEOUT))) for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    wait_until(lambda: result.driver_waiter is not None and len(session.inbox._callers) == 1)
+    _results(session, [(0, 5)])
+    for caller in callers:
+        caller.join(RESULT_TIMEOUT)
+    assert got == [5, 5]
