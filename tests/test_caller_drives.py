@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import weakref
 from collections.abc import Iterator
 from multiprocessing import TimeoutError as MpTimeoutError
 from typing import Any
@@ -17,11 +18,14 @@ from typing import Any
 import pytest
 from conftest import wait_until
 
+from achilles_like.client import pool as pool_module
 from achilles_like.client import session as session_module
-from achilles_like.client.driver import JobDriver
-from achilles_like.client.results import AsyncResult
+from achilles_like.client.connection import Lost
+from achilles_like.client.driver import Batch, JobDriver
+from achilles_like.client.executor import ClusterFuture, _future_sink
+from achilles_like.client.results import AsyncResult, MapResult
 from achilles_like.client.session import Session
-from achilles_like.client.sources import ApplySource
+from achilles_like.client.sources import ApplySource, MapSource
 from achilles_like.config import Settings
 from achilles_like.protocol import FrameDecoder
 from achilles_like.protocol import messages as msg
@@ -209,3 +213,144 @@ def test_two_threads_waiting_on_one_result_both_get_it(fake: tuple[Session, _Fak
     for caller in callers:
         caller.join(RESULT_TIMEOUT)
     assert got == [5, 5]
+
+
+def test_a_handed_over_result_is_set_even_if_the_connection_is_lost_meanwhile(
+    fake: tuple[Session, _FakeConnection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loss comes while a caller handles a result it hands over: the session breaks, the result is set."""
+    session, connection = fake
+    with_callback = _apply(session, lambda value: None)
+    plain = _apply(session)
+    _start(session, connection, 2)
+    handle = JobDriver.handle
+
+    def losing(self: JobDriver, event: Any) -> None:
+        if threading.current_thread().name == "the-caller":
+            session.inbox.put(Lost("the connection was lost"))  # the reactor thread, meanwhile
+        handle(self, event)
+
+    monkeypatch.setattr(JobDriver, "handle", losing)
+    caller = threading.Thread(target=lambda: plain.get(RESULT_TIMEOUT), name="the-caller")
+    caller.start()
+    _both_waiting(session)
+    _results(session, [(0, 1), (1, 2)])
+    caller.join(RESULT_TIMEOUT)
+    session.join(RESULT_TIMEOUT)
+    assert (with_callback.get(RESULT_TIMEOUT), plain.get(RESULT_TIMEOUT)) == (1, 2)
+
+
+def test_a_handed_over_success_stands_when_the_session_breaks_before_it_is_set(
+    fake: tuple[Session, _FakeConnection],
+) -> None:
+    """A map's last chunk and the server's ERROR in one batch: the map succeeds and its callback runs."""
+    session, connection = fake
+    called: list[Any] = []
+    plain = _apply(session)
+    mapped = MapResult(1, callback=called.append)
+    mapped._session = session
+    session.add(MapSource(b"blob", [1], 1, mapped))
+    _start(session, connection, 2)
+    caller = threading.Thread(target=lambda: plain.wait(RESULT_TIMEOUT), name="the-caller")
+    caller.start()
+    _both_waiting(session)
+    _put(session, msg.Results(job=1, entries=[(1, 0, 1, dumps([5]))]), msg.Error(code="refused", msg="no"))
+    caller.join(RESULT_TIMEOUT)
+    session.join(RESULT_TIMEOUT)
+    assert mapped.get(RESULT_TIMEOUT) == [5]
+    assert called == [[5]]
+
+
+def test_a_pool_collected_as_its_caller_sets_the_last_result_shuts_down_elsewhere(
+    fake: tuple[Session, _FakeConnection],
+) -> None:
+    """``Pool(2).apply_async(f).get()``: the result held the pool's last reference.
+
+    Setting it runs the pool's finalizer in the caller, inside a driving step;
+    the shutdown, which waits for the session thread, goes to a thread of its
+    own, or get() would wait out the session's 30 s join.
+    """
+    session, connection = fake
+
+    class Owner:
+        pass
+
+    result = _apply(session)
+    owner = Owner()
+    weakref.finalize(owner, pool_module._shutdown, session, None, True)  # as Pool.__init__ does
+    result._owner = owner
+    del owner
+    _start(session, connection, 1)
+    got: list[Any] = []
+    caller = threading.Thread(target=lambda: got.append(result.get(RESULT_TIMEOUT)), name="the-caller")
+    caller.start()
+    _both_waiting(session)
+    _results(session, [(0, 3)])
+    caller.join(20)  # far below the 30 s the caller would otherwise be stuck
+    assert got == [3]
+    session.join(RESULT_TIMEOUT)
+    assert session.broken is not None  # the finalizer terminated it
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals: main thread")
+def test_ctrl_c_while_the_caller_handles_an_ended_job_still_wakes_the_session(
+    fake: tuple[Session, _FakeConnection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job fails (ENDED) in frames the main thread handles as Ctrl-C lands: queued work gets a new job."""
+    session, connection = fake
+    first = _apply(session)
+    _start(session, connection, 1)
+    second = _apply(session)  # no credit left: it waits in the session's sources
+    handle = JobDriver.handle
+
+    def interrupted(self: JobDriver, event: Any) -> None:
+        if threading.current_thread() is threading.main_thread():
+            os.kill(os.getpid(), signal.SIGINT)
+        handle(self, event)
+
+    monkeypatch.setattr(JobDriver, "handle", interrupted)
+    ended = msg.Ended(job=1, outcome="failed", reason="a test")
+    answer = threading.Thread(target=lambda: (_both_waiting(session), _put(session, ended)))
+    answer.start()
+    with pytest.raises(KeyboardInterrupt):
+        first.get(RESULT_TIMEOUT)
+    answer.join(RESULT_TIMEOUT)
+    assert not first.successful()
+    wait_until(lambda: sum(isinstance(m, msg.Submit) for m in connection.sent) == 2, what="a second job")
+    assert not second.ready()
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals: main thread")
+def test_ctrl_c_while_the_caller_waits_leaves_no_waiter_behind(fake: tuple[Session, _FakeConnection]) -> None:
+    """Ctrl-C in get() unregisters the caller from the inbox: later frames wake a live reader."""
+    session, connection = fake
+    result = _apply(session)
+    _start(session, connection, 1)
+    killer = threading.Thread(target=lambda: (_both_waiting(session), os.kill(os.getpid(), signal.SIGINT)))
+    killer.start()
+    with pytest.raises(KeyboardInterrupt):
+        result.get(RESULT_TIMEOUT)
+    killer.join(RESULT_TIMEOUT)
+    assert not session.inbox._callers
+    _results(session, [(0, 4)])
+    assert result.get(RESULT_TIMEOUT) == 4
+
+
+def test_a_future_s_result_returns_before_its_done_callbacks_run(
+    fake: tuple[Session, _FakeConnection],
+) -> None:
+    """As in concurrent.futures: result() goes on while a done-callback still runs (it may wait for it)."""
+    session, connection = fake
+    future = ClusterFuture(session)
+    session.add(ApplySource(Batch(b"blob", [((), {})], _future_sink(future))))
+    _start(session, connection, 1)
+    returned = threading.Event()
+    seen: list[bool] = []
+    future.add_done_callback(lambda done: seen.append(returned.wait(RESULT_TIMEOUT)))
+    answer = threading.Thread(target=lambda: (_both_waiting(session), _results(session, [(0, 9)])))
+    answer.start()
+    assert future.result(2 * RESULT_TIMEOUT) == 9  # longer than the callback waits for it
+    returned.set()
+    answer.join(RESULT_TIMEOUT)
+    wait_until(lambda: bool(seen))
+    assert seen == [True]

@@ -6,6 +6,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from achilles_like.client.connection import Lost
 from achilles_like.client.inbox import RUNNING_DELAY, SessionInbox, Waiter
 from achilles_like.protocol import Frame, FrameDecoder
@@ -168,3 +170,43 @@ def test_a_waiting_thread_is_released_by_a_frame() -> None:
     finally:
         put.join()
     assert _verbs(_next(inbox)) == ["CREDIT"]
+
+
+class _Stream:
+    """Stands in for a large result's body, still arriving."""
+
+    def feed(self, data: bytes) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+def test_a_large_result_streaming_in_is_the_session_thread_s() -> None:
+    """A batch with a streamed body wakes the session thread: a caller would hold Ctrl-C off till it is in."""
+    inbox = SessionInbox(_Timers())
+    session, caller = _Recorder(), _Recorder()
+    _waiting(inbox, session, caller=False)
+    _waiting(inbox, caller, caller=True)
+    frames = _frames(msg.Results(job=1, entries=[(0, 0, 1, b"x")]))
+    frames[0] = Frame(frames[0].verb, frames[0].fields, stream=_Stream())  # type: ignore[arg-type]
+    inbox.put(frames)
+    assert (caller.woken, session.woken) == (0, 1)
+    assert not inbox.wait(Waiter(), 0.0, caller=True)
+    assert inbox.take(8, frames_only=True) == []
+
+
+def test_an_interrupted_wait_leaves_no_waiter_behind() -> None:
+    """Ctrl-C (any exception) out of a caller's sleep unregisters it: frames then go to a live reader."""
+    inbox = SessionInbox(_Timers())
+
+    class Interrupted(Waiter):
+        def sleep(self, timeout: float | None) -> None:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        inbox.wait(Interrupted(), None, caller=True)
+    session = _Recorder()
+    _waiting(inbox, session, caller=False)
+    inbox.put(_frames(msg.Credit(job=1, n=1)))
+    assert session.woken == 1

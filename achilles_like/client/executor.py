@@ -145,6 +145,14 @@ class ClusterFuture(Future[Any]):
         session = self._session
         return bool(self._done_callbacks) and session is not None and session.hand_to_session(settle)  # type: ignore[attr-defined]
 
+    def _invoke_callbacks(self) -> None:
+        # Called by set_result/set_exception/cancel once the state is set: a caller waiting in
+        # result() goes on before the done-callbacks run, as the stdlib's waiters are notified.
+        waiter = self.driver_waiter
+        if waiter is not None:
+            waiter.wake()
+        super()._invoke_callbacks()  # type: ignore[misc]
+
     def _settled(self) -> None:
         if self.done():
             self._session = None

@@ -11,11 +11,12 @@ events are handled in the order they came whichever thread handles them.
 :class:`Waiter` and is woken for frames ahead of the session thread: it
 handles them itself (its result is usually among them), so a round trip
 wakes the reactor thread once and the caller once, and the session thread not
-at all, where a stdlib ``Pool`` wakes its result-handler thread too. Anything
-else (a wake-up, the connection's loss) goes to the session thread, and so do
-frames when no caller waits. A woken waiter that leaves without taking what
-it was woken for passes the wake-up on (:meth:`SessionInbox.leave`), so no
-event is ever left with nobody to read it.
+at all, where a stdlib ``Pool`` wakes its result-handler thread too.
+Anything else (a wake-up, the connection's loss, a large result still
+streaming in) goes to the session thread, and so do frames when no caller
+waits. A woken waiter that leaves without taking what it was woken for
+passes the wake-up on (:meth:`SessionInbox.leave`), so no event is ever left
+with nobody to read it.
 
 **RUNNING notices.** An executor's job hears ``RUNNING`` once per call,
 when a worker takes it, a moment before that call's result; alone, each
@@ -107,7 +108,7 @@ class SessionInbox:
     def _append(self, item: Any) -> None:
         with self._mutex:
             self._items.append(item)
-            if type(item) is list and self._callers:
+            if self._callers and _for_callers(item):
                 waiter: Waiter | None = self._callers.popleft()
             else:
                 waiter, self._session = self._session, None
@@ -147,26 +148,29 @@ class SessionInbox:
                 self._callers.append(waiter)
             else:
                 self._session = waiter
-        waiter.sleep(timeout)
+        try:
+            waiter.sleep(timeout)
+        finally:  # Ctrl-C in the sleep must not leave a dead waiter to be woken for frames
+            with self._mutex:
+                if caller:
+                    if waiter in self._callers:
+                        self._callers.remove(waiter)
+                elif self._session is waiter:
+                    self._session = None
         with self._mutex:
-            if caller:
-                if waiter in self._callers:
-                    self._callers.remove(waiter)
-            elif self._session is waiter:
-                self._session = None
             return self._ready(caller)
 
     def _ready(self, caller: bool) -> bool:
         """Events this reader may take: for a caller, frames first in line (hold the mutex)."""
         items = self._items
-        return bool(items) and (not caller or type(items[0]) is list)
+        return bool(items) and (not caller or _for_callers(items[0]))
 
     def leave(self) -> None:
         """A caller stops reading: if events wait, wake the next reader (it may have been woken for them)."""
         with self._mutex:
             if not self._items:
                 return
-            if type(self._items[0]) is list and self._callers:
+            if self._callers and _for_callers(self._items[0]):
                 waiter: Waiter | None = self._callers.popleft()
             else:
                 waiter, self._session = self._session, None
@@ -177,14 +181,13 @@ class SessionInbox:
         """Up to ``limit`` events, in order (hold the session's driving lock).
 
         With ``frames_only`` (a caller), stop at the first event that is not
-        a list of frames: wake-ups and the connection's loss are the session
-        thread's.
+        a caller's (:func:`_for_callers`).
         """
         taken: list[Any] = []
         with self._mutex:
             items = self._items
             while items and len(taken) < limit:
-                if frames_only and type(items[0]) is not list:
+                if frames_only and not _for_callers(items[0]):
                     break
                 taken.append(items.popleft())
         return taken
@@ -192,3 +195,13 @@ class SessionInbox:
     def empty(self) -> bool:
         """Whether no event waits."""
         return not self._items
+
+
+def _for_callers(item: Any) -> bool:
+    """Whether a waiting caller may handle ``item``: a list of frames with no large result streaming in.
+
+    Wake-ups, handed-over calls and the connection's loss are the session
+    thread's; so is a large result, whose body may take a while to arrive: a
+    caller handles frames with Ctrl-C held off, and would hold it that long.
+    """
+    return type(item) is list and all(frame.stream is None for frame in item)

@@ -19,6 +19,7 @@ results are the stdlib's kinds of objects (see ``client/results.py``).
 from __future__ import annotations
 
 import secrets
+import threading
 import weakref
 from collections.abc import Callable, Iterable
 from enum import Enum
@@ -81,6 +82,11 @@ def start_session(
 
 def _shutdown(session: Session, cluster: LocalCluster | None, terminate: bool) -> None:
     """Stop a session (and the private cluster); also run when a pool is garbage-collected."""
+    if session.driving_here():
+        # Collected as a caller set the result that held it last (``Pool(2).apply_async(f).get()``):
+        # that caller holds the session's driving lock, which the session thread needs to stop.
+        threading.Thread(target=_shutdown, args=(session, cluster, terminate), daemon=True).start()
+        return
     if terminate:
         session.terminate()
     else:

@@ -64,6 +64,7 @@ class AsyncResult:
         # Its session: a caller waiting for the result handles the job's frames meanwhile.
         self._session: Session | None = None
         self.driver_waiter: Waiter | None = None  # that caller's, woken when the result is set
+        self._handed_over = False  # its outcome waits for the session thread (a callback to run)
 
     def ready(self) -> bool:
         """Whether the call has completed."""
@@ -92,17 +93,18 @@ class AsyncResult:
         raise self._value
 
     def _set(self, success: bool, value: Any) -> None:
-        if self.ready():
-            return
-        callback = self._callback if success else self._error_callback
+        if self.ready() or self._handed_over:
+            return  # the first outcome wins, even while the session thread has yet to set it
         session = self._session
         # A callback runs in the session thread, as the stdlib's do in its result handler.
-        if (
-            callback is not None
-            and session is not None
-            and session.hand_to_session(lambda: self._set(success, value))
-        ):
-            return
+        if (self._callback if success else self._error_callback) is not None and session is not None:
+            self._handed_over = session.hand_to_session(lambda: self._complete(success, value))
+            if self._handed_over:
+                return
+        self._complete(success, value)
+
+    def _complete(self, success: bool, value: Any) -> None:
+        callback = self._callback if success else self._error_callback
         self._success, self._value = success, value
         self._owner = None
         if self._progress is not None:

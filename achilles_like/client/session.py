@@ -214,7 +214,7 @@ class Session:
         what it leaves in the inbox goes to the next reader.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        if threading.current_thread() is self._thread or self._driving._is_owned():  # type: ignore[attr-defined]
+        if threading.current_thread() is self._thread or self.driving_here():
             return timeout  # the session thread, or a callback inside a driving step, calling get()
         waiter = Waiter()
         with self._lock:  # one driving caller per result: only its waiter is woken when it is set
@@ -256,7 +256,12 @@ class Session:
         wakes it. A failure of the connection or the job breaks the session,
         as it would there.
         """
-        with InterruptsHeld(), self._driving:
+        with InterruptsHeld():
+            self._handle_frames()
+
+    def _handle_frames(self) -> None:
+        """:meth:`_handle_as_caller`'s work, with Ctrl-C held off."""
+        with self._driving:
             driver = self._driver
             events = self.inbox.take(MAX_EVENTS_PER_WAKE, frames_only=True)
             self._caller_thread = threading.get_ident()
@@ -279,7 +284,7 @@ class Session:
                 or self._terminating
                 or self._closing
             )
-        if needs_session:
+        if needs_session:  # before a held Ctrl-C is raised: the session thread must still hear of it
             self.inbox.put(_WAKE)
 
     def close(self) -> None:
@@ -302,9 +307,13 @@ class Session:
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the session thread to end (after close or terminate)."""
-        if threading.current_thread() is self._thread:
+        if threading.current_thread() is self._thread or self.driving_here():
             return  # a pool's finalizer may run in this very thread (garbage collection)
         self._thread.join(timeout)
+
+    def driving_here(self) -> bool:
+        """Whether this thread is inside a driving step (the session thread, or a caller handling frames)."""
+        return bool(self._driving._is_owned())  # type: ignore[attr-defined]
 
     # -- the session thread ---------------------------------------------------------
 
@@ -362,13 +371,22 @@ class Session:
             if isinstance(wait_for, JobDriver):
                 wait_for.connection.check_heard()
         with self._driving:
-            for event in self.inbox.take(MAX_EVENTS_PER_WAKE):
-                if isinstance(event, Lost):  # wake-ups, or the loss of an idle connection
-                    raise ClusterConnectionError(event.message)
-                if isinstance(event, _Call):
-                    event.call()
-                elif isinstance(wait_for, JobDriver):
-                    wait_for.handle(event)
+            events = self.inbox.take(MAX_EVENTS_PER_WAKE)
+            for at, event in enumerate(events):
+                try:
+                    if isinstance(event, Lost):  # wake-ups, or the loss of an idle connection
+                        raise ClusterConnectionError(event.message)
+                    if isinstance(event, _Call):
+                        event.call()
+                    elif isinstance(wait_for, JobDriver):
+                        wait_for.handle(event)
+                except BaseException:
+                    # The session breaks; results a caller handed over are set all the same (no
+                    # longer in flight, the break would not fail them: their callers would wait).
+                    for later in events[at + 1 :]:
+                        if isinstance(later, _Call):
+                            later.call()
+                    raise
         return True
 
     def _prepare(self) -> JobDriver | _NoJob | None:
