@@ -94,7 +94,8 @@ class Harness:
         deadline = time.monotonic() + 30
         while not predicate():
             if time.monotonic() > deadline:
-                pytest.fail(f"timed out waiting for {what}")
+                workers = [(w.process.pid, w.item, w.link.receiving) for w in self.pool._workers]
+                pytest.fail(f"timed out waiting for {what}; delivered {self.delivered}, workers {workers}")
             self.reactor.iterate(0.05)
 
     def outcome(self, task: int) -> tuple[Outcome, bytes, str]:
