@@ -19,25 +19,73 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from achilles_like.client.api import getClusterStatus, imap, imap_unordered, killCluster, map
-from achilles_like.client.executor import ProcessPoolExecutor
-from achilles_like.client.pool import Pool
-from achilles_like.config import Settings, genConfig, load_settings
-from achilles_like.errors import (
-    AchillesError,
-    AuthenticationError,
-    ClusterConnectionError,
-    ConfigurationError,
-    JobFailedError,
-    ProtocolError,
-    TaskTimeoutError,
-)
-from achilles_like.local import LocalCluster
-from achilles_like.node.agent import runAchillesNode
-from achilles_like.server.cluster import runAchillesServer
+from typing import TYPE_CHECKING, Any
 
-#: ``concurrent.futures`` users write ``Executor``; it is the same class.
-Executor = ProcessPoolExecutor
+# The library's exit hook is registered now, at import (see at_exit.py); the
+# rest is imported on first use, so a server or node process (``python -m
+# achilles_like server``) loads neither the client nor what only it needs.
+from achilles_like import at_exit as _at_exit  # noqa: F401
+
+if TYPE_CHECKING:
+    from achilles_like.client.api import getClusterStatus, imap, imap_unordered, killCluster, map
+    from achilles_like.client.executor import ProcessPoolExecutor
+    from achilles_like.client.executor import ProcessPoolExecutor as Executor
+    from achilles_like.client.pool import Pool
+    from achilles_like.config import Settings, genConfig, load_settings
+    from achilles_like.errors import (
+        AchillesError,
+        AuthenticationError,
+        ClusterConnectionError,
+        ConfigurationError,
+        JobFailedError,
+        ProtocolError,
+        TaskTimeoutError,
+    )
+    from achilles_like.local import LocalCluster
+    from achilles_like.node.agent import runAchillesNode
+    from achilles_like.server.cluster import runAchillesServer
+
+_WHERE = {
+    "getClusterStatus": "client.api",
+    "imap": "client.api",
+    "imap_unordered": "client.api",
+    "killCluster": "client.api",
+    "map": "client.api",
+    "ProcessPoolExecutor": "client.executor",
+    "Executor": "client.executor",
+    "Pool": "client.pool",
+    "Settings": "config",
+    "genConfig": "config",
+    "load_settings": "config",
+    "AchillesError": "errors",
+    "AuthenticationError": "errors",
+    "ClusterConnectionError": "errors",
+    "ConfigurationError": "errors",
+    "JobFailedError": "errors",
+    "ProtocolError": "errors",
+    "TaskTimeoutError": "errors",
+    "LocalCluster": "local",
+    "runAchillesNode": "node.agent",
+    "runAchillesServer": "server.cluster",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The public names, imported from their modules on first use (PEP 562)."""
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'achilles_like' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(f"achilles_like.{where}")
+    value = getattr(module, "ProcessPoolExecutor" if name == "Executor" else name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
 
 __all__ = [
     "AchillesError",

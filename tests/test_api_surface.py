@@ -5,6 +5,8 @@ from __future__ import annotations
 import builtins
 import inspect
 import io
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -203,3 +205,16 @@ def test_kill_cluster_declined_on_terminal_stops_nothing(
     assert killCluster(**target(cluster)) == 0
     assert prompts == [f"Stop every node of the cluster at {cluster.host}:{cluster.port}? [y/N] "]
     assert len(status_of(cluster)["nodes"]) == 2
+
+
+def test_importing_the_package_loads_only_its_exit_hook() -> None:
+    """A server or node process (``python -m achilles_like server``) loads no client; names load on use."""
+    code = (
+        "import sys, achilles_like\n"
+        "print('achilles_like.at_exit' in sys.modules, 'achilles_like.client.api' in sys.modules,"
+        " 'twisted' in sys.modules)\n"
+        "achilles_like.map\n"
+        "print('achilles_like.client.api' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.split() == ["True", "False", "False", "True"]
