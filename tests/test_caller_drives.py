@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing import TimeoutError as MpTimeoutError
 from typing import Any
 
@@ -121,6 +121,15 @@ def _both_waiting(session: Session) -> None:
     wait_until(lambda: session.inbox._session is not None and len(session.inbox._callers) == 1)
 
 
+def _as_caller(session: Session, wait: Callable[[], object], answer: Callable[[], None]) -> None:
+    """Run ``wait`` in a thread named "the-caller"; once it and the session thread wait, ``answer``."""
+    caller = threading.Thread(target=wait, name="the-caller")
+    caller.start()
+    _both_waiting(session)
+    answer()
+    caller.join(RESULT_TIMEOUT)
+
+
 def test_the_caller_handles_its_own_result_and_the_session_thread_sleeps(
     fake: tuple[Session, _FakeConnection], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -130,11 +139,7 @@ def test_the_caller_handles_its_own_result_and_the_session_thread_sleeps(
     _start(session, connection, 1)
     handlers = _handlers(monkeypatch)
     got: list[Any] = []
-    caller = threading.Thread(target=lambda: got.append(result.get(RESULT_TIMEOUT)), name="the-caller")
-    caller.start()
-    _both_waiting(session)
-    _results(session, [(0, 42)])
-    caller.join(RESULT_TIMEOUT)
+    _as_caller(session, lambda: got.append(result.get(RESULT_TIMEOUT)), lambda: _results(session, [(0, 42)]))
     assert got == [42]
     assert handlers == ["the-caller"]
 
@@ -148,11 +153,7 @@ def test_a_result_with_a_callback_is_set_in_the_session_thread(
     with_callback = _apply(session, lambda value: ran_in.append(threading.current_thread().name))
     plain = _apply(session)
     _start(session, connection, 2)
-    caller = threading.Thread(target=lambda: plain.get(RESULT_TIMEOUT), name="the-caller")
-    caller.start()
-    _both_waiting(session)
-    _results(session, [(0, 1), (1, 2)])
-    caller.join(RESULT_TIMEOUT)
+    _as_caller(session, lambda: plain.get(RESULT_TIMEOUT), lambda: _results(session, [(0, 1), (1, 2)]))
     assert (with_callback.get(RESULT_TIMEOUT), plain.get(RESULT_TIMEOUT)) == (1, 2)
     assert ran_in == ["achilles-session"]
 
@@ -231,11 +232,7 @@ def test_a_handed_over_result_is_set_even_if_the_connection_is_lost_meanwhile(
         handle(self, event)
 
     monkeypatch.setattr(JobDriver, "handle", losing)
-    caller = threading.Thread(target=lambda: plain.get(RESULT_TIMEOUT), name="the-caller")
-    caller.start()
-    _both_waiting(session)
-    _results(session, [(0, 1), (1, 2)])
-    caller.join(RESULT_TIMEOUT)
+    _as_caller(session, lambda: plain.get(RESULT_TIMEOUT), lambda: _results(session, [(0, 1), (1, 2)]))
     session.join(RESULT_TIMEOUT)
     assert (with_callback.get(RESULT_TIMEOUT), plain.get(RESULT_TIMEOUT)) == (1, 2)
 
@@ -251,11 +248,9 @@ def test_a_handed_over_success_stands_when_the_session_breaks_before_it_is_set(
     mapped._session = session
     session.add(MapSource(b"blob", [1], 1, mapped))
     _start(session, connection, 2)
-    caller = threading.Thread(target=lambda: plain.wait(RESULT_TIMEOUT), name="the-caller")
-    caller.start()
-    _both_waiting(session)
-    _put(session, msg.Results(job=1, entries=[(1, 0, 1, dumps([5]))]), msg.Error(code="refused", msg="no"))
-    caller.join(RESULT_TIMEOUT)
+    last_chunk = msg.Results(job=1, entries=[(1, 0, 1, dumps([5]))])
+    last_chunk_then_error = (last_chunk, msg.Error(code="refused", msg="no"))
+    _as_caller(session, lambda: plain.wait(RESULT_TIMEOUT), lambda: _put(session, *last_chunk_then_error))
     session.join(RESULT_TIMEOUT)
     assert mapped.get(RESULT_TIMEOUT) == [5]
     assert called == [[5]]

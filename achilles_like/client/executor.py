@@ -154,14 +154,12 @@ class ClusterFuture(Future[Any]):
         super()._invoke_callbacks()  # type: ignore[misc]
 
     def _settled(self) -> None:
+        """Once done: forget the session, and tell the executor (its waiting caller was woken already)."""
         if self.done():
             self._session = None
             on_done, self.on_done = self.on_done, None
             if on_done is not None:
                 on_done(self)
-        waiter = self.driver_waiter
-        if waiter is not None:
-            waiter.wake()
 
 
 _SinkFor = Callable[[Future[Any]], Sink]  # a call's sink, given the future it settles

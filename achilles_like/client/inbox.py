@@ -108,12 +108,16 @@ class SessionInbox:
     def _append(self, item: Any) -> None:
         with self._mutex:
             self._items.append(item)
-            if self._callers and _for_callers(item):
-                waiter: Waiter | None = self._callers.popleft()
-            else:
-                waiter, self._session = self._session, None
+            waiter = self._reader_for(item)
         if waiter is not None:
             waiter.wake()
+
+    def _reader_for(self, item: Any) -> Waiter | None:
+        """Who to wake for ``item`` (hold the mutex): a waiting caller if it may take it, else the session."""
+        if self._callers and _for_callers(item):
+            return self._callers.popleft()
+        waiter, self._session = self._session, None
+        return waiter
 
     def _hold(self, frames: list[Frame]) -> None:
         self._held += frames
@@ -170,10 +174,7 @@ class SessionInbox:
         with self._mutex:
             if not self._items:
                 return
-            if self._callers and _for_callers(self._items[0]):
-                waiter: Waiter | None = self._callers.popleft()
-            else:
-                waiter, self._session = self._session, None
+            waiter = self._reader_for(self._items[0])
         if waiter is not None:
             waiter.wake()
 
