@@ -23,9 +23,9 @@ from achilles_like.client import session as session_module
 from achilles_like.client.connection import Lost
 from achilles_like.client.driver import Batch, JobDriver
 from achilles_like.client.executor import ClusterFuture, _future_sink
-from achilles_like.client.results import AsyncResult, MapResult
+from achilles_like.client.results import AsyncResult, IMapIterator, MapResult
 from achilles_like.client.session import Session
-from achilles_like.client.sources import ApplySource, MapSource
+from achilles_like.client.sources import ApplySource, IMapSource, MapSource
 from achilles_like.config import Settings
 from achilles_like.protocol import FrameDecoder
 from achilles_like.protocol import messages as msg
@@ -91,9 +91,10 @@ def _start(session: Session, connection: _FakeConnection, tasks: int) -> None:
     )
 
 
-def _results(session: Session, results: list[tuple[int, Any]]) -> None:
-    """The tasks' results, in one batch."""
-    _put(session, msg.Results(job=1, entries=[(task, 0, 1, dumps([value])) for task, value in results]))
+def _results(session: Session, results: list[tuple[int, Any]], *more: msg.Message) -> None:
+    """The tasks' results, in one batch (with ``more`` frames after them)."""
+    entries = [(task, 0, 1, dumps([value])) for task, value in results]
+    _put(session, msg.Results(job=1, entries=entries), *more)
 
 
 def _handlers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -349,3 +350,54 @@ def test_a_future_s_result_returns_before_its_done_callbacks_run(
     answer.join(RESULT_TIMEOUT)
     wait_until(lambda: bool(seen))
     assert seen == [True]
+
+
+def _imap(session: Session, items: list[int], max_ahead: int) -> IMapIterator:
+    """A Pool's ``imap_unordered`` on the fake session, as ``Pool._imap`` builds it."""
+    iterator = IMapIterator(False, on_consumed=session.feed_soon)
+    iterator._session = session
+    session.add(IMapSource(b"blob", items, 1, iterator, max_ahead, wake=session.wake))
+    return iterator
+
+
+def _senders(connection: _FakeConnection, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads that send tasks, one per write that carries any."""
+    names: list[str] = []
+    send = connection.send
+
+    def recording(*parts: bytes) -> None:
+        before = connection.tasks()
+        send(*parts)
+        if connection.tasks() > before:
+            names.append(threading.current_thread().name)
+
+    monkeypatch.setattr(connection, "send", recording)
+    return names
+
+
+def test_an_imap_consumer_handles_its_results_and_sends_what_it_made_room_for(
+    fake: tuple[Session, _FakeConnection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer with nothing ready handles the frames; consuming past the bound feeds from its thread.
+
+    Two results fill the bound of two; taking them lets the held-back input
+    go, and the consumer sends it itself: the session thread is woken for
+    neither the results nor the feed.
+    """
+    session, connection = fake
+    iterator = _imap(session, [0, 1, 2, 3], max_ahead=2)
+    _start(session, connection, 2)
+    handlers, senders = _handlers(monkeypatch), _senders(connection, monkeypatch)
+    got: list[int] = []
+    consumer = threading.Thread(target=lambda: got.extend(iterator), name="the-caller")
+    consumer.start()
+    _both_waiting(session)
+    _results(session, [(0, 10), (1, 11)], msg.Credit(job=1, n=2))
+    wait_until(lambda: connection.tasks() == 4, what="the held-back tasks")
+    _both_waiting(session)
+    _results(session, [(2, 12), (3, 13)], msg.Credit(job=1, n=2))  # the source sees its end at a feed
+    consumer.join(RESULT_TIMEOUT)
+    assert not consumer.is_alive()
+    assert sorted(got) == [10, 11, 12, 13]
+    assert set(handlers) == {"the-caller"}
+    assert senders == ["the-caller"]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from achilles_like.client.driver import Outcomes
-from achilles_like.client.results import ChunkedIMapIterator, IMapIterator
+from achilles_like.client.results import MERGE_ITEMS, ChunkedIMapIterator, IMapIterator
 
 
 def _filled(chunks: int, size: int) -> IMapIterator:
@@ -57,6 +57,28 @@ def test_a_started_chunk_is_counted_consumed_and_finishes_only_when_handed_out()
     assert results.unconsumed == 0 and not results.finished
     assert [r.items for r in results.take_ready()] == [[1, 2]]
     assert results.finished
+
+
+def test_small_ready_chunks_go_out_together_up_to_the_merge_limit() -> None:
+    """Single-item chunks that all succeeded are started as one (one Python step, not one per item)."""
+    results = _filled(chunks=MERGE_ITEMS + 10, size=1)
+    assert next(results) == 0
+    assert results.unconsumed == 10  # the merged chunks count as consumed, the rest wait
+    assert list(results) == list(range(1, MERGE_ITEMS + 10))
+
+
+def test_a_failed_chunk_is_not_merged_and_is_raised_in_its_place() -> None:
+    """Merging stops at a chunk holding a failure: the items before it, the failure, then the rest."""
+    results = IMapIterator(ordered=True)
+    chunks = [Outcomes(True, [1]), Outcomes(True, [2]), Outcomes(False, [(False, ValueError("three"))])]
+    for index, chunk in enumerate([*chunks, Outcomes(True, [4]), Outcomes(True, [5])]):
+        results.sink_for(index)(chunk)
+    results._set_length(5)
+    assert [next(results), next(results)] == [1, 2]
+    assert results.unconsumed == 3
+    with pytest.raises(ValueError, match="three"):
+        next(results)
+    assert list(results) == [4, 5]
 
 
 # -- the module functions: the iteration ends at the first failure --

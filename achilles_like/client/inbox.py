@@ -7,7 +7,8 @@ the session's driving lock, taking them from here only while holding it, so
 events are handled in the order they came whichever thread handles them.
 
 **Who is woken.** A caller blocked on the result of its own call
-(``Pool.apply``, ``AsyncResult.get``, ``Future.result``) registers a
+(``Pool.apply``, ``AsyncResult.get``, ``Future.result``, the next result of
+a ``Pool.imap``) registers a
 :class:`Waiter` and is woken for frames ahead of the session thread: it
 handles them itself (its result is usually among them), so a round trip
 wakes the reactor thread once and the caller once, and the session thread not

@@ -300,8 +300,10 @@ class Pool:
         self._check_running()
         chunksize = check_chunksize(chunksize)
         bar = open_progress(progress, input_length(iterable), label_of(func))
-        iterator = IMapIterator(ordered, on_consumed=self._session.wake, progress=bar)
+        # A consumer that made room for a throttled source sends it from its own thread if it can.
+        iterator = IMapIterator(ordered, on_consumed=self._session.feed_soon, progress=bar)
         iterator._owner = self
+        iterator._session = self._session
         blob = self._blobs.blob(func, "map")
         source = IMapSource(blob, iterable, chunksize, iterator, wake=self._session.wake)
         self._session.add(source)

@@ -5,8 +5,8 @@ Same names, same methods, same exceptions as the standard library's:
 raises ``ValueError`` before the result is ready, ``IMapIterator.next(timeout)``
 raises ``multiprocessing.TimeoutError``. The thread handling the session's
 frames fills them in (``_set``/``_set_chunk``/``_add_chunk``): the session
-thread, or a caller waiting in ``get()``, which handles the frames itself
-(``Session.drive_until``). Callbacks run in the session thread, in the
+thread, or a caller waiting in ``get()`` or for a ``Pool.imap`` result,
+which handles the frames itself (``Session.drive_until``). Callbacks run in the session thread, in the
 caller's process, as the stdlib's result-handler thread runs them.
 """
 
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from achilles_like.client.session import Session
 
 log = logging.getLogger("achilles_like.results")
+
+#: Ready chunks that all succeeded are handed out together up to this many items (see _start_chunk).
+MERGE_ITEMS = 128
 
 _NONE: Any = object()  # what next(iterator, _NONE) gives when the iterator is exhausted
 _EXHAUSTED: Callable[[], Any] = iter(()).__next__  # raises StopIteration
@@ -212,7 +215,11 @@ class IMapIterator:
 
     Chunks arrive whole; ordered results go through one :class:`ReorderBuffer`
     and are handed out from a queue of ready chunks, so placing a chunk costs
-    one step, not one per item. ``stop_at_failure`` (the module functions)
+    one step, not one per item; small ready chunks that all succeeded are
+    handed out as one (up to :data:`MERGE_ITEMS` items). A ``Pool``'s consumer
+    that finds nothing ready handles the job's frames itself, and sends the
+    input that its consuming made room for, so neither wakes the session
+    thread. ``stop_at_failure`` (the module functions)
     ends the iteration at the first failure to arrive: the results already
     in order before it are handed out (the failing chunk's own items before
     the failure included), then the failure is raised. The job has ended, so
@@ -251,6 +258,9 @@ class IMapIterator:
         self._waiting = 0  # consumers waiting in next(): a chunk notifies only if there are any
         self._wake_pending = False  # a session thread will wake them (wake_deferred)
         self._owner: object = None  # the pool, kept alive while results are still coming
+        # A Pool's session: a consumer that finds nothing ready handles the job's frames itself.
+        self._session: Session | None = None
+        self.driver_waiter: Waiter | None = None  # that consumer's, woken when a chunk is ready
 
     def __iter__(self) -> Iterator[Any]:
         return self
@@ -280,6 +290,8 @@ class IMapIterator:
         Its items count as consumed from now on: the memory bound may be
         exceeded by the one chunk being handed out.
         """
+        if not self._chunks and self._session is not None:
+            timeout = self._drive(timeout)
         with self._lock:
             current = self._current
             if current is not None:  # another consumer started one meanwhile: it goes first
@@ -300,6 +312,8 @@ class IMapIterator:
         iterator, which goes on after it. For :class:`ChunkedIMapIterator`.
         """
         while True:
+            if not self._chunks and self._session is not None:
+                self._drive(None)
             with self._lock:
                 current = self._current
                 if current is not None and operator.length_hint(current[0]):
@@ -312,6 +326,27 @@ class IMapIterator:
             if wake:
                 self._on_consumed()
             yield handing if ok else _Failing(handing)
+
+    def _drive(self, timeout: float | None) -> float | None:
+        """Wait for a ready chunk by handling the job's frames in this thread, if it may; the time left.
+
+        As with :meth:`AsyncResult.wait`: the consumer is woken for the
+        frames that carry its results and handles them itself, so the session
+        thread is not woken for them (``Session.drive_until``). If this thread
+        may not drive, it returns at once and the consumer waits as before.
+        """
+        session = self._session
+        if session is None:
+            return timeout
+        return session.drive_until(self._has_ready, self, timeout)
+
+    def _has_ready(self) -> bool:
+        """Whether a chunk is ready or the results are over (read without the lock: when to stop driving)."""
+        current = self._current
+        if self._chunks or self._failed or (current is not None and operator.length_hint(current[0])):
+            return True
+        total = self._total_chunks
+        return total is not None and self._chunks_in >= total and not len(self._reorder)
 
     def _start_chunk(self, timeout: float | None) -> tuple[Iterator[Any], bool, bool]:
         """Make the next ready chunk the current one (waiting for one, under the lock).
@@ -335,6 +370,12 @@ class IMapIterator:
         items = chunk.items
         if self._offset:  # what pop_ready handed out of it already
             items, self._offset = items[self._offset :], 0
+        if chunk.ok and chunks and chunks[0].ok and len(items) < MERGE_ITEMS:
+            # Small chunks that all succeeded go out as one: a for loop then takes each item
+            # in one C call, not through a Python call per chunk (chunksize=1: per item).
+            items = list(items)
+            while chunks and chunks[0].ok and len(items) < MERGE_ITEMS:
+                items += chunks.popleft().items
         self.yielded += len(items)
         handing = iter(items)
         self._current = (handing, chunk.ok)
@@ -448,10 +489,11 @@ class IMapIterator:
                 self._reorder.add(index, outcomes)
                 for ready in self._reorder.pop_ready():
                     self._append(ready)
-            if self._waiting:  # the module functions' caller never waits here: no notify per chunk
+            # The module functions' caller never waits here: no notify per chunk.
+            if self._waiting or self.driver_waiter is not None:
                 pending = getattr(_deferring, "pending", None)
                 if pending is None:
-                    self._cond.notify_all()
+                    self._notify()
                 elif not self._wake_pending:
                     self._wake_pending = True
                     pending.append(self)
@@ -459,7 +501,15 @@ class IMapIterator:
     def _wake(self) -> None:
         with self._lock:
             self._wake_pending = False
+            self._notify()
+
+    def _notify(self) -> None:
+        """Wake the consumers waiting for a chunk: on the condition, or handling frames (hold the lock)."""
+        if self._waiting:
             self._cond.notify_all()
+        waiter = self.driver_waiter
+        if waiter is not None:
+            waiter.wake()
 
     def _append(self, outcomes: Outcomes) -> None:
         if outcomes.items:
@@ -469,7 +519,7 @@ class IMapIterator:
         with self._cond:
             self._total_chunks = chunks
             self._finished()  # closes the progress bar if everything is in already
-            self._cond.notify_all()
+            self._notify()
 
     def _stop_at(self, index: int, outcomes: Outcomes) -> None:
         """Hand out what is in order before chunk ``index``'s first failure, then that failure."""
@@ -501,7 +551,7 @@ class IMapIterator:
             if self._progress is not None:
                 self._progress.close()
                 self._progress = None
-            self._cond.notify_all()
+            self._notify()
 
 
 class ChunkedIMapIterator(itertools.chain):  # type: ignore[type-arg]

@@ -24,7 +24,8 @@ job's freed credit gathers until a quarter of its window can go in one write
 (see :func:`~achilles_like.client.driver.worth_feeding`). A feed reads only the sources it can send, so
 thousands of queued ``submit`` calls add no work to a feed while they wait.
 
-A caller blocked on its result (``get()``, ``Future.result()``) is woken
+A caller blocked on its result (``get()``, ``Future.result()``, ``next()`` of
+a ``Pool.imap``) is woken
 for the job's frames ahead of the session thread and handles them itself
 (:meth:`Session.drive_until`): a round trip wakes the reactor thread once and
 the caller once, and the session thread not at all. Whoever handles frames
@@ -155,6 +156,10 @@ class Session:
             if self._closing:
                 raise ValueError("Pool not running")
             self._sources.append(source)
+        self.feed_soon()
+
+    def feed_soon(self) -> None:
+        """Have the sources looked at again: by this thread if it may drive now, else the session thread."""
         if not self._feed_now():
             self.inbox.put(_WAKE)
 
