@@ -114,10 +114,8 @@ def _read_port(fd: int) -> int | None:
 
 
 def _server(args: argparse.Namespace) -> int:
-    from twisted.internet import reactor
-
     from achilles_like.config import load_settings
-    from achilles_like.server.cluster import ServerOptions, announce, start_server
+    from achilles_like.tls import skip_tls_stack
 
     settings = load_settings(
         args.host,
@@ -129,6 +127,12 @@ def _server(args: argparse.Namespace) -> int:
         dashboard_token=args.dashboard_token,
         **_tls(args),
     )
+    if not settings.tls_cert and not settings.tls_key:
+        skip_tls_stack()  # before Twisted's reactor is imported
+    from twisted.internet import reactor
+
+    from achilles_like.server.cluster import ServerOptions, announce, start_server
+
     options = ServerOptions(
         heartbeat_interval=args.heartbeat_interval,
         heartbeat_timeout=args.heartbeat_timeout,
@@ -152,9 +156,13 @@ def _server(args: argparse.Namespace) -> int:
 
 
 def _node(args: argparse.Namespace) -> int:
+    from achilles_like.config import load_settings
+    from achilles_like.tls import skip_tls_stack
+
+    if not load_settings(args.host, args.port, None, _secret(args), **_tls(args)).client_tls:
+        skip_tls_stack()  # before Twisted's reactor is imported (the port, if unknown yet, has no say)
     from twisted.internet import reactor
 
-    from achilles_like.config import load_settings
     from achilles_like.node.agent import start_node
 
     port = args.port

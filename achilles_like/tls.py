@@ -20,11 +20,32 @@ is no setting to turn that off; a test cluster uses a private CA instead
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from achilles_like.config import Settings
 from achilles_like.errors import ConfigurationError
+
+
+def skip_tls_stack() -> None:
+    """In a server or node process with TLS off: keep Twisted from loading pyOpenSSL and ``cryptography``.
+
+    Twisted's reactor imports its TLS support whenever pyOpenSSL is
+    installed, and that was about a quarter of a server's or node's imports
+    (``LocalCluster`` starts three such processes at once on two cores). A
+    ``None`` in ``sys.modules`` makes ``import OpenSSL`` fail as if it were not
+    installed, and Twisted goes on without TLS, which this process does not
+    use. Call it before anything imports Twisted's reactor; worker processes,
+    forked from the node, undo it (:func:`allow_tls_stack`) before any task.
+    """
+    sys.modules.setdefault("OpenSSL", None)  # type: ignore[arg-type]
+
+
+def allow_tls_stack() -> None:
+    """Undo :func:`skip_tls_stack` (in a forked worker: the user's code may import pyOpenSSL)."""
+    if "OpenSSL" in sys.modules and sys.modules["OpenSSL"] is None:
+        del sys.modules["OpenSSL"]
 
 
 def _read(path: str, what: str) -> bytes:
@@ -72,10 +93,10 @@ def server_context(settings: Settings) -> Any | None:
 
 def client_creator(settings: Settings) -> Any | None:
     """The client TLS connection creator for ``settings.host``, or None when TLS is off."""
-    from twisted.internet import ssl
-
     if not settings.client_tls:
         return None
+    from twisted.internet import ssl
+
     trust = _authority(settings) if settings.tls_ca else ssl.platformTrust()  # type: ignore[no-untyped-call]
     client_certificate = _private_certificate(settings) if settings.tls_cert else None
     return ssl.optionsForClientTLS(settings.host, trustRoot=trust, clientCertificate=client_certificate)

@@ -20,7 +20,9 @@ Cases (``--only`` takes these names, comma-separated):
   ``Pool.apply_async`` round trips (module functions reuse whatever the
   library keeps across calls);
 - ``startup``: ``LocalCluster(nodes=2, processes=1)`` from start to usable,
-  against ``multiprocessing.Pool(2)`` started and running one task;
+  against ``multiprocessing.Pool(2)`` started and running one task (twice
+  when the package has no bytecode: compiled from source in each process,
+  and byte-compiled as an installed package is);
 - ``map``: module ``map`` on tiny items (chunksize 1 and 100) and on 1 ms
   tasks (chunksize 1 and 10);
 - ``pool``: ``Pool.map`` on tiny items and on 1 ms tasks, default chunksize;
@@ -41,13 +43,16 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import importlib.util
 import multiprocessing
 import os
+import py_compile
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import _measure
@@ -214,7 +219,15 @@ def latency_rows(bench: Bench) -> list[Row]:
 
 
 def startup_rows(bench: Bench) -> list[Row]:
-    """``LocalCluster(nodes=2, processes=1)`` start to ready, against ``multiprocessing.Pool(2)`` + a task."""
+    """``LocalCluster(nodes=2, processes=1)`` start to ready, against ``multiprocessing.Pool(2)`` + a task.
+
+    Each server and node process imports the package. Where its bytecode is
+    missing and may not be written (an editable install under
+    ``PYTHONDONTWRITEBYTECODE``), each of them compiles it from source, which
+    ``pip install .`` does once, at install time: the row is then measured
+    both ways, byte-compiled for the second, with bytecode written to the
+    package's ``__pycache__`` for that row only and removed after it.
+    """
     samples = 2 if bench.quick else 5
 
     def start_stdlib() -> None:
@@ -228,10 +241,29 @@ def startup_rows(bench: Bench) -> list[Row]:
         cluster.shutdown()  # not timed: only start → usable is
         return ready
 
-    local = median_time(samples, start_stdlib)
-    remote = statistics.median(start_cluster() for _ in range(samples))
-    name = f"LocalCluster(nodes=2, processes=1) ready (median of {samples})"
-    return [(name, f"{local * 1000:.0f} ms", f"{remote * 1000:.0f} ms", ratio(local, remote))]
+    def row(label: str) -> Row:
+        local = median_time(samples, start_stdlib)
+        remote = statistics.median(start_cluster() for _ in range(samples))
+        name = f"LocalCluster(nodes=2, processes=1) ready{label} (median of {samples})"
+        return name, f"{local * 1000:.0f} ms", f"{remote * 1000:.0f} ms", ratio(local, remote)
+
+    package = Path(achilles_like.__file__).parent
+    sources = sorted(package.rglob("*.py"))
+    missing = [path for path in sources if not Path(importlib.util.cache_from_source(str(path))).exists()]
+    if not missing:
+        return [row("")]
+    rows = [row(", compiled from source in each process")]
+    try:
+        for path in missing:
+            py_compile.compile(str(path), doraise=True)
+        rows.append(row(", byte-compiled (as pip installs it)"))
+    finally:
+        for path in missing:
+            compiled = Path(importlib.util.cache_from_source(str(path)))
+            compiled.unlink(missing_ok=True)
+            if compiled.parent.exists() and not any(compiled.parent.iterdir()):
+                compiled.parent.rmdir()
+    return rows
 
 
 def map_rows(bench: Bench) -> list[Row]:

@@ -7,6 +7,7 @@ its nodes the caller's ``sys.path``, which includes this directory.
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import threading
@@ -190,3 +191,9 @@ class LoadFails:
 def fails_to_load(size: int) -> list[Any]:
     """A ``size``-byte result whose last part cannot be unpickled by the caller."""
     return [b"\x01" * size, LoadFails(size)]
+
+
+def module_file(name: str) -> str:
+    """Import ``name`` in the worker and say where it came from."""
+    module = importlib.import_module(name)
+    return str(module.__file__)

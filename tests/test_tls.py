@@ -118,3 +118,29 @@ def test_beyond_loopback_needs_a_secret_or_mutual_tls(tls_files: TlsFiles) -> No
         Settings(host="0.0.0.0", tls_cert=tls_files.cert, tls_key=tls_files.key, tls_ca=tls_files.ca)
     )
     check_bind_allowed(Settings(host="0.0.0.0", secret_key="s"))
+
+
+def _loads_cryptography(pid: int) -> bool:
+    """Whether process ``pid`` has mapped ``cryptography``'s native bindings (what pyOpenSSL loads)."""
+    return "cryptography" in Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/<pid>/maps")
+def test_a_cluster_without_tls_leaves_pyopenssl_unloaded_but_the_user_s_code_may_import_it(
+    cluster: LocalCluster,
+) -> None:
+    """Server and node skip Twisted's TLS stack (a quarter of their imports); a task may import pyOpenSSL."""
+    assert cluster.server is not None
+    assert not _loads_cryptography(cluster.server.pid)
+    assert not _loads_cryptography(cluster.nodes[0].pid)
+    (where,) = al.map(
+        tasks.module_file, ["OpenSSL"], host=cluster.host, port=cluster.port, secret_key=cluster.secret_key
+    )
+    assert Path(where).parent.name == "OpenSSL"
+
+
+def test_a_tls_cluster_loads_pyopenssl_where_it_needs_it(tls_cluster: LocalCluster) -> None:
+    """With TLS on, the server and the node load the TLS stack they use."""
+    assert tls_cluster.server is not None
+    assert _loads_cryptography(tls_cluster.server.pid)
+    assert _loads_cryptography(tls_cluster.nodes[0].pid)

@@ -68,6 +68,7 @@ from achilles_like.node import pipe_format
 from achilles_like.node.claims import ClaimBoard
 from achilles_like.protocol.body_buffer import BodyBuffer
 from achilles_like.serialization import PieceDumper, RemoteFailure, dumps, loads
+from achilles_like.tls import allow_tls_stack
 
 _CACHE_SIZE = 4
 READ_SIZE = 256 << 10  # bytes asked of the socket per read: every small task the node has queued
@@ -279,6 +280,7 @@ def worker_main(fd: int, board: ClaimBoard | None = None) -> None:
     skipped: its setup and function are still loaded, since the node counts
     them as sent.
     """
+    allow_tls_stack()  # the node kept pyOpenSSL out of its own imports; the user's code may want it
     init_worker()
     os.set_blocking(fd, True)
     outbox = Outbox(fd)
