@@ -159,8 +159,11 @@ def _node(args: argparse.Namespace) -> int:
     from achilles_like.config import load_settings
     from achilles_like.tls import skip_tls_stack
 
-    if not load_settings(args.host, args.port, None, _secret(args), **_tls(args)).client_tls:
-        skip_tls_stack()  # before Twisted's reactor is imported (the port, if unknown yet, has no say)
+    # Whether this node uses TLS, before Twisted's reactor is imported. A port to come on stdin
+    # is not known yet: any valid one stands in, so a PORT setting the node never uses is not read.
+    port_for_now = 1 if args.port_from_stdin else args.port
+    if not load_settings(args.host, port_for_now, None, _secret(args), **_tls(args)).client_tls:
+        skip_tls_stack()
     from twisted.internet import reactor
 
     from achilles_like.node.agent import start_node

@@ -48,6 +48,7 @@ import multiprocessing
 import os
 import py_compile
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -250,13 +251,15 @@ def startup_rows(bench: Bench) -> list[Row]:
     package = Path(achilles_like.__file__).parent
     sources = sorted(package.rglob("*.py"))
     missing = [path for path in sources if not Path(importlib.util.cache_from_source(str(path))).exists()]
-    if not missing:
+    if not missing or not sys.dont_write_bytecode:  # else the first child writes it for the rest
         return [row("")]
     rows = [row(", compiled from source in each process")]
     try:
         for path in missing:
             py_compile.compile(str(path), doraise=True)
         rows.append(row(", byte-compiled (as pip installs it)"))
+    except (OSError, py_compile.PyCompileError) as error:  # a read-only install: the one row stands
+        print(f"(no byte-compiled start-up row: {error})")
     finally:
         for path in missing:
             compiled = Path(importlib.util.cache_from_source(str(path)))

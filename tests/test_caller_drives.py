@@ -7,6 +7,7 @@ it means to test are waiting there.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 from conftest import wait_until
 
+from achilles_like import Pool
 from achilles_like.client import pool as pool_module
 from achilles_like.client import session as session_module
 from achilles_like.client.connection import Lost
@@ -401,3 +403,84 @@ def test_an_imap_consumer_handles_its_results_and_sends_what_it_made_room_for(
     assert sorted(got) == [10, 11, 12, 13]
     assert set(handlers) == {"the-caller"}
     assert senders == ["the-caller"]
+
+
+@pytest.fixture
+def fake_pool(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Pool, _FakeConnection]]:
+    """A real Pool whose session talks to a fake connection; lazy sources bounded at 2 results."""
+    connection = _FakeConnection()
+    monkeypatch.setattr(session_module.Connection, "open", lambda settings, events=None: connection)
+    monkeypatch.setattr(pool_module, "pool_cluster", lambda *args: (Settings(), None))
+    monkeypatch.setattr(pool_module, "IMapSource", functools.partial(IMapSource, max_ahead=2))
+    pool = Pool(2)
+    try:
+        yield pool, connection
+    finally:
+        pool.terminate()
+
+
+def _interrupted_as_the_consumer_feeds(
+    pool: Pool, connection: _FakeConnection, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, list[int]]:
+    """Two results fill the bound; the main thread consumes them, and Ctrl-C lands as it sends input.
+
+    Returns the iterator and what the main thread got, retrying ``next()``
+    after a KeyboardInterrupt as a user at a prompt would.
+    """
+    session = pool._session
+    results = pool.imap(abs, [0, 1, 2, 3])
+    _start(session, connection, 2)
+    _results(session, [(0, 10), (1, 11)], msg.Credit(job=1, n=2))  # no consumer waits: the session thread
+    wait_until(
+        lambda: (
+            results.received == 2
+            and session.inbox.empty()
+            and session.inbox._session is not None  # the session thread sleeps: the bound held the input back
+            and session._driver is not None
+            and session._driver.credit == 2
+        ),
+        what="the results, and the session thread asleep",
+    )
+    task = JobDriver._task
+    fired: list[bool] = []
+
+    def interrupted(self: JobDriver, *args: Any) -> None:
+        if threading.current_thread() is threading.main_thread() and not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the main thread pickles the input
+        task(self, *args)
+
+    monkeypatch.setattr(JobDriver, "_task", interrupted)
+    got: list[int] = []
+    attempts = 0
+    while len(got) < 2 and attempts < 3:
+        attempts += 1
+        try:
+            got.append(results.next(timeout=0))
+        except KeyboardInterrupt:
+            continue
+        except MpTimeoutError:
+            break
+    return results, got
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals: main thread")
+def test_ctrl_c_while_an_imap_consumer_sends_input_loses_no_result(
+    fake_pool: tuple[Pool, _FakeConnection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """next() had taken result 10 when its feed (on_consumed -> feed_soon) was interrupted: 10 is gone."""
+    pool, connection = fake_pool
+    _, got = _interrupted_as_the_consumer_feeds(pool, connection, monkeypatch)
+    assert got == [10, 11]
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals: main thread")
+def test_ctrl_c_while_an_imap_consumer_sends_input_leaves_the_input_to_be_sent(
+    fake_pool: tuple[Pool, _FakeConnection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interrupted feed took item 2 from the source and sent nothing; nobody feeds again: a hang."""
+    pool, connection = fake_pool
+    results, _ = _interrupted_as_the_consumer_feeds(pool, connection, monkeypatch)
+    wait_until(lambda: connection.tasks() == 4, timeout=10, what="the input the consumer made room for")
+    _results(pool._session, [(2, 12), (3, 13)])
+    assert [results.next(timeout=RESULT_TIMEOUT) for _ in range(2)] == [12, 13]

@@ -493,3 +493,33 @@ def test_local_cluster_nodes_boot_alongside_the_server() -> None:
         assert all("--port-from-stdin" in node.args for node in cluster.nodes)
         assert len(status_of(cluster)["nodes"]) == 2
         assert achilles_like.map(tasks.square, range(4)) == [0, 1, 4, 9]
+
+
+def test_a_node_taking_its_port_from_stdin_ignores_a_port_setting_it_never_uses(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """`achilles node --port-from-stdin` with PORT=0 in its environment (a server's "any free port").
+
+    The port comes from stdin; the node reads its settings once before it
+    knows the port (to decide about TLS), and that read must not reject a
+    PORT it never uses.
+    """
+    env = clean_env(port="0", secret_key=cluster.secret_key)
+    node = subprocess.Popen(
+        [*MODULE, "node", "--host", cluster.host, "--port-from-stdin", "--processes", "1"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert node.stdin is not None
+        node.stdin.write(f"{cluster.port}\n")
+        node.stdin.flush()
+        line = read_line(node)
+        assert " ready: connected to " in line, line
+    finally:
+        stop(node)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -152,6 +154,36 @@ def test_the_chained_iterator_hands_out_every_item_once_across_threads() -> None
     """Eight threads iterating one chained iterator get every result exactly once."""
     chained = ChunkedIMapIterator.over(_filled(chunks=200, size=50))
     assert _split_among_threads(chained) == Counter(range(200 * 50))
+
+
+_CONSUMED_WHILE_ARRIVING = """
+import threading
+from collections import Counter
+from achilles_like.client.driver import Outcomes
+from achilles_like.client.results import ChunkedIMapIterator, IMapIterator
+
+results = IMapIterator(ordered=False)
+chained = ChunkedIMapIterator.over(results)
+taken = [[] for _ in range(8)]
+threads = [threading.Thread(target=mine.extend, args=(chained,)) for mine in taken]
+for thread in threads:
+    thread.start()
+for index in range(3000):
+    results.sink_for(index)(Outcomes(True, list(range(index * 5, index * 5 + 5))))
+results._set_length(3000)
+for thread in threads:
+    thread.join()
+assert Counter(v for mine in taken for v in mine) == Counter(range(15000))
+"""
+
+
+def test_threads_waiting_in_the_chained_iterator_as_chunks_arrive_get_each_item_once() -> None:
+    """Eight threads wait in one chained iterator while chunks arrive (a shared chain crashed CPython).
+
+    Run in a child process: the failure this guards against is a crash of the interpreter.
+    """
+    child = subprocess.run([sys.executable, "-c", _CONSUMED_WHILE_ARRIVING], capture_output=True, timeout=120)
+    assert child.returncode == 0, child.stderr.decode()[-2000:]
 
 
 def test_the_chained_iterator_mixes_with_next_and_resumes_after_a_break() -> None:

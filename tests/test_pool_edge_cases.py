@@ -9,11 +9,13 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import queue
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pool_tasks
 import pytest
+from conftest import target, wait_until
 
 import achilles_like
 from achilles_like import LocalCluster
@@ -116,3 +118,34 @@ def test_a_result_keeps_its_pool_alive(make_pool: Callable[..., Any]) -> None:
     result = make_pool().map_async(pool_tasks.square, [1, 2, 3])
     gc.collect()
     assert result.get(RESULT_TIMEOUT) == [1, 4, 9]
+
+
+def test_an_unreferenced_pool_s_imap_ends_cleanly_when_its_input_ends_after_the_last_result(
+    shared_cluster: LocalCluster,
+) -> None:
+    """``for x in Pool(2).imap(f, gen)`` where gen ends after the last result came back.
+
+    Once every result is in, the iterator lets go of the pool; the pool is
+    collected and its finalizer terminates the session, which fails the
+    sources it still holds. The finished iteration still ends with
+    StopIteration, not with "the pool was terminated".
+    """
+    inputs: queue.Queue[int | None] = queue.Queue()
+
+    def source() -> Iterator[int]:
+        while (item := inputs.get(timeout=RESULT_TIMEOUT)) is not None:
+            yield item
+
+    pool = achilles_like.Pool(2, **target(shared_cluster))
+    session = pool._session
+    results = pool.imap(pool_tasks.square, source())
+    collected = weakref.ref(pool)
+    del pool  # as in `for x in Pool(2).imap(...)`: only the iterator holds the pool
+    inputs.put(1)
+    inputs.put(2)
+    assert [results.next(timeout=RESULT_TIMEOUT) for _ in range(2)] == [1, 4]
+    inputs.put(None)  # the input ends after its last result came back
+    wait_until(lambda: collected() is None, what="the pool to be collected")
+    session.join(RESULT_TIMEOUT)  # its finalizer stopped the session
+    with pytest.raises(StopIteration):
+        results.next(timeout=RESULT_TIMEOUT)

@@ -288,7 +288,8 @@ class IMapIterator:
         """Start handing out the next ready chunk (waiting for one), and return its first result.
 
         Its items count as consumed from now on: the memory bound may be
-        exceeded by the one chunk being handed out.
+        exceeded by the chunk being handed out (one chunk, or up to
+        :data:`MERGE_ITEMS` items of small ones merged).
         """
         if not self._chunks and self._session is not None:
             timeout = self._drive(timeout)
@@ -299,10 +300,13 @@ class IMapIterator:
                 if item is not _NONE:
                     return item if current[1] else _value_of(item)
             handing, ok, wake = self._start_chunk(timeout)
-            item = next(handing)  # never empty: empty chunks are not queued
-        if wake:
-            self._on_consumed()
-        return item if ok else _value_of(item)
+            if not wake:
+                item = next(handing)  # never empty: empty chunks are not queued
+                return item if ok else _value_of(item)
+        # Before any item is taken: Ctrl-C raised here (the source may feed in this thread)
+        # leaves the whole chunk to be handed out.
+        self._on_consumed()
+        return self.next(timeout)
 
     def chunk_iterators(self) -> Iterator[Iterator[Any]]:
         """The chunks being handed out, each as an iterator of its results, waiting for each.
@@ -345,6 +349,10 @@ class IMapIterator:
         current = self._current
         if self._chunks or self._failed or (current is not None and operator.length_hint(current[0])):
             return True
+        return self._all_in()
+
+    def _all_in(self) -> bool:
+        """Every chunk has arrived and none is held for order."""
         total = self._total_chunks
         return total is not None and self._chunks_in >= total and not len(self._reorder)
 
@@ -456,11 +464,7 @@ class IMapIterator:
         return self.received - self.yielded
 
     def _finished(self) -> bool:
-        done = (
-            self._total_chunks is not None
-            and self._chunks_in >= self._total_chunks
-            and not len(self._reorder)
-        )
+        done = self._all_in()
         if done:
             self._owner = None
             if self._progress is not None:
@@ -540,9 +544,14 @@ class IMapIterator:
         self._fail(error)
 
     def _fail(self, error: BaseException) -> None:
-        """End the iteration with ``error``, after the results already in order (later ones are dropped)."""
+        """End the iteration with ``error``, after the results already in order (later ones are dropped).
+
+        Once every result is in, nothing is missing: the iteration ends as it
+        would have (a pool collected as its last result came, whose finalizer
+        then terminates its session, fails its finished sources).
+        """
         with self._cond:
-            if self._failed:
+            if self._failed or self._all_in():
                 return
             self._failed = True
             self._reorder = ReorderBuffer()
@@ -554,29 +563,39 @@ class IMapIterator:
             self._notify()
 
 
-class ChunkedIMapIterator(itertools.chain):  # type: ignore[type-arg]
+class ChunkedIMapIterator:
     """What ``Pool.imap``/``imap_unordered`` return for a ``chunksize`` above 1: items at C speed.
 
-    For ``chunksize > 1`` the stdlib returns a generator over its chunks; so
-    does this, in effect: an ``itertools.chain`` over the chunks of an
-    :class:`IMapIterator` (:meth:`IMapIterator.chunk_iterators`), so a ``for``
-    loop takes each item with no Python call of its own (a third of the
-    time :meth:`IMapIterator.__next__` costs, which a consumer of tiny items
-    pays while the session thread needs the GIL). It keeps ``next(timeout)``
-    and goes on after a failed item, as :class:`IMapIterator` does. Like the
-    stdlib's generator, it ends if an interrupt (Ctrl-C) lands while it
-    waits for a chunk.
+    For ``chunksize > 1`` the stdlib returns a generator over its chunks; a
+    ``for`` loop over this one runs an ``itertools.chain`` over the chunks of
+    an :class:`IMapIterator` (:meth:`IMapIterator.chunk_iterators`), so it
+    takes each item with no Python call of its own (a third of the time
+    :meth:`IMapIterator.__next__` costs). Each ``iter()`` (each loop) gets a
+    chain of its own over the shared chunks: a chain shared between threads
+    is not safe (one thread finding it exhausted frees the iterator another
+    thread is inside, and CPython crashes), so threads consuming one result
+    set each run their own, and each item still goes to exactly one of them.
+    ``next()`` and ``next(timeout)`` take one item as :class:`IMapIterator`
+    does. A failed item is raised in its place and the iteration goes on
+    after it; an interrupt (Ctrl-C) while a loop waits for a chunk ends that
+    loop, and a new one goes on where it stopped.
     """
 
-    _results: IMapIterator
+    __slots__ = ("_results",)
+
+    def __init__(self, results: IMapIterator) -> None:
+        self._results = results
 
     @classmethod
     def over(cls, results: IMapIterator) -> ChunkedIMapIterator:
         """The chained items of ``results``."""
-        chained = cls.from_iterable(results.chunk_iterators())
-        assert isinstance(chained, ChunkedIMapIterator)
-        chained._results = results
-        return chained
+        return cls(results)
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.chain.from_iterable(self._results.chunk_iterators())
+
+    def __next__(self) -> Any:
+        return self._results.next()
 
     def next(self, timeout: float | None = None) -> Any:
         """The next result; ``StopIteration`` at the end; ``multiprocessing.TimeoutError`` on timeout."""

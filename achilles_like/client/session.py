@@ -159,8 +159,14 @@ class Session:
         self.feed_soon()
 
     def feed_soon(self) -> None:
-        """Have the sources looked at again: by this thread if it may drive now, else the session thread."""
-        if not self._feed_now():
+        """Have the sources looked at again: by this thread if it may drive now, else the session thread.
+
+        Ctrl-C is held off while this thread feeds (the main thread): a batch
+        taken from its source and interrupted before it is sent would be lost.
+        """
+        with InterruptsHeld():
+            fed = self._feed_now()
+        if not fed:
             self.inbox.put(_WAKE)
 
     def _feed_now(self) -> bool:
@@ -222,12 +228,14 @@ class Session:
         if threading.current_thread() is self._thread or self.driving_here():
             return timeout  # the session thread, or a callback inside a driving step, calling get()
         waiter = Waiter()
-        with self._lock:  # one driving caller per result: only its waiter is woken when it is set
-            if awaited.driver_waiter is not None:
-                return timeout
-            awaited.driver_waiter = waiter
         inbox = self.inbox
+        mine = False
         try:
+            with self._lock:  # one driving caller per result: only its waiter is woken when it is set
+                if awaited.driver_waiter is not None:
+                    return timeout
+                mine = True  # first: Ctrl-C between the two still unhangs the waiter below
+                awaited.driver_waiter = waiter
             while not ready() and self._thread.is_alive():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -235,8 +243,9 @@ class Session:
                 if inbox.wait(waiter, left, caller=True):
                     self._handle_as_caller()
         finally:
-            awaited.driver_waiter = None
-            inbox.leave()
+            if mine:
+                awaited.driver_waiter = None
+                inbox.leave()
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def hand_to_session(self, call: Callable[[], object]) -> bool:
