@@ -27,7 +27,8 @@ Cases (``--only`` takes these names, comma-separated):
   tasks (chunksize 1 and 10);
 - ``pool``: ``Pool.map`` on tiny items and on 1 ms tasks, default chunksize;
 - ``unordered``: ``Pool.imap_unordered`` and module ``imap_unordered`` on
-  tiny items, and the ratio between the two;
+  tiny items, and the ratio between the two (the median of at least five
+  rounds' own ratios, with each side's median rate);
 - ``executor``: ``Executor.submit`` of 2000 one-millisecond tasks;
 - ``payload``: 10 MB arguments in, 10 MB results out (MB/s);
 - ``cpu``: CPU per chunksize=1 task summed over every process on each side
@@ -131,8 +132,8 @@ class Bench:
         return max(count // 5, 1) if self.quick else count
 
 
-def best_each(repeat: int, *runs: Callable[[], Any]) -> list[float]:
-    """The shortest wall time of each of ``runs`` over ``repeat`` rounds, the runs taking turns.
+def times_each(repeat: int, *runs: Callable[[], Any]) -> list[list[float]]:
+    """The wall times of each of ``runs`` over ``repeat`` rounds, the runs taking turns.
 
     Taking turns (stdlib, achilles_like, stdlib, ...) rather than one side's
     repeats and then the other's puts both sides under the same spells of a
@@ -144,7 +145,12 @@ def best_each(repeat: int, *runs: Callable[[], Any]) -> list[float]:
             started = time.perf_counter()
             run()
             taken.append(time.perf_counter() - started)
-    return [min(taken) for taken in times]
+    return times
+
+
+def best_each(repeat: int, *runs: Callable[[], Any]) -> list[float]:
+    """The shortest wall time of each of ``runs`` over ``repeat`` rounds, the runs taking turns."""
+    return [min(taken) for taken in times_each(repeat, *runs)]
 
 
 def median_time(samples: int, run: Callable[[], Any]) -> float:
@@ -309,27 +315,35 @@ def pool_rows(bench: Bench) -> list[Row]:
 
 
 def unordered_rows(bench: Bench) -> list[Row]:
-    """``imap_unordered`` on tiny items: stdlib, ``achilles_like.Pool`` and the module function."""
+    """``imap_unordered`` on tiny items: stdlib, ``achilles_like.Pool`` and the module function.
+
+    Pool against module is a ratio of two achilles_like figures that a
+    spell of load moves apart by a quarter between runs: it is the median of
+    the rounds' own ratios (each round runs all three back to back), over at
+    least five rounds, not the ratio of each side's best.
+    """
     remote_pool = bench.remote_pool()
     rows: list[Row] = []
+    rounds = max(bench.repeat, 5)
     # Runs of about half a second: shorter ones moved the ratio by a third between runs.
     for count, chunksize in ((bench.scaled(20_000), 1), (bench.scaled(1_000_000), 100)):
         items = range(count)
-        local, pooled, module = best_each(
-            bench.repeat,
+        local, pooled, module = times_each(
+            rounds,
             lambda: sum(bench.pool.imap_unordered(tiny, items, chunksize)),  # noqa: B023
             lambda: sum(remote_pool.imap_unordered(tiny, items, chunksize)),  # noqa: B023
             lambda: sum(achilles_like.imap_unordered(tiny, items, chunksize=chunksize, **bench.target)),  # noqa: B023
         )
+        paired = statistics.median(m / p for m, p in zip(module, pooled, strict=True))
         suffix = f"tiny items, chunksize={chunksize}"
         rows += [
-            throughput_row(f"Pool.imap_unordered {suffix}", count, local, pooled),
-            throughput_row(f"module imap_unordered {suffix}", count, local, module),
+            throughput_row(f"Pool.imap_unordered {suffix}", count, min(local), min(pooled)),
+            throughput_row(f"module imap_unordered {suffix}", count, min(local), min(module)),
             (
-                f"  Pool / module imap_unordered, chunksize={chunksize}",
-                f"(module) {count / module:,.0f} items/s",
-                f"(Pool) {count / pooled:,.0f} items/s",
-                ratio(module, pooled),
+                f"  Pool / module imap_unordered, chunksize={chunksize} (median of {rounds} rounds)",
+                f"(module) {count / statistics.median(module):,.0f} items/s",
+                f"(Pool) {count / statistics.median(pooled):,.0f} items/s",
+                f"{paired:.2f}",
             ),
         ]
     return rows
