@@ -7,15 +7,14 @@ the session's driving lock, taking them from here only while holding it, so
 events are handled in the order they came whichever thread handles them.
 
 **Who is woken.** A caller blocked on the result of its own call
-(``Pool.apply``, ``AsyncResult.get``, ``Future.result``, the next result of
-a ``Pool.imap``) registers a
-:class:`Waiter` and is woken for frames ahead of the session thread: it
-handles them itself (its result is usually among them), so a round trip
-wakes the reactor thread once and the caller once, and the session thread not
-at all, where a stdlib ``Pool`` wakes its result-handler thread too.
-Anything else (a wake-up, the connection's loss, a large result still
-streaming in) goes to the session thread, and so do frames when no caller
-waits. A woken waiter that leaves without taking what it was woken for
+(``Pool.apply``, ``AsyncResult.get``, ``Future.result``, the next result of a
+``Pool.imap``) registers a :class:`Waiter` and is woken for frames ahead of
+the session thread: it handles them itself (its result is usually among them),
+so a round trip wakes the reactor thread once and the caller once, and the
+session thread not at all, where a stdlib ``Pool`` wakes its result-handler
+thread too. Anything else (a wake-up, the connection's loss, a large result
+still streaming in) goes to the session thread, and so do frames when no
+caller waits. A woken waiter that leaves without taking what it was woken for
 passes the wake-up on (:meth:`SessionInbox.leave`), so no event is ever left
 with nobody to read it.
 

@@ -6,8 +6,9 @@ raises ``ValueError`` before the result is ready, ``IMapIterator.next(timeout)``
 raises ``multiprocessing.TimeoutError``. The thread handling the session's
 frames fills them in (``_set``/``_set_chunk``/``_add_chunk``): the session
 thread, or a caller waiting in ``get()`` or for a ``Pool.imap`` result,
-which handles the frames itself (``Session.drive_until``). Callbacks run in the session thread, in the
-caller's process, as the stdlib's result-handler thread runs them.
+which handles the frames itself (``Session.drive_until``). Callbacks run in
+the session thread, in the caller's process, as the stdlib's result-handler
+thread runs them.
 """
 
 from __future__ import annotations
@@ -219,11 +220,11 @@ class IMapIterator:
     handed out as one (up to :data:`MERGE_ITEMS` items). A ``Pool``'s consumer
     that finds nothing ready handles the job's frames itself, and sends the
     input that its consuming made room for, so neither wakes the session
-    thread. ``stop_at_failure`` (the module functions)
-    ends the iteration at the first failure to arrive: the results already
-    in order before it are handed out (the failing chunk's own items before
-    the failure included), then the failure is raised. The job has ended, so
-    results still missing before it will not come.
+    thread. ``stop_at_failure`` (the module functions) ends the iteration at
+    the first failure to arrive: the results already in order before it are
+    handed out (the failing chunk's own items before the failure included),
+    then the failure is raised. The job has ended, so results still missing
+    before it will not come.
     """
 
     def __init__(

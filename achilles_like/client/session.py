@@ -25,13 +25,12 @@ job's freed credit gathers until a quarter of its window can go in one write
 thousands of queued ``submit`` calls add no work to a feed while they wait.
 
 A caller blocked on its result (``get()``, ``Future.result()``, ``next()`` of
-a ``Pool.imap``) is woken
-for the job's frames ahead of the session thread and handles them itself
-(:meth:`Session.drive_until`): a round trip wakes the reactor thread once and
-the caller once, and the session thread not at all. Whoever handles frames
-takes them from the inbox under the driving lock, so they are handled in
-order; a result with a user's callback is still set, callback first, in the
-session thread.
+a ``Pool.imap``) is woken for the job's frames ahead of the session thread and
+handles them itself (:meth:`Session.drive_until`): a round trip wakes the
+reactor thread once and the caller once, and the session thread not at all.
+Whoever handles frames takes them from the inbox under the driving lock, so
+they are handled in order; a result with a user's callback is still set,
+callback first, in the session thread.
 
 A worker's outcomes are per item, so an exception fails only the call it
 belongs to. A job-level failure (an initializer that raises, a task that
