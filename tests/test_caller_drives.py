@@ -35,6 +35,11 @@ from achilles_like.serialization import dumps
 
 RESULT_TIMEOUT = 60.0
 
+# Signals (Ctrl-C) reach only the main thread.
+main_thread_only = pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="signals: main thread"
+)
+
 
 class _FakeConnection:
     """What the session sends, decoded; the test answers through the session's inbox."""
@@ -178,7 +183,7 @@ def test_frames_the_caller_leaves_behind_reach_the_session_thread(
     assert handlers == ["achilles-session"]
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals: main thread")
+@main_thread_only
 def test_ctrl_c_while_the_caller_handles_frames_is_raised_after_them(
     fake: tuple[Session, _FakeConnection], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -290,7 +295,7 @@ def test_a_pool_collected_as_its_caller_sets_the_last_result_shuts_down_elsewher
     assert session.broken is not None  # the finalizer terminated it
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals: main thread")
+@main_thread_only
 def test_ctrl_c_while_the_caller_handles_an_ended_job_still_wakes_the_session(
     fake: tuple[Session, _FakeConnection], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -318,7 +323,7 @@ def test_ctrl_c_while_the_caller_handles_an_ended_job_still_wakes_the_session(
     assert not second.ready()
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals: main thread")
+@main_thread_only
 def test_ctrl_c_while_the_caller_waits_leaves_no_waiter_behind(fake: tuple[Session, _FakeConnection]) -> None:
     """Ctrl-C in get() unregisters the caller from the inbox: later frames wake a live reader."""
     session, connection = fake
@@ -464,21 +469,21 @@ def _interrupted_as_the_consumer_feeds(
     return results, got
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals: main thread")
+@main_thread_only
 def test_ctrl_c_while_an_imap_consumer_sends_input_loses_no_result(
     fake_pool: tuple[Pool, _FakeConnection], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """next() had taken result 10 when its feed (on_consumed -> feed_soon) was interrupted: 10 is gone."""
+    """Ctrl-C landing as next()'s feed (on_consumed -> feed_soon) sends input loses neither result."""
     pool, connection = fake_pool
     _, got = _interrupted_as_the_consumer_feeds(pool, connection, monkeypatch)
     assert got == [10, 11]
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals: main thread")
+@main_thread_only
 def test_ctrl_c_while_an_imap_consumer_sends_input_leaves_the_input_to_be_sent(
     fake_pool: tuple[Pool, _FakeConnection], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The interrupted feed took item 2 from the source and sent nothing; nobody feeds again: a hang."""
+    """The input taken from the source by a feed that Ctrl-C lands in is still sent, and its results come."""
     pool, connection = fake_pool
     results, _ = _interrupted_as_the_consumer_feeds(pool, connection, monkeypatch)
     wait_until(lambda: connection.tasks() == 4, timeout=10, what="the input the consumer made room for")

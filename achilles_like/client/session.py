@@ -171,9 +171,9 @@ class Session:
     def _feed_now(self) -> bool:
         """Send from the caller's own thread when the job is open and nobody else is driving it.
 
-        This saves a hop through the session thread: a round trip then wakes
-        the reactor once, the session thread once (for the result, as the
-        stdlib's result handler) and the caller once.
+        This saves a hop through the session thread: with the caller handling
+        its own result (:meth:`drive_until`), a round trip wakes the reactor
+        thread once and the caller once.
         """
         driver = self._driver
         if driver is None or driver.ended is not None:
